@@ -1,0 +1,1 @@
+"""Registry: all MLflow access (aliases candidate/canary/champion, lineage, materialize)."""

@@ -1,0 +1,1 @@
+"""Serving: Triton launcher and client, gateway, rollout controller, nginx renderer."""

@@ -1,0 +1,1 @@
+"""Validation: config.pbtxt checks, load checks and the golden-answer accuracy gate."""
