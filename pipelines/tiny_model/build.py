@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from typing import Any
 
 from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
 from transformers import (
@@ -76,31 +77,31 @@ def build_tokenizer() -> Qwen2Tokenizer:
     corpus = vocabulary_corpus()
     raw.train_from_iterator(corpus * 50, trainer=trainer)
     vocab = raw.get_vocab()
-    merges = [tuple(m) if not isinstance(m, str) else tuple(m.split(" ")) for m in _merges(raw)]
-    tokenizer = Qwen2Tokenizer(
-        vocab=vocab,
-        merges=merges,
-        eos_token="<|im_end|>",
-        pad_token="<|endoftext|>",
-        unk_token=None,
-        additional_special_tokens=list(SPECIAL_TOKENS[1:]),
-        model_max_length=4096,
-        padding_side="left",
-        clean_up_tokenization_spaces=False,
-    )
+    # The tokenizers backend wants merges as pairs, whatever Qwen2Tokenizer's annotation says.
+    options: dict[str, Any] = {
+        "vocab": vocab,
+        "merges": [tuple(m.split(" ")) if isinstance(m, str) else tuple(m) for m in _merges(raw)],
+        "eos_token": "<|im_end|>",
+        "pad_token": "<|endoftext|>",
+        "unk_token": None,  # byte-level BPE covers every input
+        "additional_special_tokens": list(SPECIAL_TOKENS[1:]),
+        "model_max_length": 4096,
+        "padding_side": "left",
+        "clean_up_tokenization_spaces": False,
+    }
+    tokenizer = Qwen2Tokenizer(**options)
     tokenizer.chat_template = CHAT_TEMPLATE
     return tokenizer
 
 
-def _merges(raw: Tokenizer) -> list[object]:
-    model = json.loads(raw.to_str())["model"]
-    return list(model["merges"])
+def _merges(raw: Tokenizer) -> list[Any]:
+    return list(json.loads(raw.to_str())["model"]["merges"])
 
 
 def build_processor(tokenizer: Qwen2Tokenizer) -> Qwen3VLProcessor:
     """A Qwen3-VL processor sized for 64x64 images: 8x8 patches, 16 image tokens."""
     pixels = IMAGE_SIZE * IMAGE_SIZE
-    patch = {"patch_size": PATCH_SIZE, "merge_size": MERGE_SIZE, "temporal_patch_size": TEMPORAL_PATCH_SIZE}
+    patch: dict[str, Any] = {"patch_size": PATCH_SIZE, "merge_size": MERGE_SIZE, "temporal_patch_size": TEMPORAL_PATCH_SIZE}
     image_processor = Qwen2VLImageProcessor(size={"shortest_edge": pixels, "longest_edge": pixels}, **patch)
     video_processor = Qwen3VLVideoProcessor(size={"shortest_edge": pixels, "longest_edge": 4 * pixels}, **patch)
     return Qwen3VLProcessor(
@@ -113,7 +114,12 @@ def build_processor(tokenizer: Qwen2Tokenizer) -> Qwen3VLProcessor:
 
 def build_config(tokenizer: Qwen2Tokenizer) -> Qwen3VLConfig:
     """Tiny text and vision towers (about 1 M parameters) with the real architecture."""
-    ids = tokenizer.convert_tokens_to_ids
+
+    def ids(token: str) -> int:
+        found = tokenizer.convert_tokens_to_ids(token)
+        assert isinstance(found, int), token
+        return found
+
     grid = IMAGE_SIZE // PATCH_SIZE
     text_hidden = 128
     return Qwen3VLConfig(

@@ -1,0 +1,58 @@
+"""Print the pipeline's headline figures from ``metrics/*.json`` as one table (``make demo``)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+# (stage, metric key, label, format)
+ROWS: tuple[tuple[str, str, str, str], ...] = (
+    ("base_model", "source", "model source", "{}"),
+    ("base_model", "parameters", "parameters", "{:,}"),
+    ("base_model", "golden_accuracy", "base golden accuracy", "{:.1%}"),
+    ("base_model", "weights_bytes", "base weights (bytes)", "{:,}"),
+    ("quantize", "method", "quantization", "{}"),
+    ("quantize", "weights_bytes", "quantized weights (bytes)", "{:,}"),
+    ("quantize", "size_ratio", "size ratio", "{:.1%}"),
+    ("quantize", "golden_accuracy", "quantized golden accuracy (reloaded)", "{:.1%}"),
+    ("quantize", "seconds", "quantize seconds", "{:.1f}"),
+)
+
+
+def summarize(metrics_dir: Path) -> list[tuple[str, str]]:
+    """(label, value) pairs for every figure present; missing stages are skipped."""
+    loaded: dict[str, dict[str, Any]] = {}
+    for path in sorted(metrics_dir.glob("*.json")):
+        loaded[path.stem] = json.loads(path.read_text())
+    rows = []
+    for stage, key, label, fmt in ROWS:
+        if key in loaded.get(stage, {}):
+            rows.append((label, fmt.format(loaded[stage][key])))
+    base, quant = loaded.get("base_model", {}), loaded.get("quantize", {})
+    if "golden_accuracy" in base and "golden_accuracy" in quant:
+        drop = base["golden_accuracy"] - quant["golden_accuracy"]
+        rows.append(("accuracy drop from quantization", f"{drop * 100:+.1f} points"))
+    return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m pipelines.summary", description=__doc__)
+    parser.add_argument("--metrics", type=Path, default=Path("metrics"))
+    args = parser.parse_args(argv)
+    rows = summarize(args.metrics)
+    if not rows:
+        sys.stderr.write(f"summary: no metrics under {args.metrics}; run `dvc repro` first\n")
+        return 1
+    width = max(len(label) for label, _ in rows)
+    sys.stdout.write("\n" + "-" * (width + 24) + "\n")
+    for label, value in rows:
+        sys.stdout.write(f"{label:<{width}}  {value}\n")
+    sys.stdout.write("-" * (width + 24) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

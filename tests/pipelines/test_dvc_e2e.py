@@ -1,0 +1,78 @@
+"""`dvc repro` in a temporary copy of the repo: all stages, then no-op, then a method change."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import ROOT
+
+pytestmark = pytest.mark.slow
+
+
+def _run(cmd: list[str], cwd: Path) -> str:
+    env = os.environ | {
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+        "PYTHONPATH": str(cwd),
+    }
+    proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=900, check=False)
+    assert proc.returncode == 0, f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}"
+    return proc.stdout + proc.stderr
+
+
+@pytest.fixture(scope="module")
+def repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The project's files (tracked and not ignored) in a fresh git repository, as a clone has them."""
+    dest = tmp_path_factory.mktemp("clone")
+    listed = subprocess.run(
+        ["git", "ls-files", "-co", "--exclude-standard", "-z"], cwd=ROOT, capture_output=True, check=True
+    ).stdout.decode()
+    for rel in filter(None, listed.split("\0")):
+        src = ROOT / rel
+        if src.is_file() and not rel.startswith(("metrics/", "dvc.lock")):
+            (dest / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(src, dest / rel)
+    for cmd in (["git", "init", "-q"], ["git", "add", "-A"]):
+        _run(cmd, dest)
+    _run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "clone"], dest)
+    return dest
+
+
+def test_repro_runs_every_stage_and_meets_the_accuracy_bars(repo: Path) -> None:
+    out = _run(["dvc", "repro"], repo)
+    for stage in ("golden", "base_model", "quantize"):
+        assert f"Running stage '{stage}'" in out
+    base = json.loads((repo / "metrics/base_model.json").read_text())
+    quant = json.loads((repo / "metrics/quantize.json").read_text())
+    assert base["golden_accuracy"] >= 0.95
+    assert quant["method"] == "bnb-nf4"
+    assert quant["golden_accuracy"] >= base["golden_accuracy"] - 0.02
+    assert quant["weights_bytes"] < base["weights_bytes"]
+    assert set(quant) >= {"method", "weights_bytes", "source_weights_bytes", "size_ratio", "seconds", "golden_accuracy"}
+    assert (repo / "artifacts/quantized/config.json").is_file()
+    assert len((repo / "artifacts/golden/golden.jsonl").read_text().splitlines()) == 300
+
+
+def test_second_repro_does_nothing(repo: Path) -> None:
+    out = _run(["dvc", "repro"], repo)
+    assert "Running stage" not in out
+    assert "up to date" in out
+
+
+def test_metrics_show_lists_the_figures(repo: Path) -> None:
+    out = _run(["dvc", "metrics", "show"], repo)
+    assert "golden_accuracy" in out and "size_ratio" in out
+
+
+def test_method_change_reruns_only_quantize(repo: Path) -> None:
+    out = _run(["dvc", "exp", "run", "-S", "quantize.method=bnb-int8"], repo)
+    assert "Running stage 'quantize'" in out
+    assert "Running stage 'golden'" not in out
+    assert "Running stage 'base_model'" not in out
+    assert json.loads((repo / "metrics/quantize.json").read_text())["method"] == "bnb-int8"
