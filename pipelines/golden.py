@@ -14,7 +14,8 @@ from PIL import Image
 from pipelines.errors import StageError, run_stage
 from pipelines.evaluate import Question
 from pipelines.files import atomic_dir
-from pipelines.golden_suite import check_golden, describe
+from pipelines.golden_suite import check_golden
+from pipelines.gx_suite import describe
 from pipelines.params import GoldenParams, ModelParams, load_group
 from pipelines.tiny_model import BUILTIN_SOURCE
 from pipelines.tiny_model.shapes import CATEGORIES, sample

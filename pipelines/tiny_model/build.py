@@ -101,7 +101,11 @@ def _merges(raw: Tokenizer) -> list[Any]:
 def build_processor(tokenizer: Qwen2Tokenizer) -> Qwen3VLProcessor:
     """A Qwen3-VL processor sized for 64x64 images: 8x8 patches, 16 image tokens."""
     pixels = IMAGE_SIZE * IMAGE_SIZE
-    patch: dict[str, Any] = {"patch_size": PATCH_SIZE, "merge_size": MERGE_SIZE, "temporal_patch_size": TEMPORAL_PATCH_SIZE}
+    patch: dict[str, Any] = {
+        "patch_size": PATCH_SIZE,
+        "merge_size": MERGE_SIZE,
+        "temporal_patch_size": TEMPORAL_PATCH_SIZE,
+    }
     image_processor = Qwen2VLImageProcessor(size={"shortest_edge": pixels, "longest_edge": pixels}, **patch)
     video_processor = Qwen3VLVideoProcessor(size={"shortest_edge": pixels, "longest_edge": 4 * pixels}, **patch)
     return Qwen3VLProcessor(

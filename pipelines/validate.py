@@ -1,0 +1,163 @@
+"""`validate` stage: check the new version's config, serve it in a real Triton, gate it on the golden set.
+
+The config check runs first, so a broken ``config.pbtxt`` stops the stage before any server starts.
+The version is then served alone (a temporary repository that links to it, with ``version_policy``
+narrowed to it) and the whole golden set goes through the real client. ``metrics/validate.json``
+is written whether the gate passes or not (``passed`` says which), so ``register`` can refuse a
+failed version by reading it; a failed gate also exits non-zero and names every failing rule.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import tempfile
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+from pipelines.errors import StageError, run_stage
+from pipelines.evaluate import Question
+from pipelines.files import atomic_dir, write_json
+from pipelines.golden import load_questions
+from pipelines.params import load_group
+from validation.accuracy import GateParams, ResultRow, check_results, decide, result_row, summarize
+from validation.report import render_report
+
+log = logging.getLogger(__name__)
+
+
+def config_errors(config: Path) -> list[str]:
+    """Every error the config checker finds in ``config`` (printed as ``path:line: error: message``)."""
+    from validation.config_check import check_paths
+
+    return [f.format() for f in check_paths([config]) if f.severity == "error"]
+
+
+def serving_repository(model_dir: Path, version: int, dest: Path) -> Path:
+    """A repository in ``dest`` serving only ``version`` of ``model_dir`` (linked, not copied)."""
+    from google.protobuf import text_format
+
+    from pipelines.pbtxt import parse_config
+
+    config = parse_config((model_dir / "config.pbtxt").read_text())
+    config.version_policy.specific.versions[:] = [version]
+    target = dest / model_dir.name
+    target.mkdir(parents=True)
+    (target / "config.pbtxt").write_text(text_format.MessageToString(config))
+    (target / str(version)).symlink_to((model_dir / str(version)).resolve(), target_is_directory=True)
+    for extra in model_dir.iterdir():
+        if not extra.name.isdigit() and extra.is_dir() and not extra.name.startswith("."):
+            (target / extra.name).symlink_to(extra.resolve(), target_is_directory=True)
+    return dest
+
+
+def ask_golden(
+    url: str, model: str, version: int, questions: Sequence[Question], params: GateParams
+) -> list[ResultRow]:
+    """Send every golden question through the real client, ``params.concurrency`` at a time."""
+    from serving.triton_client import TritonChatClient, TritonClientError, user_message
+
+    with TritonChatClient(url, model, timeout_s=params.timeout_s) as client:
+
+        def ask(q: Question) -> ResultRow:
+            try:
+                res = client.chat([user_message(q.question, [q.image])], model_version=version)
+            except TritonClientError as exc:
+                return result_row(q.id, q.category, q.question, q.answer, "", 0.0, error=str(exc))
+            return result_row(q.id, q.category, q.question, q.answer, res.text, res.latency_s * 1000)
+
+        with ThreadPoolExecutor(max_workers=params.concurrency) as pool:
+            return list(pool.map(ask, questions))
+
+
+def validate_version(
+    repository: Path,
+    model: str,
+    version: int,
+    golden_dir: Path,
+    reference_accuracy: float,
+    params: GateParams,
+    out_dir: Path,
+) -> dict[str, Any]:
+    """Run the config check and the served golden set; write the results table and report to ``out_dir``."""
+    from serving.triton_launcher import TritonServer, free_ports
+    from serving.triton_settings import TritonSettings
+
+    model_dir = repository / model
+    if not (model_dir / str(version)).is_dir():
+        raise StageError(f"{model_dir / str(version)}: no such version folder; run the package stage first")
+    errors = config_errors(model_dir / "config.pbtxt")
+    if errors:
+        raise StageError(
+            "config.pbtxt has errors; Triton would refuse it, so no server was started:\n  " + "\n  ".join(errors)
+        )
+    questions = load_questions(golden_dir)
+    with tempfile.TemporaryDirectory(prefix="validate-") as tmp:
+        repo = serving_repository(model_dir, version, Path(tmp) / "repo")
+        http, grpc, metrics = free_ports(3)
+        settings = TritonSettings(http_port=http, grpc_port=grpc, metrics_port=metrics)
+        with TritonServer(repo, settings, run_dir=Path(tmp) / "run", load_models=[model]) as server:
+            rows = ask_golden(server.http_url, model, version, questions, params)
+    summary = summarize(rows)
+    findings = check_results(rows, params)
+    verdict = decide(summary, reference_accuracy, len(errors), findings, params)
+    with atomic_dir(out_dir) as tmp_out:
+        with (tmp_out / "results.jsonl").open("w") as fh:
+            fh.writelines(r.model_dump_json() + "\n" for r in rows)
+        title = f"Validation of {model} version {version}"
+        (tmp_out / "report.html").write_text(render_report(title, summary, reference_accuracy, verdict, rows))
+    return {
+        "model": model,
+        "version": version,
+        "accuracy": summary.accuracy,
+        "reference_accuracy": reference_accuracy,
+        "drop": round(reference_accuracy - summary.accuracy, 4),
+        "per_category": summary.per_category,
+        "p50_ms": summary.p50_ms,
+        "p95_ms": summary.p95_ms,
+        "questions": summary.n,
+        "request_errors": summary.errors,
+        "config_errors": len(errors),
+        "passed": verdict.passed,
+        "failures": verdict.failures,
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m pipelines.validate", description=__doc__)
+    parser.add_argument("--repository", type=Path, required=True, help="Triton model repository")
+    parser.add_argument("--package-metrics", type=Path, required=True, help="metrics/package.json (model, version)")
+    parser.add_argument("--base-metrics", type=Path, required=True, help="metrics/base_model.json (reference)")
+    parser.add_argument("--golden", type=Path, required=True, help="golden set folder")
+    parser.add_argument("--out", type=Path, required=True, help="folder for results.jsonl and report.html")
+    parser.add_argument("--metrics", type=Path, required=True, help="metrics JSON to write")
+    args = parser.parse_args(argv)
+
+    def body() -> str:
+        package = json.loads(args.package_metrics.read_text())
+        reference = float(json.loads(args.base_metrics.read_text())["golden_accuracy"])
+        model, version = str(package["model"]), int(package["version"])
+        try:
+            metrics = validate_version(
+                args.repository, model, version, args.golden, reference, load_group("validate", GateParams), args.out
+            )
+        except StageError:
+            write_json(args.metrics, {"model": model, "version": version, "passed": False, "config_errors": 1})
+            raise
+        write_json(args.metrics, metrics)
+        head = (
+            f"{model} v{version}: accuracy {metrics['accuracy']:.1%} (base {reference:.1%}, "
+            f"drop {metrics['drop'] * 100:+.1f} pts), p50 {metrics['p50_ms']:.0f} ms, p95 {metrics['p95_ms']:.0f} ms"
+        )
+        if not metrics["passed"]:
+            raise StageError(f"gate FAILED for {head}:\n  " + "\n  ".join(metrics["failures"]))
+        return f"gate passed for {head} -> {args.out / 'report.html'}"
+
+    return run_stage("validate", body)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
