@@ -16,6 +16,8 @@ class StageError(Exception):
 def run_stage(name: str, body: Callable[[], str]) -> int:
     """Run a stage body, print its one-line summary, map ``StageError`` to a clear exit 1."""
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    # bitsandbytes warns on every CPU load that an optional hub kernel is absent; the CPU path is fine.
+    logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
     try:
         summary = body()
     except StageError as exc:
