@@ -16,7 +16,7 @@ export PYTHONPATH := $(CURDIR)
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_NO_ADVISORY_WARNINGS := 1
 
-.PHONY: help install lock tiny-model demo test lint typecheck pytest clean
+.PHONY: help install lock tiny-model demo test lint typecheck pytest clean mlflow registry-status serving-repo metrics-diff
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -53,6 +53,22 @@ pytest: $(STAMP) ## pytest only
 	pytest
 
 test: lint typecheck pytest ## ruff, mypy and pytest
+
+BASE ?= main
+SERVING_REPO ?= .run/serving-models
+
+mlflow: $(STAMP) ## Serve the project's MLflow store (UI + API) on 127.0.0.1:5000, foreground
+	$(PY) -m registry serve
+
+registry-status: $(STAMP) ## Champion, canary and candidate with their lineage
+	$(PY) -m registry status
+
+serving-repo: $(STAMP) ## Materialize champion + canary into SERVING_REPO
+	$(PY) -m registry materialize --out $(SERVING_REPO)
+
+metrics-diff: $(STAMP) ## Markdown table of metric changes against BASE (a git rev)
+	@echo "### Metrics against $(BASE)"; echo
+	@dvc metrics diff --md $(BASE)
 
 clean: ## Remove generated artefacts (not the venv)
 	rm -rf artifacts .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,233 @@
+"""`register` stage: record a validated Triton model version in MLflow and make it the `candidate`.
+
+Reads the upstream contract (params, dvc.lock, stage metrics, the packaged Triton model folder),
+refuses a version whose validation did not pass, and hands the rest to ``registry.publish``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import logging
+import subprocess
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+from mlflow.exceptions import MlflowException
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from pipelines.errors import StageError, run_stage
+from pipelines.files import write_json
+from registry.errors import NotValidatedError, RegistryError
+from registry.events import Actor
+from registry.publish import Candidate, Lineage, Registration, Validation, publish
+from registry.settings import RegistrySettings
+from registry.store import Store
+
+log = logging.getLogger(__name__)
+
+M = TypeVar("M", bound=BaseModel)
+
+
+class RegisterInputs(BaseModel):
+    """Every path the stage reads, as given in dvc.yaml."""
+
+    model_config = ConfigDict(frozen=True)
+
+    params: Path
+    lock: Path
+    validate_metrics: Path
+    package_metrics: Path
+    quantize_metrics: Path
+    other_metrics: tuple[Path, ...] = ()
+    triton_repo: Path
+
+
+class _ValidateMetrics(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    accuracy: float
+    reference_accuracy: float
+    drop: float
+    passed: bool
+    config_errors: int | list[Any] = 0
+
+
+class _PackageMetrics(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    model: str
+    version: int | str
+    bytes: int
+
+
+class _QuantizeMetrics(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    method: str
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError as exc:
+        raise StageError(f"{path}: not found; run the stage that writes it (`dvc repro`)") from exc
+    except json.JSONDecodeError as exc:
+        raise StageError(f"{path}: not valid JSON ({exc}); rerun the stage that writes it") from exc
+    if not isinstance(data, dict):
+        raise StageError(f"{path}: expected a JSON object, got {type(data).__name__}")
+    return data
+
+
+def _typed(path: Path, model: type[M]) -> M:
+    try:
+        return model.model_validate(_read_json(path))
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors())
+        raise StageError(f"{path}: {problems}") from exc
+
+
+def flatten(data: Any, prefix: str = "") -> dict[str, Any]:
+    """Nested mappings to dotted keys; lists and scalars are leaves."""
+    if not isinstance(data, dict):
+        return {prefix: data} if prefix else {}
+    flat: dict[str, Any] = {}
+    for key, value in data.items():
+        flat.update(flatten(value, f"{prefix}.{key}" if prefix else str(key)))
+    return flat
+
+
+def _as_text(value: Any) -> str:
+    return value if isinstance(value, str) else json.dumps(value, sort_keys=True)
+
+
+def split_metrics(stage: str, data: dict[str, Any]) -> tuple[dict[str, float], dict[str, str]]:
+    """Numbers become MLflow metrics; anything else (method names, file lists) becomes a param."""
+    numbers: dict[str, float] = {}
+    others: dict[str, str] = {}
+    for key, value in flatten(data, stage).items():
+        if isinstance(value, bool | int | float):
+            numbers[key] = float(value)
+        else:
+            others[f"metrics.{key}"] = _as_text(value)
+    return numbers, others
+
+
+def sha256_of(path: Path) -> str:
+    try:
+        return hashlib.sha256(path.read_bytes()).hexdigest()
+    except FileNotFoundError as exc:
+        raise StageError(f"{path}: not found; run the pipeline with `dvc repro`, which writes it") from exc
+
+
+def git_state(folder: Path) -> tuple[str, bool]:
+    """HEAD commit and whether tracked files differ from it; ("unknown", True) outside git."""
+
+    def git(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(["git", "-C", str(folder), *args], capture_output=True, text=True, check=False)
+
+    head = git("rev-parse", "HEAD")
+    if head.returncode != 0:
+        log.warning("%s is not in a git repository with a commit; lineage records commit 'unknown'", folder)
+        return "unknown", True
+    return head.stdout.strip(), bool(git("status", "--porcelain", "--untracked-files=no").stdout.strip())
+
+
+def _failure_reason(metrics: _ValidateMetrics) -> str:
+    reasons = [
+        f"accuracy {metrics.accuracy:.4f} vs reference {metrics.reference_accuracy:.4f} (drop {metrics.drop:.4f})"
+    ]
+    if metrics.config_errors:
+        reasons.append(f"config errors: {metrics.config_errors}")
+    extra = metrics.model_extra or {}
+    reasons += [f"{key}: {extra[key]}" for key in ("reason", "reasons", "failures") if extra.get(key)]
+    return "; ".join(reasons)
+
+
+def build_candidate(inputs: RegisterInputs) -> Candidate:
+    """Read and check the upstream contract; refuse (NotValidatedError) a version that failed validation."""
+    validate = _typed(inputs.validate_metrics, _ValidateMetrics)
+    package = _typed(inputs.package_metrics, _PackageMetrics)
+    quantize = _typed(inputs.quantize_metrics, _QuantizeMetrics)
+    if not validate.passed:
+        raise NotValidatedError(
+            f"{inputs.validate_metrics} says validation did not pass: {_failure_reason(validate)}. "
+            "Nothing was registered; fix the cause and rerun `dvc repro`."
+        )
+    model_dir = inputs.triton_repo / package.model
+    version_dir = model_dir / str(package.version)
+    for needed in (model_dir / "config.pbtxt", version_dir):
+        if not needed.exists():
+            raise StageError(f"{needed}: not found, but {inputs.package_metrics} says it was packaged")
+    raw_params = yaml.safe_load(inputs.params.read_text()) if inputs.params.exists() else {}
+    params = {key: _as_text(value) for key, value in flatten(raw_params or {}).items()}
+    metrics: dict[str, float] = {}
+    for path in (inputs.validate_metrics, inputs.package_metrics, inputs.quantize_metrics, *inputs.other_metrics):
+        numbers, others = split_metrics(path.stem, _read_json(path))
+        metrics.update(numbers)
+        params.update(others)
+    commit, dirty = git_state(inputs.params.resolve().parent)
+    return Candidate(
+        triton_model=package.model,
+        package_version=str(package.version),
+        model_dir=model_dir,
+        version_dir=version_dir,
+        size_bytes=package.bytes,
+        quantization=quantize.method,
+        lineage=Lineage(
+            commit=commit,
+            dirty=dirty,
+            dvc_lock_sha256=sha256_of(inputs.lock),
+            params_sha256=sha256_of(inputs.params),
+        ),
+        validation=Validation(passed=True, accuracy=validate.accuracy, drop=validate.drop, reason="passed"),
+        params=params,
+        metrics=metrics,
+    )
+
+
+def register(inputs: RegisterInputs, settings: RegistrySettings, actor: Actor) -> Registration:
+    """The stage: check the inputs, then log, register and alias the version in MLflow."""
+    candidate = build_candidate(inputs)
+    return publish(Store(settings), candidate, actor)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--params", type=Path, required=True)
+    parser.add_argument("--lock", type=Path, required=True, help="dvc.lock (read for its digest only)")
+    parser.add_argument("--validate", type=Path, required=True, help="validate stage metrics JSON")
+    parser.add_argument("--package", type=Path, required=True, help="package stage metrics JSON")
+    parser.add_argument("--quantize", type=Path, required=True, help="quantize stage metrics JSON")
+    parser.add_argument("--metrics", type=Path, nargs="*", default=[], help="other stages' metrics to log")
+    parser.add_argument("--triton-repo", type=Path, required=True)
+    parser.add_argument("--out", type=Path, required=True, help="where to write register.json")
+    args = parser.parse_args(argv)
+    inputs = RegisterInputs(
+        params=args.params,
+        lock=args.lock,
+        validate_metrics=args.validate,
+        package_metrics=args.package,
+        quantize_metrics=args.quantize,
+        other_metrics=tuple(args.metrics),
+        triton_repo=args.triton_repo,
+    )
+
+    def body() -> str:
+        settings = RegistrySettings()
+        try:
+            result = register(inputs, settings, Actor.from_env())
+        except RegistryError as exc:
+            raise StageError(str(exc)) from exc
+        except MlflowException as exc:
+            raise StageError(
+                f"MLflow at {settings.display_uri} failed: {exc.message}. Check MLFLOW_TRACKING_URI "
+                "(unset means the project's sqlite store) and that the server is up (`make mlflow`)."
+            ) from exc
+        write_json(args.out, result.model_dump(include={"registered_model", "version", "run_id", "alias"}))
+        return f"{result.registered_model} v{result.version} (run {result.run_id}) is the {result.alias}"
+
+    return run_stage("register", body)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,135 @@
+"""Rollout actions: each reads the state, plans, then applies under the lock only if nothing moved.
+
+Optimistic concurrency: an action remembers the state it planned from (aliases, weight and the
+generation counter), takes the rollout lock (registry.lock), re-reads the state, and refuses with
+ConcurrentChangeError if anything differs. Of two racing actions exactly one applies: the other
+either finds the lock taken or, once it is free, finds the generation moved on.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+
+from mlflow.exceptions import MlflowException
+
+from registry import events, lock, plans
+from registry.errors import ConcurrentChangeError, RegistryError
+from registry.events import Actor, Event
+from registry.state import GENERATION_TAG, LAST_EVENT_TAG, WEIGHT_TAG, RolloutState, read_state
+from registry.store import Store
+
+log = logging.getLogger(__name__)
+
+Planner = Callable[[RolloutState], plans.Plan]
+
+
+def _apply(store: Store, op: plans.Op) -> None:
+    client, model = store.client, store.model
+    match op:
+        case plans.SetAlias(alias, version):
+            client.set_registered_model_alias(model, alias, str(version))
+        case plans.DropAlias(alias):
+            client.delete_registered_model_alias(model, alias)
+        case plans.SetWeight(percent):
+            client.set_registered_model_tag(model, WEIGHT_TAG, str(percent))
+        case plans.TagVersion(version, key, value):
+            client.set_model_version_tag(model, str(version), key, value)
+
+
+def transact(store: Store, actor: Actor, planner: Planner, attempts: int = 1, backoff_s: float = 0.5) -> Event:
+    """Plan from a fresh read and apply it atomically with respect to other actions.
+
+    ``attempts`` > 1 re-plans from the new state after a conflict: right for the register stage
+    (its plan does not depend on what moved), wrong for a person's request (they decided on a state
+    they saw), so the CLI actions use one attempt.
+    """
+    for attempt in range(1, attempts + 1):
+        try:
+            return _transact_once(store, actor, planner)
+        except ConcurrentChangeError as exc:
+            if attempt == attempts:
+                raise
+            log.info("%s (attempt %d/%d); retrying in %.1f s", exc, attempt, attempts, backoff_s * attempt)
+            time.sleep(backoff_s * attempt)
+    raise AssertionError("unreachable")
+
+
+def _transact_once(store: Store, actor: Actor, planner: Planner) -> Event:
+    before = read_state(store)
+    plan = planner(before)
+    with lock.rollout_lock(store, actor.name, plan.action):
+        current = read_state(store)
+        if current != before:
+            raise ConcurrentChangeError(
+                f"{store.model} changed while `{plan.action}` was starting: it was "
+                f"[{before.describe()}] (generation {before.generation}), now [{current.describe()}] "
+                f"(generation {current.generation}); check `python -m registry status` and retry"
+            )
+        try:
+            for op in plan.ops:
+                _apply(store, op)
+            generation = before.generation + 1
+            store.client.set_registered_model_tag(store.model, GENERATION_TAG, str(generation))
+        except MlflowException as exc:
+            raise RegistryError(
+                f"`{plan.action}` failed part-way ({exc.message}); some aliases may have moved. "
+                "Check `python -m registry status` and repeat the action or roll back."
+            ) from exc
+        after = read_state(store)
+        event = Event(
+            action=plan.action,
+            version=plan.version,
+            actor=actor.name,
+            run_url=actor.run_url,
+            at=events.now(),
+            before=before.describe(),
+            after=after.describe(),
+            generation=generation,
+            summary=plan.summary,
+        )
+        store.client.set_registered_model_tag(
+            store.model, LAST_EVENT_TAG, f"{event.at:%Y-%m-%d %H:%M:%S}Z {plan.summary} (by {actor.name})"
+        )
+        return events.record(store, event)
+
+
+def mark_candidate(store: Store, actor: Actor, version: int) -> Event:
+    """Give a freshly registered version the ``candidate`` alias, waiting out concurrent actions."""
+    return transact(store, actor, lambda s: plans.register_candidate(s, version), attempts=10)
+
+
+def promote_to_canary(store: Store, actor: Actor, version: int | None = None, weight: int = 0) -> Event:
+    return transact(store, actor, lambda s: plans.promote_to_canary(s, version, weight))
+
+
+def set_weight(store: Store, actor: Actor, weight: int, version: int | None = None) -> Event:
+    return transact(store, actor, lambda s: plans.set_weight(s, weight, version))
+
+
+def promote_to_champion(store: Store, actor: Actor, version: int | None = None) -> Event:
+    return transact(store, actor, lambda s: plans.promote_to_champion(s, version))
+
+
+def rollback(store: Store, actor: Actor, version: int | None = None) -> Event:
+    stamp = f"{events.now().isoformat()} by {actor.name}"
+    return transact(store, actor, lambda s: plans.rollback(s, version, stamp))
+
+
+def unlock(store: Store, actor: Actor) -> Event:
+    """Clear a lock left by an action that died, and record who cleared it."""
+    state = read_state(store)
+    holder = lock.force_unlock(store)
+    event = Event(
+        action="unlock",
+        version=None,
+        actor=actor.name,
+        run_url=actor.run_url,
+        at=events.now(),
+        before=state.describe(),
+        after=state.describe(),
+        generation=state.generation,
+        summary=f"cleared the rollout lock held by {holder}",
+    )
+    return events.record(store, event)

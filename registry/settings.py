@@ -1,0 +1,95 @@
+"""Where the registry lives: one settings class shared by the CLI, the register stage and the server."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from urllib.parse import urlparse
+
+from pydantic import AliasChoices, Field, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+_LOOPBACK = ("127.0.0.1", "localhost", "::1")
+
+
+def _project_dir() -> Path:
+    # The repository root (the folder holding this package), so every command finds the same
+    # store wherever it is started from.
+    return Path(__file__).resolve().parent.parent
+
+
+class RegistrySettings(BaseSettings):
+    """MLflow location and names. Environment: ``REGISTRY_*``, plus ``MLFLOW_TRACKING_URI``."""
+
+    model_config = SettingsConfigDict(env_prefix="REGISTRY_", extra="ignore", populate_by_name=True)
+
+    tracking_uri: str | None = Field(
+        default=None, validation_alias=AliasChoices("MLFLOW_TRACKING_URI", "REGISTRY_TRACKING_URI")
+    )
+    project_dir: Path = Field(default_factory=_project_dir)
+    backend_store_uri: str | None = None
+    artifacts_destination: Path | None = None
+    host: str = "127.0.0.1"
+    allow_public_bind: bool = False
+    port: int = Field(default=5000, ge=1, le=65535)
+    model_name: str = "qwen3-vl"
+    experiment: str = "qwen3-vl-pipeline"
+    health_attempts: int = Field(default=60, ge=1)
+    health_interval_s: float = Field(default=0.5, gt=0)
+
+    @field_validator("model_name")
+    @classmethod
+    def _model_name_is_valid(cls, value: str) -> str:
+        if not value.strip() or "/" in value or ":" in value:
+            raise ValueError(f"registered model name {value!r} must be non-empty without '/' or ':'")
+        return value
+
+    @model_validator(mode="after")
+    def _loopback_unless_allowed(self) -> RegistrySettings:
+        if self.host not in _LOOPBACK and not self.allow_public_bind:
+            raise ValueError(
+                f"host {self.host!r}: `mlflow server` has no authentication, so anyone who reaches it can "
+                "promote or roll back versions. Keep 127.0.0.1, or put it behind an authenticating proxy "
+                "and set REGISTRY_ALLOW_PUBLIC_BIND=true"
+            )
+        return self
+
+    @property
+    def store_uri(self) -> str:
+        """The sqlite store the embedded default and ``make mlflow`` share."""
+        if self.backend_store_uri:
+            return self.backend_store_uri
+        return f"sqlite:///{self.project_dir / 'mlflow' / 'mlflow.db'}"
+
+    @property
+    def artifacts_dir(self) -> Path:
+        """Where artifacts live on disk, for the server and for the embedded default."""
+        return self.artifacts_destination or self.project_dir / "mlflow" / "artifacts"
+
+    @property
+    def effective_tracking_uri(self) -> str:
+        return self.tracking_uri or self.store_uri
+
+    @property
+    def display_uri(self) -> str:
+        """The tracking URI for messages: without credentials, should someone put them in it."""
+        parsed = urlparse(self.effective_tracking_uri)
+        if parsed.username or parsed.password:
+            return parsed._replace(netloc=parsed.netloc.rpartition("@")[2]).geturl()
+        return self.effective_tracking_uri
+
+    @property
+    def is_remote(self) -> bool:
+        """True when a tracking server answers (artifacts then go through it)."""
+        return self.effective_tracking_uri.startswith(("http://", "https://"))
+
+    @property
+    def server_url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    @property
+    def lock_model_name(self) -> str:
+        return f"{self.model_name}.rollout-lock"
+
+    @property
+    def events_experiment(self) -> str:
+        return f"{self.model_name}-rollout"
