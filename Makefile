@@ -16,7 +16,7 @@ export PYTHONPATH := $(CURDIR)
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_NO_ADVISORY_WARNINGS := 1
 
-.PHONY: help install lock tiny-model demo test lint typecheck pytest clean mlflow registry-status serving-repo metrics-diff
+.PHONY: help install lock tiny-model demo test lint typecheck pytest clean mlflow registry-status serving-repo metrics-diff triton bench-triton
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -53,6 +53,12 @@ pytest: $(STAMP) ## pytest only
 	pytest
 
 test: lint typecheck pytest ## ruff, mypy and pytest
+
+triton: $(STAMP) ## Serve triton-models/ in a real Triton, foreground (TRITON_HTTP_PORT/GRPC_PORT/METRICS_PORT)
+	$(PY) -m serving.triton --model-repository triton-models
+
+bench-triton: $(STAMP) ## Latency and dynamic-batching gain of the tiny model in a real Triton (~45 s)
+	$(PY) -m serving.bench_triton --checkpoint pipelines/tiny_model/checkpoint
 
 BASE ?= main
 SERVING_REPO ?= .run/serving-models

@@ -18,6 +18,8 @@ def run_stage(name: str, body: Callable[[], str]) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     # bitsandbytes warns on every CPU load that an optional hub kernel is absent; the CPU path is fine.
     logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
+    # GX narrates its own bookkeeping at INFO; the suite runner logs the outcome that matters.
+    logging.getLogger("great_expectations").setLevel(logging.WARNING)
     try:
         summary = body()
     except StageError as exc:

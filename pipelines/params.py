@@ -59,7 +59,7 @@ class QuantizeParams(_Group):
         return method
 
 
-G = TypeVar("G", bound=_Group)
+G = TypeVar("G", bound=BaseModel)
 
 
 def load_group(group: str, model: type[G], path: Path = PARAMS_FILE) -> G:

@@ -19,6 +19,16 @@ ROWS: tuple[tuple[str, str, str, str], ...] = (
     ("quantize", "size_ratio", "size ratio", "{:.1%}"),
     ("quantize", "golden_accuracy", "quantized golden accuracy (reloaded)", "{:.1%}"),
     ("quantize", "seconds", "quantize seconds", "{:.1f}"),
+    ("package", "model", "Triton model", "{}"),
+    ("package", "version", "Triton version", "{}"),
+    ("package", "bytes", "version folder (bytes)", "{:,}"),
+    ("validate", "accuracy", "served golden accuracy (Triton)", "{:.1%}"),
+    ("validate", "p50_ms", "served p50 latency (ms)", "{:.1f}"),
+    ("validate", "p95_ms", "served p95 latency (ms)", "{:.1f}"),
+    ("validate", "passed", "validation gate passed", "{}"),
+    ("register", "registered_model", "MLflow registered model", "{}"),
+    ("register", "version", "MLflow model version", "{}"),
+    ("register", "alias", "MLflow alias", "{}"),
 )
 
 

@@ -31,7 +31,7 @@ log = logging.getLogger(__name__)
 
 def config_errors(config: Path) -> list[str]:
     """Every error the config checker finds in ``config`` (printed as ``path:line: error: message``)."""
-    from validation.config_check import check_paths
+    from validation.check import check_paths
 
     return [f.format() for f in check_paths([config]) if f.severity == "error"]
 
@@ -144,8 +144,11 @@ def main(argv: list[str] | None = None) -> int:
             metrics = validate_version(
                 args.repository, model, version, args.golden, reference, load_group("validate", GateParams), args.out
             )
-        except StageError:
-            write_json(args.metrics, {"model": model, "version": version, "passed": False, "config_errors": 1})
+        except StageError as exc:
+            # Still record the verdict, so `register` refuses this version by reading it.
+            failed = {"model": model, "version": version, "accuracy": 0.0, "reference_accuracy": reference}
+            failed |= {"drop": reference, "passed": False, "failures": [str(exc)]}
+            write_json(args.metrics, failed)
             raise
         write_json(args.metrics, metrics)
         head = (

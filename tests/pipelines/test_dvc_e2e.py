@@ -46,7 +46,7 @@ def repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def test_repro_runs_every_stage_and_meets_the_accuracy_bars(repo: Path) -> None:
     out = _run(["dvc", "repro"], repo)
-    for stage in ("golden", "base_model", "quantize"):
+    for stage in ("golden", "base_model", "quantize", "package", "validate", "register"):
         assert f"Running stage '{stage}'" in out
     base = json.loads((repo / "metrics/base_model.json").read_text())
     quant = json.loads((repo / "metrics/quantize.json").read_text())
@@ -57,6 +57,13 @@ def test_repro_runs_every_stage_and_meets_the_accuracy_bars(repo: Path) -> None:
     assert set(quant) >= {"method", "weights_bytes", "source_weights_bytes", "size_ratio", "seconds", "golden_accuracy"}
     assert (repo / "artifacts/quantized/config.json").is_file()
     assert len((repo / "artifacts/golden/golden.jsonl").read_text().splitlines()) == 300
+    assert (repo / "triton-models/qwen3-vl/1/model.py").is_file()
+    assert (repo / "triton-models/qwen3-vl/config.pbtxt").is_file()
+    validate = json.loads((repo / "metrics/validate.json").read_text())
+    assert validate["passed"] is True and validate["accuracy"] >= 0.95
+    assert (repo / "artifacts/validate/report.html").is_file()
+    register = json.loads((repo / "metrics/register.json").read_text())
+    assert register["alias"] == "candidate" and register["version"] == 1
 
 
 def test_second_repro_does_nothing(repo: Path) -> None:
@@ -70,9 +77,29 @@ def test_metrics_show_lists_the_figures(repo: Path) -> None:
     assert "golden_accuracy" in out and "size_ratio" in out
 
 
-def test_method_change_reruns_only_quantize(repo: Path) -> None:
+def test_method_change_reruns_only_quantize_onwards(repo: Path) -> None:
     out = _run(["dvc", "exp", "run", "-S", "quantize.method=bnb-int8"], repo)
     assert "Running stage 'quantize'" in out
     assert "Running stage 'golden'" not in out
     assert "Running stage 'base_model'" not in out
+    assert "Running stage 'register'" in out
     assert json.loads((repo / "metrics/quantize.json").read_text())["method"] == "bnb-int8"
+    assert json.loads((repo / "metrics/register.json").read_text())["version"] == 2
+
+
+def test_strict_accuracy_gate_fails_with_the_rule_named(repo: Path) -> None:
+    env = os.environ | {"PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    proc = subprocess.run(
+        ["dvc", "exp", "run", "-S", "validate.min_accuracy=0.999", "-S", "validate.max_p95_ms=0.001"],
+        cwd=repo,
+        env=env | {"PYTHONPATH": str(repo)},
+        capture_output=True,
+        text=True,
+        timeout=900,
+        check=False,
+    )
+    assert proc.returncode != 0
+    output = proc.stdout + proc.stderr
+    assert "gate FAILED" in output
+    assert "latency_ms" in output
+    assert "Running stage 'register'" not in output

@@ -1,0 +1,83 @@
+"""Shared fixtures for the serving tests: tiny checkpoints, package params, a model repository."""
+
+from __future__ import annotations
+
+import io
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from pipelines.package import PackageParams, package
+
+BACKEND = Path(__file__).resolve().parents[2] / "serving" / "backend" / "model.py"
+#: Golden questions come from a stream the tiny model never trained on (seed 0 is training).
+GOLDEN_SEED = 7
+
+
+def serving_params(**overrides: Any) -> PackageParams:
+    """Package params for tests: small, fast, every field explicit (params.yaml has no say here)."""
+    values: dict[str, Any] = {
+        "model_name": "qwen3-vl",
+        "version": 1,
+        "max_batch_size": 8,
+        "dynamic_batching": True,
+        "preferred_batch_sizes": [4, 8],
+        "max_queue_delay_us": 5000,
+        "instance_count": 1,
+        "instance_kind": "cpu",
+        "version_policy": "all",
+        "max_new_tokens": 8,
+        "temperature": 0.0,
+        "top_p": 1.0,
+        "max_history": 2,
+    }
+    values.update(overrides)
+    return PackageParams.model_validate(values)
+
+
+@pytest.fixture(scope="session")
+def int8_checkpoint(tiny_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """``tiny_checkpoint`` through the quantize stage's own code: bitsandbytes int8, vision tower and head kept."""
+    from pipelines.params import QuantizeParams
+    from pipelines.quantize import quantize_checkpoint
+
+    folder = tmp_path_factory.mktemp("quantized") / "bnb-int8"
+    params = QuantizeParams(method="bnb-int8", skip_modules=["model.visual", "lm_head"])
+    quantize_checkpoint(tiny_checkpoint, folder, params, "cpu")
+    return folder
+
+
+@pytest.fixture()
+def fake_checkpoint(tmp_path: Path) -> Path:
+    """A folder with the files a checkpoint needs, without real weights (the package stage never loads them)."""
+    folder = tmp_path / "checkpoint"
+    folder.mkdir()
+    (folder / "config.json").write_text('{"model_type": "qwen3_vl"}')
+    for name in ("tokenizer.json", "tokenizer_config.json", "processor_config.json"):
+        (folder / name).write_text("{}")
+    (folder / "model.safetensors").write_bytes(os.urandom(1024))
+    return folder
+
+
+def png_bytes(image: Any) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+Packager = Callable[..., Path]
+
+
+@pytest.fixture(scope="session")
+def packager() -> Packager:
+    """``packager(checkpoint, repository, **params)`` packages one version and returns its folder."""
+
+    def run(checkpoint: Path, repository: Path, **overrides: Any) -> Path:
+        params = serving_params(**overrides)
+        package(checkpoint, BACKEND, repository, params)
+        return repository / params.model_name / str(params.version)
+
+    return run
