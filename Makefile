@@ -16,7 +16,7 @@ export PYTHONPATH := $(CURDIR)
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_NO_ADVISORY_WARNINGS := 1
 
-.PHONY: help install lock tiny-model demo test lint typecheck pytest clean mlflow registry-status serving-repo metrics-diff triton bench-triton
+.PHONY: help install lock tiny-model demo test lint typecheck pytest clean mlflow registry-status serving-repo metrics-diff triton bench-triton check-config check-load
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -59,6 +59,12 @@ triton: $(STAMP) ## Serve triton-models/ in a real Triton, foreground (TRITON_HT
 
 bench-triton: $(STAMP) ## Latency and dynamic-batching gain of the tiny model in a real Triton (~45 s)
 	$(PY) -m serving.bench_triton --checkpoint pipelines/tiny_model/checkpoint
+
+check-config: $(STAMP) ## Check every config.pbtxt under triton-models/ against Triton's rules (no server)
+	$(PY) -m validation check-config triton-models --backends python
+
+check-load: $(STAMP) ## Load every model of triton-models/ in a real Triton and report each version
+	$(PY) -m validation check-load triton-models
 
 BASE ?= main
 SERVING_REPO ?= .run/serving-models

@@ -32,8 +32,10 @@ log = logging.getLogger(__name__)
 def config_errors(config: Path) -> list[str]:
     """Every error the config checker finds in ``config`` (printed as ``path:line: error: message``)."""
     from validation.check import check_paths
+    from validation.context import Target
 
-    return [f.format() for f in check_paths([config]) if f.severity == "error"]
+    # Judged against the server this project launches: the Python backend (GPU count unknown here).
+    return [f.format() for f in check_paths([config], Target(backends=frozenset({"python"}))) if f.severity == "error"]
 
 
 def serving_repository(model_dir: Path, version: int, dest: Path) -> Path:

@@ -123,6 +123,8 @@ class TritonServer:
         self.load_models = list(load_models)
         self.extra_args = list(extra_args)
         self._process: subprocess.Popen[bytes] | None = None
+        # Each server gets its own shared-memory names so side-by-side servers cannot collide.
+        self._shm_prefix = f"triton_{os.getpid()}_{uuid.uuid4().hex[:8]}_"
 
     @property
     def http_url(self) -> str:
@@ -211,6 +213,10 @@ class TritonServer:
         # Stubs notice a dead parent only on their next health check; do not leave them orphaned.
         self._signal_group(process, signal.SIGKILL)
         self._process = None
+        # A killed server (e.g. stuck on a hung load) leaves its Python-backend regions behind.
+        for region in Path("/dev/shm").glob(f"{self._shm_prefix}*"):
+            with contextlib.suppress(OSError):
+                region.unlink()
         if self._owns_run_dir and self._run_dir is not None:
             # A temporary run folder goes, except the log when it lives there (it explains failures).
             keep_log = self._log_path is None
@@ -245,7 +251,7 @@ class TritonServer:
             f"--exit-timeout-secs={s.exit_timeout_secs}",
             f"--log-verbose={s.log_verbose}",
             # Each server gets its own shared-memory names so side-by-side servers cannot collide.
-            f"--backend-config=python,shm-region-prefix-name=triton_{os.getpid()}_{uuid.uuid4().hex[:8]}_",
+            f"--backend-config=python,shm-region-prefix-name={self._shm_prefix}",
         ]
         if s.strict_model_config:
             args.append("--disable-auto-complete-config")

@@ -1,0 +1,611 @@
+"""Model folders for the checker tests, each with what the real Triton 2.51 says about it.
+
+``phrase`` is a piece of Triton's own load error (seen in its HTTP answer or log); the checker must
+say it too. ``triton`` is what the server does: "fail", "ready", or "hang" (2.51 may never answer;
+when it does, it refuses the model).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+#: The ``make_model`` fixture: ``make_model(name, body, **model_kwargs)`` -> the model folder.
+MakeModel = Callable[..., Path]
+
+ECHO_MODEL_PY = """import triton_python_backend_utils as pb_utils
+
+
+class TritonPythonModel:
+    def execute(self, requests):
+        responses = []
+        for request in requests:
+            tensor = pb_utils.get_input_tensor_by_name(request, "INPUT0")
+            responses.append(pb_utils.InferenceResponse([pb_utils.Tensor("OUTPUT0", tensor.as_numpy())]))
+        return responses
+"""
+PYTHON = 'backend: "python"'
+ENSEMBLE = 'platform: "ensemble"'
+IO = """input [{ name: "INPUT0" data_type: TYPE_FP32 dims: [4] }]
+output [{ name: "OUTPUT0" data_type: TYPE_FP32 dims: [4] }]"""
+IO_VAR = """input [{ name: "INPUT0" data_type: TYPE_FP32 dims: [-1] }]
+output [{ name: "OUTPUT0" data_type: TYPE_FP32 dims: [-1] }]"""
+IO_TWO = """input [{ name: "INPUT0" data_type: TYPE_FP32 dims: [4] }, { name: "INPUT1" data_type: TYPE_FP32 dims: [4] }]
+output [{ name: "OUTPUT0" data_type: TYPE_FP32 dims: [4] }]"""
+WARMUP = 'model_warmup [{ name: "w" batch_size: %d inputs { key: "%s" value: { data_type: %s dims: [%s] %s } } }]'
+
+
+@dataclass(frozen=True)
+class Case:
+    name: str
+    config: str | None
+    phrase: str | None = None
+    triton: Literal["fail", "ready", "hang"] = "ready"
+    versions: tuple[str, ...] = ("1",)
+    model_py: bool = True
+    files: dict[str, str] = field(default_factory=dict)
+    warnings: tuple[str, ...] = ()
+
+    def write(self, repository: Path) -> Path:
+        folder = repository / self.name
+        folder.mkdir(parents=True, exist_ok=True)
+        if self.config is not None:
+            (folder / "config.pbtxt").write_text(self.config)
+        for version in self.versions:
+            (folder / version).mkdir(exist_ok=True)
+            if self.model_py:
+                (folder / version / "model.py").write_text(ECHO_MODEL_PY)
+        for relative, text in self.files.items():
+            (folder / relative).parent.mkdir(parents=True, exist_ok=True)
+            (folder / relative).write_text(text)
+        return folder
+
+
+def model(
+    name: str,
+    body: str = "",
+    *,
+    phrase: str | None = None,
+    triton: Literal["fail", "ready", "hang"] | None = None,
+    io: str = IO,
+    max_batch_size: int | None = 4,
+    backend: str = PYTHON,
+    named: bool = True,
+    **kwargs: object,
+) -> Case:
+    """A case whose config is the usual header (name, backend, batch size, tensors) plus ``body``."""
+    lines = [f'name: "{name}"' if named else "", backend]
+    if max_batch_size is not None:
+        lines.append(f"max_batch_size: {max_batch_size}")
+    text = "\n".join(line for line in [*lines, io, body] if line) + "\n"
+    expected = triton or ("fail" if phrase else "ready")
+    return Case(name, text, phrase, expected, **kwargs)  # type: ignore[arg-type]
+
+
+def ensemble(name: str, steps: list[str], *, phrase: str | None = None, **kwargs: object) -> Case:
+    body = f"ensemble_scheduling {{ step [ {', '.join(steps)} ] }}"
+    extra = str(kwargs.pop("extra", ""))
+    return model(name, body + "\n" + extra, phrase=phrase, backend=ENSEMBLE, model_py=False, **kwargs)  # type: ignore[arg-type]
+
+
+def step(model_name: str, inputs: dict[str, str], outputs: dict[str, str], version: int = -1) -> str:
+    maps = [f'input_map {{ key: "{k}" value: "{v}" }}' for k, v in inputs.items()]
+    maps += [f'output_map {{ key: "{k}" value: "{v}" }}' for k, v in outputs.items()]
+    return f'{{ model_name: "{model_name}" model_version: {version} {" ".join(maps)} }}'
+
+
+def _seq(controls: str) -> str:
+    return f"sequence_batching {{ control_input [{controls}] }}"
+
+
+def _control(tensor: str, kind: str, values: str) -> str:
+    return f'{{ name: "{tensor}" control [{{ kind: {kind} {values} }}] }}'
+
+
+START, END, READY, CORRID = (f"CONTROL_SEQUENCE_{k}" for k in ("START", "END", "READY", "CORRID"))
+ECHO = step("echo", {"INPUT0": "INPUT0"}, {"OUTPUT0": "OUTPUT0"})
+WARM_OK = WARMUP % (1, "INPUT0", "TYPE_FP32", "4", "zero_data: true")
+
+# Composing models the ensemble cases refer to; loaded by Triton as dependencies, not tested alone.
+HELPERS = [
+    model("echo", WARM_OK),
+    model("echo2in", io=IO_TWO),
+    ensemble("ens_cycle_b", [step("ens_cycle_a", {"INPUT0": "INPUT0"}, {"OUTPUT0": "OUTPUT0"})]),
+]
+
+CASES = [
+    # Valid, maybe risky: Triton loads them; the checker has no error (and may warn).
+    model("ok", "dynamic_batching { preferred_batch_size: [2, 4] }\n" + WARM_OK),
+    model("dyn_without_batching", "dynamic_batching {}", max_batch_size=0, warnings=("dynamic-batching",)),
+    model("batching_without_scheduler", warnings=("batching-without-scheduler", "no-warmup")),
+    model("specific_partly_present", "version_policy { specific { versions: [1, 3] } }", warnings=("version-policy",)),
+    model("config_without_name", named=False),
+    model(
+        "reshape_variable_ok",
+        io='input [{ name: "INPUT0" data_type: TYPE_FP32 dims: [2, 4, -1, 6] reshape { shape: [8, -1, 1, 6] } }]\n'
+        'output [{ name: "OUTPUT0" data_type: TYPE_FP32 dims: [-1] }]',
+    ),
+    model(
+        "duplicate_input",
+        warnings=("io-duplicate-name",),
+        io=IO.replace(
+            "dims: [4] }]\noutput", 'dims: [4] }, { name: "INPUT0" data_type: TYPE_FP32 dims: [4] }]\noutput'
+        ),
+    ),
+    model("policy_without_levels", "dynamic_batching { priority_queue_policy { key: 1 value { max_queue_size: 4 } } }"),
+    model("instance_count_zero", "instance_group [{ kind: KIND_CPU count: 0 }]"),
+    model("instance_kind_model", "instance_group [{ kind: KIND_MODEL }]"),
+    model(
+        "odd_version_folders",
+        "version_policy { all {} }",
+        versions=("1", "2", "01", "abc"),
+        warnings=("version-folder",),
+    ),
+    model(
+        "sequence_ok",
+        _seq(
+            f"{_control('START', START, 'int32_false_true: [0, 1]')}, "
+            f"{_control('CORR', CORRID, 'data_type: TYPE_UINT64')}"
+        ),
+    ),
+    model("sequence_without_batching", "sequence_batching {}", max_batch_size=0),
+    model(
+        "control_two_kinds_one_tensor",
+        'sequence_batching { control_input [{ name: "A" control [{ kind: CONTROL_SEQUENCE_START '
+        "int32_false_true: [0, 1] }, { kind: CONTROL_SEQUENCE_END int32_false_true: [0, 1] }] }] }",
+    ),
+    model(
+        "batch_input_ok",
+        'batch_input [{ kind: BATCH_ELEMENT_COUNT target_name: "BI" data_type: TYPE_INT32 source_input: "INPUT0" }]',
+    ),
+    model(
+        "batch_output_ok",
+        'batch_output [{ kind: BATCH_SCATTER_WITH_INPUT_SHAPE target_name: "OUTPUT0" source_input: "INPUT0" }]',
+    ),
+    model("warmup_variable_given", WARMUP % (1, "INPUT0", "TYPE_FP32", "7", "random_data: true"), io=IO_VAR),
+    model("warmup_batch_zero", WARMUP % (0, "NOPE", "TYPE_FP32", "4", "zero_data: true")),
+    model("warmup_not_batching", WARMUP % (1, "INPUT0", "TYPE_FP32", "4", "zero_data: true"), max_batch_size=0),
+    model(
+        "warmup_extra_input",
+        'model_warmup [{ name: "w" batch_size: 1 inputs [{ key: "INPUT0" value: { '
+        'data_type: TYPE_FP32 dims: [4] zero_data: true } }, { key: "NOPE" value: { data_type: TYPE_FP32 '
+        "dims: [4] zero_data: true } }] }]",
+        warnings=("warmup-inputs",),
+    ),
+    model("warmup_optional_left_out", WARM_OK, io=IO_TWO.replace("dims: [4] }]", "dims: [4] optional: true }]", 1)),
+    model("backend_from_model_py", backend=""),
+    model("python_with_onnx_platform", backend='backend: "python"\nplatform: "onnxruntime_onnx"'),
+    ensemble("ens_ok", [ECHO]),
+    ensemble(
+        "ens_chain",
+        [
+            step("echo", {"INPUT0": "INPUT0"}, {"OUTPUT0": "mid"}),
+            step("echo", {"INPUT0": "mid"}, {"OUTPUT0": "OUTPUT0"}),
+        ],
+    ),
+    ensemble("ens_not_batching", [ECHO], max_batch_size=0, io=IO.replace("dims: [4]", "dims: [-1, 4]")),
+    # Refused by Triton; the checker says why in Triton's words.
+    Case("name_folder", model("other").config, "directory name must equal model name", "fail"),
+    model("no_backend", phrase="Could not determine backend for model 'no_backend'", backend="", model_py=False),
+    model("unknown_backend", phrase="unable to find backend library for backend 'pythn'", backend='backend: "pythn"'),
+    model("unknown_platform", phrase="unexpected platform type 'foo'", backend='platform: "foo"'),
+    model(
+        "platform_pair",
+        phrase="unexpected 'platform' and 'backend' pair, got:tensorrt_plan, onnxruntime",
+        backend='backend: "onnxruntime"\nplatform: "tensorrt_plan"',
+    ),
+    model("negative_batch", phrase="'max_batch_size' must be non-negative value", max_batch_size=-1),
+    model(
+        "dim_zero",
+        phrase="model input 'INPUT0' dimension must be integer >= 1, or -1",
+        io=IO.replace("dims: [4] }]\noutput", "dims: [0] }]\noutput"),
+    ),
+    model(
+        "dim_minus_two",
+        phrase="model output 'OUTPUT0' dimension must be integer >= 1",
+        io=IO.replace('"OUTPUT0" data_type: TYPE_FP32 dims: [4]', '"OUTPUT0" data_type: TYPE_FP32 dims: [-2]'),
+    ),
+    model(
+        "no_dims",
+        phrase="model input 'INPUT0' must specify 'dims'",
+        io=IO.replace(" dims: [4] }]\noutput", " }]\noutput"),
+    ),
+    model(
+        "no_data_type",
+        phrase="model input 'INPUT0' must specify 'data_type'",
+        io=IO.replace("data_type: TYPE_FP32 dims: [4] }]\noutput", "dims: [4] }]\noutput"),
+    ),
+    model("no_tensor_name", phrase="model input must specify 'name'", io=IO.replace('name: "INPUT0" ', "")),
+    model(
+        "reshape_size",
+        phrase="has different size for dims and reshape",
+        io=IO.replace("dims: [4] }]\noutput", "dims: [4] reshape { shape: [2, 3] } }]\noutput"),
+    ),
+    model(
+        "reshape_variable",
+        phrase="has different number of variable-size dimensions for dims and reshape",
+        io=IO.replace("dims: [4] }]\noutput", "dims: [2, -1] reshape { shape: [-1, 2, -1] } }]\noutput"),
+    ),
+    model(
+        "reshape_empty",
+        phrase="cannot have empty reshape for non-batching model",
+        max_batch_size=0,
+        io=IO.replace("dims: [4] }]\noutput", "dims: [1] reshape { shape: [] } }]\noutput"),
+    ),
+    model(
+        "reshape_zero",
+        phrase="reshape dimensions must be integer >= 1",
+        io=IO.replace("dims: [4] }]\noutput", "dims: [4] reshape { shape: [0] } }]\noutput"),
+    ),
+    model(
+        "nhwc",
+        phrase="model input NHWC/NCHW require 3 dims",
+        io=IO.replace("dims: [4] }]\noutput", "format: FORMAT_NHWC dims: [4] }]\noutput"),
+    ),
+    model(
+        "shape_tensor",
+        phrase="shape tensors are only supported for TensorRT platform",
+        io=IO.replace("dims: [4] }]\noutput", "dims: [4] is_shape_tensor: true }]\noutput"),
+    ),
+    model(
+        "preferred_too_big",
+        "dynamic_batching { preferred_batch_size: [8] }",
+        phrase="dynamic batching preferred size must be <= max batch size",
+    ),
+    model(
+        "preferred_zero",
+        "dynamic_batching { preferred_batch_size: [0] }",
+        phrase="dynamic batching preferred size must be positive",
+    ),
+    model(
+        "preferred_not_batching",
+        "dynamic_batching { preferred_batch_size: [2] }",
+        max_batch_size=0,
+        phrase="dynamic batching preferred size must be <= max batch size",
+    ),
+    model(
+        "default_priority_unset",
+        "dynamic_batching { priority_levels: 2 }",
+        phrase="default priority level must be in range [1, 2]",
+    ),
+    model(
+        "default_priority_high",
+        "dynamic_batching { priority_levels: 2 default_priority_level: 3 }",
+        phrase="default priority level must be in range [1, 2]",
+    ),
+    model(
+        "queue_policy_level",
+        "dynamic_batching { priority_levels: 2 default_priority_level: 1 "
+        "priority_queue_policy { key: 3 value { max_queue_size: 4 } } }",
+        phrase="priority queue policy must have priority level in range [1, 2]",
+    ),
+    model(
+        "preserve_ordering_levels",
+        "dynamic_batching { preserve_ordering: true priority_levels: 2 default_priority_level: 1 }",
+        phrase="Only one priority level is allowed when 'preserve_ordering' is true",
+    ),
+    model(
+        "preserve_ordering_delay",
+        "dynamic_batching { preserve_ordering: true default_queue_policy { "
+        "timeout_action: DELAY default_timeout_microseconds: 100 } }",
+        phrase="Queue policy can not have DELAY as timeout action",
+    ),
+    model(
+        "gpu_kind_without_gpus",
+        "instance_group [{ kind: KIND_GPU }]",
+        phrase="has kind KIND_GPU but no GPUs are available",
+    ),
+    model(
+        "gpu_id_missing",
+        "instance_group [{ kind: KIND_GPU gpus: [0] }]",
+        phrase="specifies invalid or unsupported gpu id 0",
+    ),
+    model(
+        "cpu_kind_with_gpus",
+        "instance_group [{ kind: KIND_CPU gpus: [0] }]",
+        phrase="has kind KIND_CPU but specifies one or more GPUs",
+    ),
+    model(
+        "model_kind_with_gpus",
+        "instance_group [{ kind: KIND_MODEL gpus: [0] }]",
+        phrase="has kind KIND_MODEL but specifies one or more GPUs",
+    ),
+    model(
+        "auto_kind_missing_gpu",
+        "instance_group [{ gpus: [3] }]",
+        phrase="has kind KIND_CPU but specifies one or more GPUs",
+    ),
+    model(
+        "profile_not_tensorrt",
+        'instance_group [{ kind: KIND_CPU profile: ["0"] }]',
+        phrase="specifies profile field which is only supported for TensorRT models",
+    ),
+    model(
+        "latest_zero",
+        "version_policy { latest { num_versions: 0 } }",
+        phrase="at least one version must be available under the version policy of model 'latest_zero'",
+    ),
+    model(
+        "specific_absent",
+        "version_policy { specific { versions: [3] } }",
+        phrase="at least one version must be available under the version policy",
+    ),
+    model(
+        "leading_zero_only", phrase="at least one version must be available under the version policy", versions=("01",)
+    ),
+    model("no_version_folder", phrase="at least one version must be available under the version policy", versions=()),
+    model(
+        "cache_decoupled",
+        "response_cache { enable: true }\nmodel_transaction_policy { decoupled: true }",
+        phrase="with 'decoupled' transaction policy. Please disable the response cache.",
+    ),
+    model(
+        "cache_sequence",
+        "sequence_batching {}\nresponse_cache { enable: true }",
+        phrase="with sequence batching scheduler. Please disable the response cache.",
+    ),
+    model(
+        "control_no_name",
+        "sequence_batching { control_input [{ control [{ kind: CONTROL_SEQUENCE_START int32_false_true: [0, 1] }] }] }",
+        phrase="sequence batching control tensor must have a name",
+    ),
+    model(
+        "control_tensor_twice",
+        _seq(f"{_control('A', START, 'int32_false_true: [0, 1]')}, {_control('A', END, 'int32_false_true: [0, 1]')}"),
+        phrase="control tensor 'A' is specified for multiple control kinds",
+    ),
+    model(
+        "control_kind_twice",
+        _seq(f"{_control('A', START, 'int32_false_true: [0, 1]')}, {_control('B', START, 'int32_false_true: [0, 1]')}"),
+        phrase="sequence batching specifies multiple CONTROL_SEQUENCE_START tensors",
+    ),
+    model(
+        "control_no_values",
+        _seq(_control("A", READY, "")),
+        phrase="must specify either 'int32_false_true', 'fp32_false_true' or 'bool_false_true' for CONTROL_SEQUENCE_R",
+    ),
+    model(
+        "control_two_types",
+        _seq(_control("A", END, "int32_false_true: [0, 1] fp32_false_true: [0, 1]")),
+        phrase="specifies more than one from 'int32_false_true', 'fp32_false_true' and 'bool_false_true'",
+    ),
+    model(
+        "control_three_values",
+        _seq(_control("A", END, "bool_false_true: [false, true, true]")),
+        phrase="control 'bool_false_true' must have exactly 2 entries for CONTROL_SEQUENCE_END",
+    ),
+    model(
+        "corrid_values",
+        _seq(_control("A", CORRID, "int32_false_true: [0, 1]")),
+        phrase="must not specify either 'int32_false_true', 'fp32_false_true' or 'bool_false_true' for CONTROL_S",
+    ),
+    model(
+        "corrid_type",
+        _seq(_control("A", CORRID, "data_type: TYPE_FP32")),
+        phrase="unexpected data type for control CONTROL_SEQUENCE_CORRID",
+    ),
+    model(
+        "oldest_preferred",
+        "sequence_batching { oldest { preferred_batch_size: [8] } }",
+        phrase="sequence batching preferred batch size must be <= max batch size",
+    ),
+    model(
+        "direct_utilization",
+        "sequence_batching { direct { minimum_slot_utilization: 1.5 } }",
+        phrase="minimum slot utilization must be in range (0.0, 1.0]",
+    ),
+    model(
+        "batch_input_no_source",
+        'batch_input [{ kind: BATCH_ELEMENT_COUNT target_name: "BI" data_type: TYPE_INT32 }]',
+        phrase="batch input kind 'BATCH_ELEMENT_COUNT' expects 1 source input, got 0",
+    ),
+    model(
+        "batch_input_type",
+        'batch_input [{ kind: BATCH_ELEMENT_COUNT target_name: "BI" data_type: TYPE_FP16 source_input: "INPUT0" }]',
+        phrase="batch input data type must be TYPE_INT32 or TYPE_FP32",
+    ),
+    model(
+        "batch_input_source",
+        'batch_input [{ kind: BATCH_ELEMENT_COUNT target_name: "BI" data_type: TYPE_INT32 source_input: "NOPE" }]',
+        phrase="unknown source input name 'NOPE'",
+    ),
+    model(
+        "batch_output_target",
+        'batch_output [{ kind: BATCH_SCATTER_WITH_INPUT_SHAPE target_name: "NOPE" source_input: "INPUT0" }]',
+        phrase="unknown target output name 'NOPE'",
+    ),
+    model(
+        "batch_output_target_twice",
+        "batch_output [{ kind: BATCH_SCATTER_WITH_INPUT_SHAPE target_name: "
+        '["OUTPUT0", "OUTPUT0"] source_input: "INPUT0" }]',
+        phrase="target output name 'OUTPUT0' can only be specified once",
+    ),
+    model(
+        "batch_output_sources",
+        'batch_output [{ kind: BATCH_SCATTER_WITH_INPUT_SHAPE target_name: "OUTPUT0" '
+        'source_input: ["INPUT0", "INPUT0"] }]',
+        phrase="expects 1 source input, got 2",
+    ),
+    model(
+        "warmup_unknown_input",
+        WARMUP % (1, "NOPE", "TYPE_FP32", "4", "zero_data: true"),
+        phrase="missing required input(s) ['INPUT0']",
+    ),
+    model(
+        "warmup_type",
+        WARMUP % (1, "INPUT0", "TYPE_FP16", "4", "zero_data: true"),
+        phrase="inference input 'INPUT0' data-type is 'FP16', but model 'warmup_type' expects 'FP32'",
+    ),
+    model(
+        "warmup_shape",
+        WARMUP % (1, "INPUT0", "TYPE_FP32", "5", "zero_data: true"),
+        phrase="unexpected shape for input 'INPUT0' for model 'warmup_shape'. Expected [-1,4], got [1,5]",
+    ),
+    model(
+        "warmup_variable",
+        WARMUP % (1, "INPUT0", "TYPE_FP32", "-1", "zero_data: true"),
+        io=IO_VAR,
+        phrase="warmup setting expects all variable-size dimensions are specified for input 'INPUT0'",
+    ),
+    model(
+        "warmup_no_data",
+        WARMUP % (1, "INPUT0", "TYPE_FP32", "4", ""),
+        phrase="warmup setting expects input 'INPUT0' to have input_data_type set",
+    ),
+    model(
+        "warmup_file",
+        WARMUP % (1, "INPUT0", "TYPE_FP32", "4", 'input_data_file: "nope.bin"'),
+        phrase="failed to open text file for read",
+    ),
+    model(
+        "warmup_missing_input",
+        WARM_OK,
+        io=IO_TWO,
+        phrase="expected 2 inputs but got 1 inputs for model 'warmup_missing_input'",
+    ),
+    model(
+        "execution_env",
+        'parameters { key: "EXECUTION_ENV_PATH" value: { string_value: "$$TRITON_MODEL_DIRECTORY/env.tar.gz" } }',
+        phrase="Failed to get the canonical path for",
+    ),
+    model("unknown_field", "foo: 3", phrase="read text proto"),
+    model("two_schedulers", "dynamic_batching {}\nsequence_batching {}", phrase="read text proto"),
+    model("syntax", "max_batch_size: [", phrase="read text proto"),
+    model(
+        "metrics_field",
+        "model_metrics { metric_control [{ histogram_options { buckets: [1.0] } }] }",
+        phrase="read text proto",
+    ),
+    Case("no_config", None, "failed to open text file for read", "fail"),
+    model(
+        "label_file_missing",
+        io=IO.replace(
+            '"OUTPUT0" data_type: TYPE_FP32 dims: [4]',
+            '"OUTPUT0" data_type: TYPE_FP32 dims: [4] label_filename: "labels.txt"',
+        ),
+        phrase="labels.txt: No such file or directory",
+    ),
+    ensemble(
+        "ens_missing_model",
+        [step("nope", {"INPUT0": "INPUT0"}, {"OUTPUT0": "OUTPUT0"})],
+        phrase="contains models that are not available or ambiguous: nope",
+    ),
+    ensemble(
+        "ens_cycle_a",
+        [step("ens_cycle_b", {"INPUT0": "INPUT0"}, {"OUTPUT0": "OUTPUT0"})],
+        phrase="circular dependency between ensembles: ens_cycle_a -> ... -> ens_cycle_b -> ens_cycle_a",
+    ),
+    ensemble(
+        "ens_self",
+        [step("ens_self", {"INPUT0": "INPUT0"}, {"OUTPUT0": "OUTPUT0"})],
+        phrase="circular dependency between ensembles: ens_self",
+    ),
+    ensemble(
+        "ens_unused_input",
+        [ECHO],
+        io=IO_TWO,
+        phrase="ensemble input 'INPUT1' for ensemble ens_unused_input' is not used",
+    ),
+    ensemble(
+        "ens_unused_output",
+        [ECHO],
+        io=IO + '\noutput [{ name: "OUT2" data_type: TYPE_FP32 dims: [4] }]',
+        phrase="ensemble output 'OUT2' for ensemble ens_unused_output' is not used",
+    ),
+    ensemble(
+        "ens_unused_tensor",
+        [ECHO, step("echo", {"INPUT0": "INPUT0"}, {"OUTPUT0": "spare"})],
+        phrase="ensemble tensor 'spare' is unused in ensemble 'ens_unused_tensor'",
+    ),
+    ensemble(
+        "ens_output_twice", [ECHO, ECHO], phrase="ensemble tensor 'OUTPUT0' can appear in an output map only once"
+    ),
+    ensemble(
+        "ens_unknown_input",
+        [step("echo", {"NOPE": "INPUT0"}, {"OUTPUT0": "OUTPUT0"})],
+        phrase="ensemble tensor INPUT0 is mapping to non-existing input NOPE in model echo",
+    ),
+    ensemble(
+        "ens_unknown_output",
+        [step("echo", {"INPUT0": "INPUT0"}, {"NOPE": "OUTPUT0"})],
+        phrase="ensemble tensor OUTPUT0 is mapped from non-existing output NOPE in model echo",
+    ),
+    ensemble(
+        "ens_type",
+        [ECHO],
+        io=IO.replace("TYPE_FP32", "TYPE_FP16", 1),
+        phrase="inconsistent data type: TYPE_FP16 is inferred from model ens_type while TYPE_FP32",
+    ),
+    ensemble(
+        "ens_shape",
+        [ECHO],
+        io=IO.replace("dims: [4]", "dims: [5]", 1),
+        phrase="inconsistent shape: [-1,5] is inferred from model ens_shape while [-1,4]",
+    ),
+    ensemble(
+        "ens_batch",
+        [ECHO],
+        max_batch_size=8,
+        phrase="ensemble ens_batch allows maximum batch size 8, but it contains model echo",
+    ),
+    ensemble(
+        "ens_instances",
+        [ECHO],
+        extra="instance_group [{ kind: KIND_CPU }]",
+        phrase="instance group should not be specified for ensemble 'ens_instances'",
+    ),
+    ensemble("ens_warmup", [ECHO], extra=WARM_OK, phrase="model_warmup can not be specified for ensemble 'ens_warmup'"),
+    ensemble(
+        "ens_no_model_name",
+        [step("", {"INPUT0": "INPUT0"}, {"OUTPUT0": "OUTPUT0"})],
+        phrase="must specify 'model_name' in step 0 of ensemble 'ens_no_model_name'",
+    ),
+    ensemble(
+        "ens_no_input_map", [step("echo", {}, {"OUTPUT0": "OUTPUT0"})], phrase="must specify 'input_map' in step 0"
+    ),
+    ensemble("ens_no_steps", [], phrase="must specify 'step' for ensemble 'ens_no_steps'"),
+    ensemble(
+        "ens_unmapped_input",
+        [step("echo2in", {"INPUT0": "INPUT0"}, {"OUTPUT0": "OUTPUT0"})],
+        phrase="input INPUT1 in model echo2in is not mapped to any ensemble tensors",
+    ),
+    ensemble(
+        "ens_step_version",
+        [step("echo", {"INPUT0": "INPUT0"}, {"OUTPUT0": "OUTPUT0"}, version=7)],
+        phrase="depends on 'echo' whose required version 7 is not loaded",
+    ),
+    model(
+        "ens_without_platform",
+        f"ensemble_scheduling {{ step [ {ECHO} ] }}",
+        phrase="ensemble scheduling cannot be set for model 'ens_without_platform' whose platform is not ensemble",
+    ),
+    model(
+        "ens_without_steps",
+        backend=ENSEMBLE,
+        model_py=False,
+        phrase="ensemble scheduling must be set for ensemble ens_without_steps whose platform is ensemble",
+    ),
+    model(
+        "ens_with_backend",
+        f"ensemble_scheduling {{ step [ {ECHO} ] }}",
+        backend=f"{ENSEMBLE}\n{PYTHON}",
+        phrase="must have platform type 'ensemble' and empty backend type",
+    ),
+    # Triton 2.51 never finishes loading these: the checker is the only early warning.
+    model("model_py_missing", phrase="Python model file not found in", triton="hang", model_py=False),
+    model(
+        "warmup_batch_not_batching",
+        WARMUP % (2, "INPUT0", "TYPE_FP32", "4", "zero_data: true"),
+        max_batch_size=0,
+        phrase="failed to run warmup sample 'w': batch size 2 for",
+        triton="hang",
+    ),
+    model(
+        "warmup_batch_too_big",
+        WARMUP % (9, "INPUT0", "TYPE_FP32", "4", "zero_data: true"),
+        phrase="failed to run warmup sample 'w': batch size 9 for",
+        triton="hang",
+    ),
+]
