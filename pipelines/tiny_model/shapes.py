@@ -87,7 +87,7 @@ def render(color: str, shape: str, count: int, rng: random.Random) -> Image.Imag
     jitter = [rng.randint(-12, 12) for _ in range(3)]
     rgb = tuple(max(0, min(255, c + j)) for c, j in zip(COLORS[color], jitter, strict=True))
     for quadrant in rng.sample(range(4), count):
-        side = rng.randint(15, 24)
+        side = rng.randint(12, 24)
         x = (quadrant % 2) * cell + rng.randint(2, cell - side - 2)
         y = (quadrant // 2) * cell + rng.randint(2, cell - side - 2)
         _draw_shape(draw, shape, (x, y, x + side, y + side), rgb)
