@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import logging
-import os
-import shutil
 import tempfile
 from pathlib import Path
 
@@ -12,6 +10,7 @@ from google.protobuf import text_format
 from pydantic import BaseModel
 from tritonclient.grpc import model_config_pb2
 
+from pipelines.files import atomic_dir
 from registry import manifest
 from registry.errors import NotFoundError, RegistryError
 from registry.publish import CONFIG, VERSION_DIR
@@ -69,15 +68,6 @@ def _fetch_verified(store: Store, info: VersionInfo, into: Path) -> Path:
     return folder
 
 
-def _swap_in(tmp: Path, out: Path) -> None:
-    """Replace ``out`` with ``tmp``: two renames on one filesystem, never a half-written ``out``."""
-    old = out.with_name(f".{out.name}.old-{os.getpid()}")
-    if out.exists():
-        out.rename(old)
-    tmp.rename(out)
-    shutil.rmtree(old, ignore_errors=True)
-
-
 def materialize(store: Store, out: Path) -> Materialized:
     """Write ``out/<model>/{config.pbtxt,<N>/...}`` for the champion and canary, atomically."""
     champion, canary = resolve(store, "champion"), resolve(store, "canary")
@@ -92,28 +82,23 @@ def materialize(store: Store, out: Path) -> Materialized:
     model = str(names.pop())
     prefer = champion.version if champion is not None else next(iter(serving))
     out = out.resolve()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
-    try:
-        with tempfile.TemporaryDirectory(prefix=f".{out.name}.download-", dir=out.parent) as scratch:
-            configs = {}
-            (tmp / model).mkdir()
-            for version, info in serving.items():
-                folder = _fetch_verified(store, info, Path(scratch))
-                configs[version] = _parse_config(folder / CONFIG, f"{store.model} v{version}")
-                (folder / VERSION_DIR).rename(tmp / model / str(version))
-                if version == prefer:
-                    # Model-level files (warmup data) come with the config they belong to.
-                    for entry in folder.iterdir():
-                        if entry.name != CONFIG:
-                            entry.rename(tmp / model / entry.name)
-            config = serving_config(configs, prefer, model)
-            (tmp / model / CONFIG).write_text(text_format.MessageToString(config))
-        tmp.chmod(0o755)  # mkdtemp's 0700 would hide the repository from a Triton running as another user
-        _swap_in(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    with (
+        atomic_dir(out) as tmp,
+        tempfile.TemporaryDirectory(prefix=f".{out.name}.download-", dir=out.parent) as scratch,
+    ):
+        configs = {}
+        (tmp / model).mkdir()
+        for version, info in serving.items():
+            folder = _fetch_verified(store, info, Path(scratch))
+            configs[version] = _parse_config(folder / CONFIG, f"{store.model} v{version}")
+            (folder / VERSION_DIR).rename(tmp / model / str(version))
+            if version == prefer:
+                # Model-level files (warmup data) come with the config they belong to.
+                for entry in folder.iterdir():
+                    if entry.name != CONFIG:
+                        entry.rename(tmp / model / entry.name)
+        config = serving_config(configs, prefer, model)
+        (tmp / model / CONFIG).write_text(text_format.MessageToString(config))
     result = Materialized(
         out=out,
         triton_model=model,
