@@ -57,13 +57,18 @@ def read_rows(jsonl: Path) -> list[dict[str, Any]]:
 
 def _import_rows(source: Path, out: Path) -> list[dict[str, Any]]:
     rows = read_rows(source)
-    base = source.parent
+    base = source.parent.resolve()
     (out / "images").mkdir(parents=True, exist_ok=True)
-    for row in rows:
+    for number, row in enumerate(rows):
         image = row.get("image")
-        if isinstance(image, str) and (base / image).is_file():
-            dest = Path("images") / f"{row.get('id')}{Path(image).suffix}"
-            shutil.copy2(base / image, out / dest)
+        if not isinstance(image, str):
+            continue
+        found = (base / image).resolve()
+        # Copy only files inside the set's folder, under names we choose (ids may hold any text);
+        # anything else stays as given and the suite reports it as an image that does not decode.
+        if found.is_file() and found.is_relative_to(base):
+            dest = Path("images") / f"{number:05d}{found.suffix.lower()}"
+            shutil.copy2(found, out / dest)
             row["image"] = dest.as_posix()
     return rows
 

@@ -14,8 +14,11 @@ def _image_ok(base: Path, rel: object) -> bool:
 
     if not isinstance(rel, str) or not rel:
         return False
+    path = (base / rel).resolve()
+    if not path.is_relative_to(base.resolve()):
+        return False  # the set must hold its images; a path outside it is not part of the set
     try:
-        with Image.open(base / rel) as img:
+        with Image.open(path) as img:
             img.load()
     except (OSError, UnidentifiedImageError, ValueError):
         return False

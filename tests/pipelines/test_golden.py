@@ -133,3 +133,16 @@ def test_malformed_jsonl_line_is_named(tmp_path: Path) -> None:
     bad.write_text('{"id": "a"}\n{oops\n')
     with pytest.raises(StageError, match=r"golden.jsonl:2: not valid JSON"):
         read_rows(bad)
+
+
+def test_user_set_cannot_reach_outside_its_folder(tmp_path: Path) -> None:
+    src = tmp_path / "set"
+    rows = generate_rows(1729, 3, src)
+    (tmp_path / "secret.png").write_bytes((src / rows[0]["image"]).read_bytes())
+    rows[0]["image"] = "../secret.png"
+    rows[1]["id"] = "../../escape"
+    (src / ROWS_FILE).write_text("".join(json.dumps(r) + "\n" for r in rows))
+    with pytest.raises(StageError) as err:
+        build_golden(_params(path=src / ROWS_FILE, min_rows=3, min_per_category=0), builtin=False, out=tmp_path / "out")
+    assert "image_decodes" in str(err.value) and "g00000" in str(err.value)
+    assert not (tmp_path / "escape.png").exists() and not list(tmp_path.glob("**/escape*"))
