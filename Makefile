@@ -79,8 +79,11 @@ serving-repo: $(STAMP) ## Materialize champion + canary into SERVING_REPO
 	$(PY) -m registry materialize --out $(SERVING_REPO)
 
 metrics-diff: $(STAMP) ## Markdown table of metric changes against BASE (a git rev)
-	@echo "### Metrics against $(BASE)"; echo
-	@dvc metrics diff --md $(BASE)
+	@if git rev-parse -q --verify "$(BASE)^{commit}" >/dev/null; then \
+	  echo "### Metrics against $(BASE)"; echo; dvc metrics diff --md "$(BASE)"; \
+	else \
+	  echo "### Metrics (no base commit \`$(BASE)\` to compare with, e.g. a new branch)"; echo; dvc metrics show --md; \
+	fi
 
 clean: ## Remove generated artefacts (not the venv)
 	rm -rf artifacts .pytest_cache .mypy_cache .ruff_cache

@@ -64,6 +64,7 @@ def _import_rows(source: Path, out: Path) -> list[dict[str, Any]]:
         if not isinstance(image, str):
             continue
         found = (base / image).resolve()
+        row["image"] = None  # unless copied below: a missing file must not alias another row's copy
         # Copy only files inside the set's folder, under names we choose (ids may hold any text);
         # anything else stays as given and the suite reports it as an image that does not decode.
         if found.is_file() and found.is_relative_to(base):

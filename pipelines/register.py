@@ -148,6 +148,13 @@ def build_candidate(inputs: RegisterInputs) -> Candidate:
     validate = _typed(inputs.validate_metrics, _ValidateMetrics)
     package = _typed(inputs.package_metrics, _PackageMetrics)
     quantize = _typed(inputs.quantize_metrics, _QuantizeMetrics)
+    extra = validate.model_extra or {}
+    judged = (str(extra.get("model", package.model)), str(extra.get("version", package.version)))
+    if judged != (package.model, str(package.version)):
+        raise NotValidatedError(
+            f"{inputs.validate_metrics} judges {judged[0]} v{judged[1]}, but {inputs.package_metrics} packaged "
+            f"{package.model} v{package.version}; rerun `dvc repro` so validate sees this version"
+        )
     if not validate.passed:
         raise NotValidatedError(
             f"{inputs.validate_metrics} says validation did not pass: {_failure_reason(validate)}. "
@@ -213,7 +220,10 @@ def main(argv: list[str] | None = None) -> int:
     )
 
     def body() -> str:
-        settings = RegistrySettings()
+        try:
+            settings = RegistrySettings()
+        except ValidationError as exc:
+            raise StageError(f"registry settings (REGISTRY_* / MLFLOW_TRACKING_URI): {exc}") from exc
         try:
             result = register(inputs, settings, Actor.from_env())
         except RegistryError as exc:

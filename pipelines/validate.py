@@ -85,7 +85,7 @@ def validate_version(
     out_dir: Path,
 ) -> dict[str, Any]:
     """Run the config check and the served golden set; write the results table and report to ``out_dir``."""
-    from serving.triton_launcher import TritonServer, free_ports
+    from serving.triton_launcher import TritonError, TritonServer, free_ports
     from serving.triton_settings import TritonSettings
 
     model_dir = repository / model
@@ -101,8 +101,11 @@ def validate_version(
         repo = serving_repository(model_dir, version, Path(tmp) / "repo")
         http, grpc, metrics = free_ports(3)
         settings = TritonSettings(http_port=http, grpc_port=grpc, metrics_port=metrics)
-        with TritonServer(repo, settings, run_dir=Path(tmp) / "run", load_models=[model]) as server:
-            rows = ask_golden(server.http_url, model, version, questions, params)
+        try:
+            with TritonServer(repo, settings, run_dir=Path(tmp) / "run", load_models=[model]) as server:
+                rows = ask_golden(server.http_url, model, version, questions, params)
+        except TritonError as exc:
+            raise StageError(f"{model} version {version} could not be served, so it fails validation: {exc}") from exc
     summary = summarize(rows)
     findings = check_results(rows, params)
     verdict = decide(summary, reference_accuracy, len(errors), findings, params)

@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 from mlflow.exceptions import MlflowException
+from pydantic import ValidationError
 
 from registry import events, materialize, rollout, server
 from registry.errors import ConcurrentChangeError, RegistryError
@@ -129,7 +130,12 @@ def main(argv: list[str] | None = None) -> int:
     # default of seven retries (about four minutes). The environment still wins.
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
-    settings = RegistrySettings() if args.model is None else RegistrySettings(model_name=args.model)
+    try:
+        settings = RegistrySettings() if args.model is None else RegistrySettings(model_name=args.model)
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+        print(f"registry: error: bad settings (--model, REGISTRY_*, MLFLOW_TRACKING_URI): {problems}", file=sys.stderr)
+        return EXIT_ERROR
     try:
         return run(args, settings)
     except ConcurrentChangeError as exc:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 import tempfile
 from pathlib import Path
 
@@ -18,6 +19,7 @@ from registry.state import VersionInfo, resolve
 from registry.store import Store
 
 log = logging.getLogger(__name__)
+_MODEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 
 
 class Materialized(BaseModel):
@@ -80,6 +82,11 @@ def materialize(store: Store, out: Path) -> Materialized:
             f"champion and canary must be versions of one Triton model to share a repository, got {names}"
         )
     model = str(names.pop())
+    if not _MODEL_NAME.fullmatch(model):
+        # The name comes from an (unauthenticated) tag and becomes a folder: refuse anything path-like.
+        raise RegistryError(
+            f"{store.model}: Triton model name {model!r} from the version tags is not a plain folder name"
+        )
     prefer = champion.version if champion is not None else next(iter(serving))
     out = out.resolve()
     with (

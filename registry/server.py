@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import signal
@@ -108,7 +109,9 @@ def stop(process: subprocess.Popen[bytes], timeout_s: float = 15.0) -> None:
         process.wait(timeout=timeout_s)
     except subprocess.TimeoutExpired:
         log.warning("mlflow server (pid %d) ignored SIGTERM for %.0f s; killing it", process.pid, timeout_s)
-        process.kill()
+        # Its uvicorn worker holds the port too: kill the whole session started for it.
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(process.pid, signal.SIGKILL)
         process.wait()
 
 

@@ -84,3 +84,13 @@ def test_config_error_stops_the_stage_before_any_triton_start(
     assert "no server was started" in str(err.value)
     assert "config.pbtxt:" in str(err.value) and "max_batch_size" in str(err.value)
     assert not (tmp_path / "out").exists()
+
+
+def test_a_version_triton_cannot_load_fails_validation_with_a_message(
+    tiny_checkpoint: Path, small_golden: Path, tmp_path: Path
+) -> None:
+    repo = tmp_path / "repo"
+    _package(tiny_checkpoint, repo, version=6)
+    (repo / "qwen3-vl/6/model.safetensors").write_bytes(b"not safetensors")
+    with pytest.raises(StageError, match="qwen3-vl version 6 could not be served, so it fails validation"):
+        validate_version(repo, "qwen3-vl", 6, small_golden, 1.0, GATE, tmp_path / "out")

@@ -132,3 +132,20 @@ def test_embedded_store_is_the_store_make_mlflow_serves(
     result = materialize.materialize(served, tmp_path / "repo")
     assert (tmp_path / "repo" / "qwen3-vl" / "1" / "model.py").is_file()
     assert result.versions == [1]
+
+
+def test_a_verdict_about_another_version_is_refused(make_project: Callable[..., RegisterInputs]) -> None:
+    inputs = make_project()
+    verdict = json.loads(inputs.validate_metrics.read_text()) | {"model": "qwen3-vl", "version": 7}
+    inputs.validate_metrics.write_text(json.dumps(verdict))
+    with pytest.raises(NotValidatedError, match=r"judges qwen3-vl v7, but .* packaged qwen3-vl v1"):
+        stage.build_candidate(inputs)
+
+
+def test_bad_registry_settings_are_a_message_not_a_traceback(
+    make_project: Callable[..., RegisterInputs], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    inputs = make_project()
+    monkeypatch.setenv("REGISTRY_PORT", "not-a-port")
+    assert stage.main(_argv(inputs, inputs.params.parent / "metrics" / "register.json")) == 1
+    assert "register: error: registry settings" in capsys.readouterr().err
