@@ -86,6 +86,10 @@ def test_config_that_hangs_triton_is_an_error(case: Case, repository: Path, trit
     assert not status.ready
     if status.message.startswith("no answer within"):
         assert HANG_EVIDENCE.get(case.name, "") in status.message
+    elif status.message.startswith("Triton stopped answering") and case.name.startswith("warmup_"):
+        # Also seen with a bad warmup batch: the server dies on the load (a refusal). These cases
+        # come last in CASES, so no other case runs against the dead server.
+        pass
     else:
         # Seen on some runs: the load fails instead of hanging, and then in the checker's words.
         assert case.phrase in status.message
