@@ -124,3 +124,23 @@ def test_nothing_to_serve(
     stage.register(make_project(), settings, actor)  # a candidate only
     with pytest.raises(NotFoundError, match="no champion or canary"):
         materialize.materialize(store, tmp_path / "repo")
+
+
+def test_a_path_like_triton_model_tag_is_refused(
+    settings: RegistrySettings,
+    store: Store,
+    actor: Actor,
+    make_project: Callable[..., RegisterInputs],
+    tmp_path: Path,
+) -> None:
+    from registry.errors import RegistryError
+    from registry.state import TAG_TRITON_MODEL
+
+    _champion_and_canary(settings, store, actor, make_project)
+    for alias in ("champion", "canary"):
+        info = resolve(store, alias)  # type: ignore[arg-type]
+        assert info is not None
+        store.client.set_model_version_tag(settings.model_name, str(info.version), TAG_TRITON_MODEL, "../escape")
+    with pytest.raises(RegistryError, match="not a plain folder name"):
+        materialize.materialize(store, tmp_path / "serving-repo")
+    assert not (tmp_path / "escape").exists() and not (tmp_path / "serving-repo").exists()
