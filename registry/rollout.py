@@ -89,10 +89,17 @@ def _transact_once(store: Store, actor: Actor, planner: Planner) -> Event:
             generation=generation,
             summary=plan.summary,
         )
-        store.client.set_registered_model_tag(
-            store.model, LAST_EVENT_TAG, f"{event.at:%Y-%m-%d %H:%M:%S}Z {plan.summary} (by {actor.name})"
-        )
-        return events.record(store, event)
+        try:
+            store.client.set_registered_model_tag(
+                store.model, LAST_EVENT_TAG, f"{event.at:%Y-%m-%d %H:%M:%S}Z {plan.summary} (by {actor.name})"
+            )
+            return events.record(store, event)
+        except MlflowException as exc:
+            # The move itself is done: say so, or an operator would repeat an action that took effect.
+            raise RegistryError(
+                f"`{plan.action}` took effect (now [{after.describe()}], generation {generation}) but recording "
+                f"it in MLflow failed ({exc.message}); do not repeat it, check `python -m registry status`"
+            ) from exc
 
 
 def mark_candidate(store: Store, actor: Actor, version: int) -> Event:

@@ -105,3 +105,28 @@ def test_github_actor_is_recorded(
     assert run.data.tags["mlflow.user"] == "octocat (GitHub Actions run 42)"
     assert run.data.tags["rollout.run_url"] == "https://github.com/acme/pipeline/actions/runs/42"
     assert run.info.run_name == "promote-canary v1"
+
+
+def test_an_action_whose_record_fails_says_it_took_effect(
+    settings: RegistrySettings,
+    store: Store,
+    actor: Actor,
+    make_project: Callable[..., RegisterInputs],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from mlflow.exceptions import MlflowException
+
+    from registry import events as events_module
+    from registry.errors import RegistryError
+
+    stage.register(make_project(), settings, actor)
+
+    def broken_record(*args: object, **kwargs: object) -> None:
+        raise MlflowException("experiment store unavailable")
+
+    monkeypatch.setattr(events_module, "record", broken_record)
+    with pytest.raises(RegistryError, match="took effect") as err:
+        rollout.promote_to_canary(store, actor, weight=10)
+    assert "do not repeat it" in str(err.value)
+    info = resolve(store, "canary")  # type: ignore[arg-type]
+    assert info is not None and info.version == 1
