@@ -9,9 +9,8 @@ from typing import Any
 
 from pipelines import checkpoint
 from pipelines.errors import StageError, run_stage
-from pipelines.evaluate import generate_answers, score
 from pipelines.files import atomic_dir, weights_bytes, write_json
-from pipelines.golden import load_questions
+from pipelines.golden import golden_accuracy
 from pipelines.params import EvalParams, ModelParams, load_group
 from pipelines.tiny_model import BUILTIN_SOURCE, CHECKPOINT_DIR
 
@@ -37,11 +36,7 @@ def prepare_base_model(model: ModelParams, ev: EvalParams, golden_dir: Path, out
         checkpoint.copy_checkpoint(source, tmp)
     device = checkpoint.resolve_device(model.device)
     processor, net = checkpoint.load(out, device)
-    questions = load_questions(golden_dir)
-    predictions = generate_answers(
-        net, processor, questions, batch_size=ev.batch_size, max_new_tokens=ev.max_new_tokens
-    )
-    acc = score(questions, predictions)
+    acc = golden_accuracy(net, processor, golden_dir, ev)
     return {
         "source": model.source,
         "device": device,

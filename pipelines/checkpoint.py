@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 from pathlib import Path
@@ -91,12 +92,5 @@ def count_parameters(model: Any) -> int:
     total = 0
     for p in model.parameters():
         shape = getattr(getattr(p, "quant_state", None), "shape", None)
-        total += int(torch_numel(shape)) if shape is not None else p.numel()
+        total += math.prod(int(d) for d in shape) if shape is not None else p.numel()
     return total
-
-
-def torch_numel(shape: Any) -> int:
-    n = 1
-    for d in shape:
-        n *= int(d)
-    return n

@@ -12,11 +12,11 @@ from typing import Any
 from PIL import Image
 
 from pipelines.errors import StageError, run_stage
-from pipelines.evaluate import Question
+from pipelines.evaluate import Accuracy, Question, generate_answers, score
 from pipelines.files import atomic_dir
 from pipelines.golden_suite import check_golden
 from pipelines.gx_suite import describe
-from pipelines.params import GoldenParams, ModelParams, load_group
+from pipelines.params import EvalParams, GoldenParams, ModelParams, load_group
 from pipelines.tiny_model import BUILTIN_SOURCE
 from pipelines.tiny_model.shapes import CATEGORIES, sample
 
@@ -110,6 +110,13 @@ def load_questions(golden_dir: Path) -> list[Question]:
             )
         )
     return out
+
+
+def golden_accuracy(model: Any, processor: Any, golden_dir: Path, ev: EvalParams) -> Accuracy:
+    """In-process accuracy of a loaded model on the golden set in ``golden_dir``."""
+    questions = load_questions(golden_dir)
+    answers = generate_answers(model, processor, questions, batch_size=ev.batch_size, max_new_tokens=ev.max_new_tokens)
+    return score(questions, answers)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -15,14 +15,13 @@ import json
 import logging
 import shutil
 import struct
-import uuid
 from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, PositiveInt
 
 from pipelines.checkpoint import missing_parts
 from pipelines.errors import StageError, run_stage
-from pipelines.files import atomic_dir, write_json
+from pipelines.files import atomic_dir, write_bytes, write_json
 from pipelines.params import load_group
 from pipelines.pbtxt import WARMUP_DIR, WARMUP_MESSAGES_FILE, ServingParams, render_config
 from pipelines.tiny_model import shapes
@@ -84,8 +83,8 @@ def package(checkpoint: Path, backend: Path, repository: Path, params: PackagePa
             bytes=sum(path.stat().st_size for path in files),
             files=len(files),
         )
-        _write_atomic(model_dir / WARMUP_DIR / WARMUP_MESSAGES_FILE, warmup)
-        _write_atomic(model_dir / "config.pbtxt", config)
+        write_bytes(model_dir / WARMUP_DIR / WARMUP_MESSAGES_FILE, warmup)
+        write_bytes(model_dir / "config.pbtxt", config)
     logger.info("packaged %s version %d: %d files, %d bytes", result.model, result.version, result.files, result.bytes)
     return result
 
@@ -107,16 +106,6 @@ def _make_readable(folder: Path) -> None:
     folder.chmod(0o755)
     for path in folder.rglob("*"):
         path.chmod(0o755 if path.is_dir() else path.stat().st_mode | 0o444)
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")
-    try:
-        temporary.write_bytes(data)
-        temporary.replace(path)
-    finally:
-        temporary.unlink(missing_ok=True)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -17,16 +17,18 @@ QuantizeMethod = Literal["none", "bnb-int8", "bnb-nf4"]
 QUANTIZE_METHODS: tuple[str, ...] = ("none", "bnb-int8", "bnb-nf4")
 
 
-class _Group(BaseModel):
+class ParamsGroup(BaseModel):
+    """A params.yaml group: unknown keys are errors, values are read-only."""
+
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-class ModelParams(_Group):
+class ModelParams(ParamsGroup):
     source: str = Field(min_length=1)
     device: Literal["auto", "cpu", "cuda"] = "auto"
 
 
-class GoldenParams(_Group):
+class GoldenParams(ParamsGroup):
     seed: int
     size: int = Field(gt=0)
     path: Path | None = None
@@ -42,12 +44,12 @@ class GoldenParams(_Group):
         return seed
 
 
-class EvalParams(_Group):
+class EvalParams(ParamsGroup):
     batch_size: int = Field(gt=0)
     max_new_tokens: int = Field(gt=0)
 
 
-class QuantizeParams(_Group):
+class QuantizeParams(ParamsGroup):
     method: str
     skip_modules: list[str] = Field(default_factory=list)
 

@@ -12,8 +12,10 @@ from dataclasses import dataclass
 from typing import Literal
 
 from google.protobuf import text_format
-from pydantic import BaseModel, ConfigDict, Field, PositiveInt, model_validator
+from pydantic import Field, PositiveInt, model_validator
 from tritonclient.grpc import model_config_pb2 as pb
+
+from pipelines.params import ParamsGroup
 
 #: Inputs. ``messages`` is one JSON document: a list of OpenAI-style chat messages.
 INPUT_MESSAGES = "messages"
@@ -59,23 +61,19 @@ OUTPUTS: tuple[TensorSpec, ...] = (
 )
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class LatestPolicy(_Strict):
+class LatestPolicy(ParamsGroup):
     """Serve the ``latest`` highest-numbered versions."""
 
     latest: PositiveInt
 
 
-class SpecificPolicy(_Strict):
+class SpecificPolicy(ParamsGroup):
     """Serve exactly these versions."""
 
     specific: list[PositiveInt] = Field(min_length=1)
 
 
-class ServingParams(_Strict):
+class ServingParams(ParamsGroup):
     """The params that shape ``config.pbtxt``: batching, instances, versions, generation defaults."""
 
     max_batch_size: PositiveInt

@@ -15,9 +15,8 @@ from typing import Any
 
 from pipelines import checkpoint
 from pipelines.errors import StageError, run_stage
-from pipelines.evaluate import generate_answers, score
 from pipelines.files import atomic_dir, weights_bytes, write_json
-from pipelines.golden import load_questions
+from pipelines.golden import golden_accuracy
 from pipelines.params import QUANTIZE_METHODS, EvalParams, ModelParams, QuantizeParams, load_group
 
 log = logging.getLogger(__name__)
@@ -65,11 +64,7 @@ def run_quantize(
     quantize_checkpoint(source, out, params, device)
     seconds = time.monotonic() - start
     processor, reloaded = checkpoint.load(out, device)
-    questions = load_questions(golden_dir)
-    acc = score(
-        questions,
-        generate_answers(reloaded, processor, questions, batch_size=ev.batch_size, max_new_tokens=ev.max_new_tokens),
-    )
+    acc = golden_accuracy(reloaded, processor, golden_dir, ev)
     quantized, original = weights_bytes(out), weights_bytes(source)
     return {
         "method": params.method,

@@ -19,8 +19,8 @@ class GateParams(BaseModel):
     min_accuracy: float = Field(ge=0.0, le=1.0)
     max_drop: float = Field(ge=0.0, le=1.0)
     max_p95_ms: float = Field(gt=0)
-    concurrency: int = Field(default=8, gt=0)
-    timeout_s: float = Field(default=60.0, gt=0)
+    concurrency: int = Field(gt=0)
+    timeout_s: float = Field(gt=0)
 
 
 class ResultRow(BaseModel):

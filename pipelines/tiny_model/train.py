@@ -5,9 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 import math
-import shutil
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -16,6 +14,7 @@ from pydantic import BaseModel, Field
 from tqdm import tqdm
 
 from pipelines.evaluate import Accuracy, Question, chat_messages, generate_answers, score
+from pipelines.files import atomic_dir
 from pipelines.tiny_model import CHECKPOINT_DIR
 from pipelines.tiny_model.build import build_model, build_processor, build_tokenizer
 from pipelines.tiny_model.shapes import CATEGORIES, TRAIN_SEED, sample
@@ -111,12 +110,9 @@ def train(spec: TrainSpec, out_dir: Path) -> TrainReport:
     questions = heldout_questions(spec.heldout_size)
     heldout = score(questions, generate_answers(model, processor, questions))
 
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
-    processor.save_pretrained(tmp)
-    model.save_pretrained(tmp)
-    shutil.rmtree(out_dir, ignore_errors=True)
-    tmp.rename(out_dir)
+    with atomic_dir(out_dir) as tmp:
+        processor.save_pretrained(tmp)
+        model.save_pretrained(tmp)
     return TrainReport(
         steps=spec.steps,
         seconds=round(time.monotonic() - start, 1),

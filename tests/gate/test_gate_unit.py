@@ -7,7 +7,7 @@ import pytest
 from validation.accuracy import GateParams, check_results, decide, result_row, summarize
 from validation.report import render_report
 
-PARAMS = GateParams(min_accuracy=0.9, max_drop=0.05, max_p95_ms=500.0)
+PARAMS = GateParams(min_accuracy=0.9, max_drop=0.05, max_p95_ms=500.0, concurrency=8, timeout_s=60.0)
 
 
 def _rows(correct: int, wrong: int, latency: float = 20.0) -> list:

@@ -16,7 +16,7 @@ from validation.accuracy import GateParams
 
 pytestmark = [pytest.mark.triton, pytest.mark.slow]
 
-GATE = GateParams(min_accuracy=0.9, max_drop=0.05, max_p95_ms=5000.0, concurrency=8)
+GATE = GateParams(min_accuracy=0.9, max_drop=0.05, max_p95_ms=5000.0, concurrency=8, timeout_s=60.0)
 
 
 def _package(checkpoint: Path, repo: Path, version: int) -> None:
