@@ -36,7 +36,7 @@ lock: ## Re-resolve requirements.in into requirements.lock in one resolver run
 	rm -rf .lock-venv
 
 tiny-model: $(STAMP) ## Rebuild and retrain the embedded tiny Qwen3-VL (about 10 min of CPU)
-	$(PY) -m pipelines.tiny_model
+	$(PY) -m tiny_model
 
 demo: $(STAMP) ## Run the pipeline on the embedded default model and print a summary
 	dvc repro
@@ -47,7 +47,7 @@ lint: $(STAMP) ## ruff
 	ruff format --check .
 
 typecheck: $(STAMP) ## mypy on the packages
-	mypy pipelines registry serving validation
+	mypy core tiny_model pipelines registry serving validation
 
 pytest: $(STAMP) ## pytest only
 	pytest
@@ -58,7 +58,7 @@ triton: $(STAMP) ## Serve triton-models/ in a real Triton, foreground (TRITON_HT
 	$(PY) -m serving.triton --model-repository triton-models
 
 bench-triton: $(STAMP) ## Latency and dynamic-batching gain of the tiny model in a real Triton (~45 s)
-	$(PY) -m serving.bench_triton --checkpoint pipelines/tiny_model/checkpoint
+	$(PY) -m serving.triton.bench --checkpoint tiny_model/checkpoint
 
 check-config: $(STAMP) ## Check every config.pbtxt under triton-models/ against Triton's rules (no server)
 	$(PY) -m validation check-config triton-models --backends python

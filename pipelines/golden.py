@@ -9,18 +9,31 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from PIL import Image
+from pydantic import Field, field_validator
 
-from pipelines.errors import StageError, run_stage
-from pipelines.evaluate import Accuracy, Question, generate_answers, score
-from pipelines.files import atomic_dir
-from pipelines.golden_suite import check_golden
-from pipelines.gx_suite import describe
-from pipelines.params import EvalParams, GoldenParams, ModelParams, load_group
-from pipelines.tiny_model import BUILTIN_SOURCE
-from pipelines.tiny_model.shapes import CATEGORIES, sample
+from core.files import atomic_dir
+from core.golden import ROWS_FILE, check_golden, read_rows
+from core.gx import describe
+from core.params import ModelParams, ParamsGroup, load_group
+from core.stage import StageError, run_stage
+from tiny_model import is_builtin_checkpoint, is_builtin_generator
+from tiny_model.shapes import CATEGORIES, TRAIN_SEED, sample
 
-ROWS_FILE = "golden.jsonl"
+
+class GoldenParams(ParamsGroup):
+    seed: int
+    size: int = Field(gt=0)
+    path: Path
+    categories: list[str] = Field(min_length=1)
+    min_rows: int = Field(ge=1)
+    min_per_category: int = Field(ge=0)
+
+    @field_validator("seed")
+    @classmethod
+    def _not_the_training_seed(cls, seed: int) -> int:
+        if seed == TRAIN_SEED:
+            raise ValueError(f"must differ from the tiny model's training seed ({TRAIN_SEED})")
+        return seed
 
 
 def generate_rows(seed: int, size: int, out: Path) -> list[dict[str, Any]]:
@@ -34,24 +47,6 @@ def generate_rows(seed: int, size: int, out: Path) -> list[dict[str, Any]]:
         rows.append(
             {"id": f"g{i:05d}", "image": rel, "question": s.question, "answer": s.answer, "category": s.category}
         )
-    return rows
-
-
-def read_rows(jsonl: Path) -> list[dict[str, Any]]:
-    """Parse a golden JSONL file; a line that is not a JSON object is named with its number."""
-    if not jsonl.is_file():
-        raise StageError(f"golden set {jsonl}: file not found (set golden.path to a golden.jsonl)")
-    rows = []
-    for number, line in enumerate(jsonl.read_text().splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise StageError(f"{jsonl}:{number}: not valid JSON ({exc.msg})") from exc
-        if not isinstance(row, dict):
-            raise StageError(f"{jsonl}:{number}: each line must be a JSON object")
-        rows.append(row)
     return rows
 
 
@@ -74,16 +69,21 @@ def _import_rows(source: Path, out: Path) -> list[dict[str, Any]]:
     return rows
 
 
-def build_golden(params: GoldenParams, builtin: bool, out: Path) -> dict[str, int]:
+def rows_file(path: Path) -> Path:
+    """The golden.jsonl that ``golden.path`` names: the file itself, or the one in that folder."""
+    return path / ROWS_FILE if path.is_dir() else path
+
+
+def build_golden(params: GoldenParams, builtin_model: bool, out: Path) -> dict[str, int]:
     """Produce the golden set in ``out`` (atomically) or raise ``StageError`` naming the bad rows."""
-    if not builtin and params.path is None:
-        raise StageError("golden.path: a real model needs a user-supplied golden set (golden.jsonl + images)")
-    with atomic_dir(out) as tmp:
-        rows = (
-            generate_rows(params.seed, params.size, tmp)
-            if builtin and params.path is None
-            else _import_rows(params.path, tmp)  # type: ignore[arg-type]
+    generate = is_builtin_generator(params.path)
+    if generate and not builtin_model:
+        raise StageError(
+            f"golden.path: {params.path} generates the tiny model's shapes task, which says nothing about "
+            "a real model; point golden.path at your golden set (a folder with golden.jsonl and its images)"
         )
+    with atomic_dir(out) as tmp:
+        rows = generate_rows(params.seed, params.size, tmp) if generate else _import_rows(rows_file(params.path), tmp)
         findings = check_golden(rows, tmp, params.categories, params.min_rows)
         counts = Counter(str(r.get("category")) for r in rows)
         thin = {c: counts.get(c, 0) for c in params.categories if counts.get(c, 0) < params.min_per_category}
@@ -98,27 +98,6 @@ def build_golden(params: GoldenParams, builtin: bool, out: Path) -> dict[str, in
     return dict(sorted(counts.items()))
 
 
-def load_questions(golden_dir: Path) -> list[Question]:
-    """The golden set as ``Question``s with decoded images, in file order."""
-    out = []
-    for row in read_rows(golden_dir / ROWS_FILE):
-        with Image.open(golden_dir / row["image"]) as img:
-            image = img.convert("RGB")
-        out.append(
-            Question(
-                id=str(row["id"]), image=image, question=row["question"], answer=row["answer"], category=row["category"]
-            )
-        )
-    return out
-
-
-def golden_accuracy(model: Any, processor: Any, golden_dir: Path, ev: EvalParams) -> Accuracy:
-    """In-process accuracy of a loaded model on the golden set in ``golden_dir``."""
-    questions = load_questions(golden_dir)
-    answers = generate_answers(model, processor, questions, batch_size=ev.batch_size, max_new_tokens=ev.max_new_tokens)
-    return score(questions, answers)
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m pipelines.golden", description=__doc__)
     parser.add_argument("--out", type=Path, required=True, help="golden set folder to write")
@@ -126,7 +105,7 @@ def main(argv: list[str] | None = None) -> int:
 
     def body() -> str:
         params = load_group("golden", GoldenParams)
-        builtin = load_group("model", ModelParams).source == BUILTIN_SOURCE
+        builtin = is_builtin_checkpoint(Path(load_group("model", ModelParams).source))
         counts = build_golden(params, builtin, args.out)
         return f"{sum(counts.values())} rows ({', '.join(f'{c} {n}' for c, n in counts.items())}) -> {args.out}"
 

@@ -13,17 +13,33 @@ import time
 from pathlib import Path
 from typing import Any
 
-from pipelines import checkpoint
-from pipelines.errors import StageError, run_stage
-from pipelines.files import atomic_dir, weights_bytes, write_json
-from pipelines.golden import golden_accuracy
-from pipelines.params import QUANTIZE_METHODS, EvalParams, ModelParams, QuantizeParams, load_group
+from pydantic import Field, field_validator
+
+from core import checkpoint
+from core.files import atomic_dir, weights_bytes, write_json
+from core.golden import golden_accuracy
+from core.params import EvalParams, ModelParams, ParamsGroup, load_group
+from core.stage import StageError, run_stage
 
 log = logging.getLogger(__name__)
 
+QUANTIZE_METHODS: tuple[str, ...] = ("none", "bnb-int8", "bnb-nf4")
 
-def quantization_config(method: str, skip_modules: list[str], device: str) -> Any:
-    """The ``BitsAndBytesConfig`` for ``method`` (None for ``none``)."""
+
+class QuantizeParams(ParamsGroup):
+    method: str
+    skip_modules: list[str] = Field(default_factory=list)
+
+    @field_validator("method")
+    @classmethod
+    def _known_method(cls, method: str) -> str:
+        if method not in QUANTIZE_METHODS:
+            raise ValueError(f"unknown method {method!r}; valid methods: {', '.join(QUANTIZE_METHODS)}")
+        return method
+
+
+def quantization_config(method: str, skip_modules: list[str], dtype: str) -> Any:
+    """The ``BitsAndBytesConfig`` for ``method`` (None for ``none``); 4-bit computes in ``dtype``."""
     import torch
     from transformers import BitsAndBytesConfig
 
@@ -35,61 +51,65 @@ def quantization_config(method: str, skip_modules: list[str], device: str) -> An
         return BitsAndBytesConfig(
             load_in_4bit=True,
             bnb_4bit_quant_type="nf4",
-            bnb_4bit_compute_dtype=torch.bfloat16 if device == "cuda" else torch.float32,
+            bnb_4bit_compute_dtype=getattr(torch, dtype),
             llm_int8_skip_modules=skip_modules,
         )
     raise StageError(f"quantize.method {method!r}: unknown; valid methods: {', '.join(QUANTIZE_METHODS)}")
 
 
-def quantize_checkpoint(source: Path, out: Path, params: QuantizeParams, device: str) -> None:
+def quantize_checkpoint(source: Path, out: Path, params: QuantizeParams, device: str, dtype: str = "float32") -> None:
     """Write the quantized checkpoint (weights, processor, tokenizer) to ``out`` atomically."""
     checkpoint.require_checkpoint(source, "quantize input")
-    config = quantization_config(params.method, params.skip_modules, device)
+    config = quantization_config(params.method, params.skip_modules, dtype)
     with atomic_dir(out) as tmp:
         if config is None:
             checkpoint.copy_checkpoint(source, tmp)
             return
         # No forward pass between loading and saving: see the module docstring.
-        processor, model = checkpoint.load(source, device, quantization_config=config)
+        processor, model = checkpoint.load(source, device, dtype, quantization_config=config)
         model.save_pretrained(tmp)
         processor.save_pretrained(tmp)
 
 
 def run_quantize(
-    source: Path, out: Path, golden_dir: Path, params: QuantizeParams, model: ModelParams, ev: EvalParams
-) -> dict[str, Any]:
-    """Quantize, then evaluate a fresh reload of the saved output; return the stage's metrics."""
+    out: Path, golden_dir: Path, params: QuantizeParams, model: ModelParams, ev: EvalParams
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Quantize ``model.source``, then evaluate a fresh reload of the saved output.
+
+    Returns the stage's metrics (the same on every machine) and its report (timings).
+    """
+    source = checkpoint.resolve_source(model.source)
     device = checkpoint.resolve_device(model.device)
+    dtype = checkpoint.resolve_dtype(model.dtype, device, source)
     start = time.monotonic()
-    quantize_checkpoint(source, out, params, device)
+    quantize_checkpoint(source, out, params, device, dtype)
     seconds = time.monotonic() - start
-    processor, reloaded = checkpoint.load(out, device)
+    processor, reloaded = checkpoint.load(out, device, dtype)
     acc = golden_accuracy(reloaded, processor, golden_dir, ev)
     quantized, original = weights_bytes(out), weights_bytes(source)
-    return {
+    metrics = {
         "method": params.method,
         "skip_modules": params.skip_modules,
-        "device": device,
+        "dtype": dtype,
         "weights_bytes": quantized,
         "source_weights_bytes": original,
         "size_ratio": round(quantized / original, 4),
-        "seconds": round(seconds, 2),
         "golden_accuracy": acc.accuracy,
         "per_category": acc.per_category,
     }
+    return metrics, {"device": device, "seconds": round(seconds, 2)}
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m pipelines.quantize", description=__doc__)
-    parser.add_argument("--model", type=Path, required=True, help="base checkpoint folder")
     parser.add_argument("--golden", type=Path, required=True, help="golden set folder")
     parser.add_argument("--out", type=Path, required=True, help="quantized checkpoint folder to write")
     parser.add_argument("--metrics", type=Path, required=True, help="metrics JSON to write")
+    parser.add_argument("--report", type=Path, required=True, help="machine-dependent figures (timings), untracked")
     args = parser.parse_args(argv)
 
     def body() -> str:
-        metrics = run_quantize(
-            args.model,
+        metrics, report = run_quantize(
             args.out,
             args.golden,
             load_group("quantize", QuantizeParams),
@@ -97,9 +117,10 @@ def main(argv: list[str] | None = None) -> int:
             load_group("eval", EvalParams),
         )
         write_json(args.metrics, metrics)
+        write_json(args.report, report)
         return (
             f"{metrics['method']}: {metrics['weights_bytes']:,} weight bytes "
-            f"({metrics['size_ratio']:.0%} of the source) in {metrics['seconds']:.1f} s, "
+            f"({metrics['size_ratio']:.0%} of the source) in {report['seconds']:.1f} s, "
             f"reloaded golden accuracy {metrics['golden_accuracy']:.1%} -> {args.out}"
         )
 

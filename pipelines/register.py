@@ -18,8 +18,8 @@ import yaml
 from mlflow.exceptions import MlflowException
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from pipelines.errors import StageError, run_stage
-from pipelines.files import write_json
+from core.files import write_json
+from core.stage import StageError, run_stage
 from registry.errors import NotValidatedError, RegistryError
 from registry.events import Actor
 from registry.publish import Candidate, Lineage, Registration, Validation, publish
@@ -57,7 +57,8 @@ class _ValidateMetrics(BaseModel):
 class _PackageMetrics(BaseModel):
     model_config = ConfigDict(extra="allow")
     model: str
-    version: int | str
+    triton_model: str
+    version: int
     bytes: int
 
 
@@ -149,18 +150,18 @@ def build_candidate(inputs: RegisterInputs) -> Candidate:
     package = _typed(inputs.package_metrics, _PackageMetrics)
     quantize = _typed(inputs.quantize_metrics, _QuantizeMetrics)
     extra = validate.model_extra or {}
-    judged = (str(extra.get("model", package.model)), str(extra.get("version", package.version)))
-    if judged != (package.model, str(package.version)):
+    judged = (str(extra.get("model")), str(extra.get("version")))
+    if judged != (package.triton_model, str(package.version)):
         raise NotValidatedError(
             f"{inputs.validate_metrics} judges {judged[0]} v{judged[1]}, but {inputs.package_metrics} packaged "
-            f"{package.model} v{package.version}; rerun `dvc repro` so validate sees this version"
+            f"{package.triton_model}; rerun `dvc repro` so validate sees this build"
         )
     if not validate.passed:
         raise NotValidatedError(
             f"{inputs.validate_metrics} says validation did not pass: {_failure_reason(validate)}. "
             "Nothing was registered; fix the cause and rerun `dvc repro`."
         )
-    model_dir = inputs.triton_repo / package.model
+    model_dir = inputs.triton_repo / package.triton_model
     version_dir = model_dir / str(package.version)
     for needed in (model_dir / "config.pbtxt", version_dir):
         if not needed.exists():

@@ -18,11 +18,13 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from pipelines.errors import StageError, run_stage
-from pipelines.evaluate import Question
-from pipelines.files import atomic_dir, write_json
-from pipelines.golden import load_questions
-from pipelines.params import load_group
+from core.contract import CONFIG_FILE
+from core.evaluate import Question, describe_drop
+from core.files import atomic_dir, write_json
+from core.golden import load_questions
+from core.manifest import manifest_digest, model_digests
+from core.params import load_group
+from core.stage import StageError, run_stage
 from validation.accuracy import GateParams, ResultRow, check_results, decide, result_row, summarize
 from validation.report import render_report
 
@@ -38,29 +40,11 @@ def config_errors(config: Path) -> list[str]:
     return [f.format() for f in check_paths([config], Target(backends=frozenset({"python"}))) if f.severity == "error"]
 
 
-def serving_repository(model_dir: Path, version: int, dest: Path) -> Path:
-    """A repository in ``dest`` serving only ``version`` of ``model_dir`` (linked, not copied)."""
-    from google.protobuf import text_format
-
-    from pipelines.pbtxt import parse_config
-
-    config = parse_config((model_dir / "config.pbtxt").read_text())
-    config.version_policy.specific.versions[:] = [version]
-    target = dest / model_dir.name
-    target.mkdir(parents=True)
-    (target / "config.pbtxt").write_text(text_format.MessageToString(config))
-    (target / str(version)).symlink_to((model_dir / str(version)).resolve(), target_is_directory=True)
-    for extra in model_dir.iterdir():
-        if not extra.name.isdigit() and extra.is_dir() and not extra.name.startswith("."):
-            (target / extra.name).symlink_to(extra.resolve(), target_is_directory=True)
-    return dest
-
-
 def ask_golden(
     url: str, model: str, version: int, questions: Sequence[Question], params: GateParams
 ) -> list[ResultRow]:
     """Send every golden question through the real client, ``params.concurrency`` at a time."""
-    from serving.triton_client import TritonChatClient, TritonClientError, user_message
+    from serving.triton.client import TritonChatClient, TritonClientError, user_message
 
     with TritonChatClient(url, model, timeout_s=params.timeout_s) as client:
 
@@ -82,53 +66,63 @@ def validate_version(
     golden_dir: Path,
     reference_accuracy: float,
     params: GateParams,
-    out_dir: Path,
-) -> dict[str, Any]:
-    """Run the config check and the served golden set; write the results table and report to ``out_dir``."""
-    from serving.triton_launcher import TritonError, TritonServer, free_ports
-    from serving.triton_settings import TritonSettings
+    report_dir: Path,
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Run the config check and the served golden set; write the results table and report to ``report_dir``.
+
+    Returns the verdict's metrics (the same on every machine) and the latency figures (not).
+    """
+    from serving.triton.launcher import TritonError, TritonServer, free_ports
+    from serving.triton.repository import ServedModel, place
+    from serving.triton.settings import TritonSettings
 
     model_dir = repository / model
     if not (model_dir / str(version)).is_dir():
         raise StageError(f"{model_dir / str(version)}: no such version folder; run the package stage first")
-    errors = config_errors(model_dir / "config.pbtxt")
+    errors = config_errors(model_dir / CONFIG_FILE)
     if errors:
         raise StageError(
             "config.pbtxt has errors; Triton would refuse it, so no server was started:\n  " + "\n  ".join(errors)
         )
     questions = load_questions(golden_dir)
+    served_digest = manifest_digest(model_digests(model_dir, str(version)))
     with tempfile.TemporaryDirectory(prefix="validate-") as tmp:
-        repo = serving_repository(model_dir, version, Path(tmp) / "repo")
-        http, grpc, metrics = free_ports(3)
-        settings = TritonSettings(http_port=http, grpc_port=grpc, metrics_port=metrics)
+        repo = Path(tmp) / "repo"
+        place(ServedModel(model, version, model_dir, str(version)), repo)
+        http, grpc, metrics_port = free_ports(3)
+        settings = TritonSettings(http_port=http, grpc_port=grpc, metrics_port=metrics_port)
         try:
             with TritonServer(repo, settings, run_dir=Path(tmp) / "run", load_models=[model]) as server:
                 rows = ask_golden(server.http_url, model, version, questions, params)
         except TritonError as exc:
             raise StageError(f"{model} version {version} could not be served, so it fails validation: {exc}") from exc
+    if manifest_digest(model_digests(model_dir, str(version))) != served_digest:
+        raise StageError(f"{model_dir} changed while it was being validated; rerun `dvc repro`")
     summary = summarize(rows)
     findings = check_results(rows, params)
     verdict = decide(summary, reference_accuracy, len(errors), findings, params)
-    with atomic_dir(out_dir) as tmp_out:
+    latency = {"p50_ms": summary.p50_ms, "p95_ms": summary.p95_ms, "questions": summary.n}
+    with atomic_dir(report_dir) as tmp_out:
+        write_json(tmp_out / "latency.json", latency)
         with (tmp_out / "results.jsonl").open("w") as fh:
             fh.writelines(r.model_dump_json() + "\n" for r in rows)
         title = f"Validation of {model} version {version}"
         (tmp_out / "report.html").write_text(render_report(title, summary, reference_accuracy, verdict, rows))
-    return {
+    metrics = {
         "model": model,
         "version": version,
+        "served_digest": served_digest,
         "accuracy": summary.accuracy,
         "reference_accuracy": reference_accuracy,
         "drop": round(reference_accuracy - summary.accuracy, 4),
         "per_category": summary.per_category,
-        "p50_ms": summary.p50_ms,
-        "p95_ms": summary.p95_ms,
         "questions": summary.n,
         "request_errors": summary.errors,
         "config_errors": len(errors),
         "passed": verdict.passed,
         "failures": verdict.failures,
     }
+    return metrics, latency
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -137,17 +131,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--package-metrics", type=Path, required=True, help="metrics/package.json (model, version)")
     parser.add_argument("--base-metrics", type=Path, required=True, help="metrics/base_model.json (reference)")
     parser.add_argument("--golden", type=Path, required=True, help="golden set folder")
-    parser.add_argument("--out", type=Path, required=True, help="folder for results.jsonl and report.html")
+    parser.add_argument(
+        "--report", type=Path, required=True, help="folder for results.jsonl, report.html, latency.json (untracked)"
+    )
     parser.add_argument("--metrics", type=Path, required=True, help="metrics JSON to write")
     args = parser.parse_args(argv)
 
     def body() -> str:
         package = json.loads(args.package_metrics.read_text())
         reference = float(json.loads(args.base_metrics.read_text())["golden_accuracy"])
-        model, version = str(package["model"]), int(package["version"])
+        model, version = str(package["triton_model"]), int(package["version"])
         try:
-            metrics = validate_version(
-                args.repository, model, version, args.golden, reference, load_group("validate", GateParams), args.out
+            metrics, latency = validate_version(
+                args.repository, model, version, args.golden, reference, load_group("validate", GateParams), args.report
             )
         except StageError as exc:
             # Still record the verdict, so `register` refuses this version by reading it.
@@ -157,12 +153,12 @@ def main(argv: list[str] | None = None) -> int:
             raise
         write_json(args.metrics, metrics)
         head = (
-            f"{model} v{version}: accuracy {metrics['accuracy']:.1%} (base {reference:.1%}, "
-            f"drop {metrics['drop'] * 100:+.1f} pts), p50 {metrics['p50_ms']:.0f} ms, p95 {metrics['p95_ms']:.0f} ms"
+            f"{model}: accuracy {metrics['accuracy']:.1%} (base {reference:.1%}, {describe_drop(metrics['drop'])}), "
+            f"p50 {latency['p50_ms']:.0f} ms, p95 {latency['p95_ms']:.0f} ms"
         )
         if not metrics["passed"]:
             raise StageError(f"gate FAILED for {head}:\n  " + "\n  ".join(metrics["failures"]))
-        return f"gate passed for {head} -> {args.out / 'report.html'}"
+        return f"gate passed for {head} -> {args.report / 'report.html'}"
 
     return run_stage("validate", body)
 

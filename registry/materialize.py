@@ -11,7 +11,7 @@ from google.protobuf import text_format
 from pydantic import BaseModel
 from tritonclient.grpc import model_config_pb2
 
-from pipelines.files import atomic_dir
+from core.files import atomic_dir
 from registry import manifest
 from registry.errors import NotFoundError, RegistryError
 from registry.publish import CONFIG, VERSION_DIR

@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlparse
+
+import yaml
 
 from pydantic import AliasChoices, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from core.names import check_model_name
 
 _LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
@@ -31,17 +36,33 @@ class RegistrySettings(BaseSettings):
     host: str = "127.0.0.1"
     allow_public_bind: bool = False
     port: int = Field(default=5000, ge=1, le=65535)
-    model_name: str = "qwen3-vl"
-    experiment: str = "qwen3-vl-pipeline"
+    # Default: the `registry` group of the project's params.yaml, the one place these names live.
+    model_name: str
+    experiment: str
     health_attempts: int = Field(default=60, ge=1)
     health_interval_s: float = Field(default=0.5, gt=0)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _names_from_params(cls, data: Any) -> Any:
+        if not isinstance(data, dict) or ("model_name" in data and "experiment" in data):
+            return data
+        params = Path(data.get("project_dir") or _project_dir()) / "params.yaml"
+        try:
+            group = (yaml.safe_load(params.read_text()) or {}).get("registry") or {}
+        except (OSError, yaml.YAMLError):
+            group = {}
+        return {**{k: v for k, v in group.items() if k in ("model_name", "experiment")}, **data}
 
     @field_validator("model_name")
     @classmethod
     def _model_name_is_valid(cls, value: str) -> str:
-        if not value.strip() or "/" in value or ":" in value:
-            raise ValueError(f"registered model name {value!r} must be non-empty without '/' or ':'")
-        return value
+        return check_model_name(value, "registered model name")
+
+    @field_validator("experiment")
+    @classmethod
+    def _experiment_is_valid(cls, value: str) -> str:
+        return check_model_name(value, "experiment name")
 
     @model_validator(mode="after")
     def _loopback_unless_allowed(self) -> RegistrySettings:
@@ -58,12 +79,12 @@ class RegistrySettings(BaseSettings):
         """The sqlite store the embedded default and ``make mlflow`` share."""
         if self.backend_store_uri:
             return self.backend_store_uri
-        return f"sqlite:///{self.project_dir / 'mlflow' / 'mlflow.db'}"
+        return f"sqlite:///{self.project_dir / '.mlflow' / 'mlflow.db'}"
 
     @property
     def artifacts_dir(self) -> Path:
         """Where artifacts live on disk, for the server and for the embedded default."""
-        return self.artifacts_destination or self.project_dir / "mlflow" / "artifacts"
+        return self.artifacts_destination or self.project_dir / ".mlflow" / "artifacts"
 
     @property
     def effective_tracking_uri(self) -> str:

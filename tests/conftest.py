@@ -17,7 +17,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 @pytest.fixture(scope="session")
 def tiny_checkpoint() -> Path:
-    from pipelines.tiny_model import CHECKPOINT_DIR
+    from tiny_model import CHECKPOINT_DIR
 
     assert (CHECKPOINT_DIR / "config.json").is_file(), "the tiny checkpoint is missing: run `make tiny-model`"
     return CHECKPOINT_DIR

@@ -56,7 +56,7 @@ def _add_check_config(subparsers: argparse._SubParsersAction[argparse.ArgumentPa
 
 
 def _run_check_load(args: argparse.Namespace) -> int:
-    from serving.triton_launcher import TritonError
+    from serving.triton.launcher import TritonError
     from validation.load import check_load, to_findings
 
     try:

@@ -5,16 +5,15 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Sequence
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, Field
 
-from pipelines.evaluate import normalize_answer
-from pipelines.gx_suite import Finding, run_suite
+from core.evaluate import normalize_answer
+from core.gx import Finding, run_suite
+from core.params import ParamsGroup
 
 
-class GateParams(BaseModel):
+class GateParams(ParamsGroup):
     """The ``validate`` group of params.yaml."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
     min_accuracy: float = Field(ge=0.0, le=1.0)
     max_drop: float = Field(ge=0.0, le=1.0)

@@ -53,8 +53,8 @@ def to_findings(repository: Path, statuses: list[VersionStatus]) -> list[Finding
 def check_load(repository: Path, load_timeout_s: float = DEFAULT_LOAD_TIMEOUT_S) -> list[VersionStatus]:
     """Start a Triton on ``repository``, load each model in turn, return every version's status."""
     # Imported here: the launcher and tritonclient are heavy and check-config needs neither.
-    from serving.triton_launcher import TritonServer, free_ports
-    from serving.triton_settings import TritonSettings
+    from serving.triton.launcher import TritonServer, free_ports
+    from serving.triton.settings import TritonSettings
 
     http, grpc, metrics = free_ports(3)
     settings = TritonSettings(

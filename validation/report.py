@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from html import escape
 
+from core.evaluate import describe_drop
 from validation.accuracy import ResultRow, Summary, Verdict
 
 _STYLE = """
@@ -37,7 +38,7 @@ def render_report(
         [
             ("accuracy", f"{summary.accuracy:.2%}"),
             ("reference accuracy (base model)", f"{reference_accuracy:.2%}"),
-            ("drop", f"{(reference_accuracy - summary.accuracy) * 100:+.2f} points"),
+            ("change from the base model", describe_drop(reference_accuracy - summary.accuracy)),
             ("p50 latency", f"{summary.p50_ms:.1f} ms"),
             ("p95 latency", f"{summary.p95_ms:.1f} ms"),
             ("questions", summary.n),

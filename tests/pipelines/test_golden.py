@@ -8,11 +8,13 @@ from pathlib import Path
 
 import pytest
 
-from pipelines.errors import StageError
-from pipelines.golden import ROWS_FILE, build_golden, generate_rows, read_rows
-from pipelines.golden_suite import check_golden
-from pipelines.params import GoldenParams
-from pipelines.tiny_model.shapes import CATEGORIES, TRAIN_SEED, sample
+from core.golden import check_golden
+from pipelines.golden import GoldenParams
+from core.stage import StageError
+from core.golden import ROWS_FILE, read_rows
+from pipelines.golden import build_golden, generate_rows
+from tiny_model import GENERATOR_FILE
+from tiny_model.shapes import CATEGORIES, TRAIN_SEED, sample
 
 CATS = list(CATEGORIES)
 
@@ -24,6 +26,7 @@ def _params(**overrides: object) -> GoldenParams:
         "categories": CATS,
         "min_rows": 30,
         "min_per_category": 10,
+        "path": GENERATOR_FILE,
     }
     return GoldenParams.model_validate(base | overrides)
 
@@ -58,7 +61,7 @@ def test_golden_seed_may_not_be_the_training_seed() -> None:
 
 
 def test_build_golden_balances_categories(tmp_path: Path) -> None:
-    counts = build_golden(_params(), builtin=True, out=tmp_path / "g")
+    counts = build_golden(_params(), builtin_model=True, out=tmp_path / "g")
     assert counts == {"color": 10, "count": 10, "shape": 10}
     rows = read_rows(tmp_path / "g" / ROWS_FILE)
     assert {r["category"] for r in rows} == set(CATS)
@@ -101,10 +104,10 @@ def test_suite_passes_a_good_set_and_counts_rows(tmp_path: Path) -> None:
 def test_stage_fails_on_a_bad_user_set_and_keeps_the_old_output(tmp_path: Path) -> None:
     src = _bad_set(tmp_path)
     out = tmp_path / "out"
-    build_golden(_params(size=9, min_rows=9, min_per_category=3), builtin=True, out=out)
+    build_golden(_params(size=9, min_rows=9, min_per_category=3), builtin_model=True, out=out)
     before = (out / ROWS_FILE).read_text()
     with pytest.raises(StageError) as err:
-        build_golden(_params(path=src / ROWS_FILE, min_rows=8, min_per_category=0), builtin=False, out=out)
+        build_golden(_params(path=src / ROWS_FILE, min_rows=8, min_per_category=0), builtin_model=False, out=out)
     message = str(err.value)
     assert "g00005" in message and "g00006" in message and "image_decodes" in message
     assert (out / ROWS_FILE).read_text() == before
@@ -112,8 +115,18 @@ def test_stage_fails_on_a_bad_user_set_and_keeps_the_old_output(tmp_path: Path) 
 
 
 def test_real_model_needs_a_golden_path(tmp_path: Path) -> None:
-    with pytest.raises(StageError, match=r"golden\.path"):
-        build_golden(_params(), builtin=False, out=tmp_path / "g")
+    with pytest.raises(StageError, match=r"golden\.path: .*point golden\.path at your golden set"):
+        build_golden(_params(), builtin_model=False, out=tmp_path / "g")
+
+
+def test_user_set_may_be_named_by_its_folder(tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    rows = generate_rows(1729, 9, src)
+    (src / ROWS_FILE).write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+    counts = build_golden(_params(path=src, min_rows=9, min_per_category=3), builtin_model=False, out=tmp_path / "out")
+
+    assert sum(counts.values()) == 9
 
 
 def test_user_set_is_imported_with_its_images(tmp_path: Path) -> None:
@@ -122,7 +135,7 @@ def test_user_set_is_imported_with_its_images(tmp_path: Path) -> None:
     (src / ROWS_FILE).write_text("".join(json.dumps(r) + "\n" for r in rows))
     shutil.rmtree(tmp_path / "out", ignore_errors=True)
     counts = build_golden(
-        _params(path=src / ROWS_FILE, min_rows=9, min_per_category=3), builtin=False, out=tmp_path / "out"
+        _params(path=src / ROWS_FILE, min_rows=9, min_per_category=3), builtin_model=False, out=tmp_path / "out"
     )
     assert sum(counts.values()) == 9
     assert all((tmp_path / "out" / r["image"]).is_file() for r in read_rows(tmp_path / "out" / ROWS_FILE))
@@ -142,7 +155,9 @@ def test_user_set_cannot_reach_outside_its_folder(tmp_path: Path) -> None:
     rows[0]["image"] = "../secret.png"
     (src / ROWS_FILE).write_text("".join(json.dumps(r) + "\n" for r in rows))
     with pytest.raises(StageError) as err:
-        build_golden(_params(path=src / ROWS_FILE, min_rows=3, min_per_category=0), builtin=False, out=tmp_path / "out")
+        build_golden(
+            _params(path=src / ROWS_FILE, min_rows=3, min_per_category=0), builtin_model=False, out=tmp_path / "out"
+        )
     assert "image_decodes" in str(err.value) and "g00000" in str(err.value)
 
 
@@ -156,5 +171,7 @@ def test_missing_image_does_not_borrow_another_rows_copy(tmp_path: Path) -> None
     (src / "images/00001.png").unlink()
     (src / ROWS_FILE).write_text("".join(json.dumps(r) + "\n" for r in rows))
     with pytest.raises(StageError) as err:
-        build_golden(_params(path=src / ROWS_FILE, min_rows=3, min_per_category=0), builtin=False, out=tmp_path / "out")
+        build_golden(
+            _params(path=src / ROWS_FILE, min_rows=3, min_per_category=0), builtin_model=False, out=tmp_path / "out"
+        )
     assert "image_decodes" in str(err.value) and "rows g00000" in str(err.value)

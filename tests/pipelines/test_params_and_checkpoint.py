@@ -7,9 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from pipelines.base_model import resolve_source
-from pipelines.errors import StageError
-from pipelines.params import QuantizeParams, load_group
+from core.params import load_group
+from pipelines.quantize import QuantizeParams
+from core.stage import StageError
+from core.checkpoint import resolve_source
 
 
 def test_unknown_quantize_method_lists_the_valid_ones(tmp_path: Path) -> None:
@@ -52,10 +53,12 @@ def test_folder_that_is_not_qwen3_vl_lists_what_is_missing(tmp_path: Path) -> No
     assert "'llama'" in message
 
 
-def test_unknown_builtin_is_refused() -> None:
-    with pytest.raises(StageError, match="unknown builtin"):
-        resolve_source("builtin:gpt-5")
+def test_default_source_is_the_committed_checkpoint(tiny_checkpoint: Path) -> None:
+    import yaml
 
+    from tests.conftest import ROOT
+    from tiny_model import is_builtin_checkpoint
 
-def test_builtin_resolves_to_the_committed_checkpoint(tiny_checkpoint: Path) -> None:
-    assert resolve_source("builtin:tiny-qwen3-vl") == tiny_checkpoint
+    source = yaml.safe_load((ROOT / "params.yaml").read_text())["model"]["source"]
+    assert is_builtin_checkpoint(ROOT / source)
+    assert resolve_source(str(ROOT / source)) == ROOT / source

@@ -7,11 +7,11 @@ from pathlib import Path
 
 import pytest
 
-from pipelines import checkpoint
-from pipelines.errors import StageError
-from pipelines.evaluate import generate_answers, score
-from pipelines.golden import load_questions
-from pipelines.params import QuantizeParams
+from core import checkpoint
+from core.evaluate import generate_answers, score
+from pipelines.quantize import QuantizeParams
+from core.stage import StageError
+from core.golden import load_questions
 from pipelines.quantize import quantization_config, quantize_checkpoint
 
 SKIP = ["model.visual", "lm_head"]
@@ -37,7 +37,7 @@ def test_method_reloads_to_the_in_memory_answers(
     on_disk = generate_answers(reloaded, processor, questions, progress=False)
 
     # The same quantization, never saved: a checkpoint written after a forward pass would differ.
-    cfg = quantization_config(method, SKIP, "cpu")
+    cfg = quantization_config(method, SKIP, "float32")
     extra = {"quantization_config": cfg} if cfg is not None else {}
     processor, in_memory = checkpoint.load(tiny_checkpoint, "cpu", **extra)
     assert on_disk == generate_answers(in_memory, processor, questions, progress=False)
@@ -59,7 +59,7 @@ def test_quantized_modules_skip_the_vision_tower_and_lm_head(tiny_checkpoint: Pa
 
 
 def test_nf4_is_smaller_than_the_source(tiny_checkpoint: Path, tmp_path: Path) -> None:
-    from pipelines.files import weights_bytes
+    from core.files import weights_bytes
 
     quantize_checkpoint(tiny_checkpoint, tmp_path / "q", QuantizeParams(method="bnb-nf4", skip_modules=SKIP), "cpu")
     assert weights_bytes(tmp_path / "q") < weights_bytes(tiny_checkpoint)
@@ -77,4 +77,4 @@ def test_bad_input_fails_without_touching_the_previous_output(tmp_path: Path) ->
 
 def test_unknown_method_lists_valid_ones() -> None:
     with pytest.raises(StageError, match="valid methods: none, bnb-int8, bnb-nf4"):
-        quantization_config("awq", SKIP, "cpu")
+        quantization_config("awq", SKIP, "float32")

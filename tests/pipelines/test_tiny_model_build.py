@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pipelines.tiny_model.build import CHAT_TEMPLATE, SPECIAL_TOKENS, build_processor, build_tokenizer
-from pipelines.tiny_model.shapes import sample
+from tiny_model.build import CHAT_TEMPLATE, SPECIAL_TOKENS, build_processor, build_tokenizer
+from tiny_model.shapes import sample
 
 
 def test_tokenizer_holds_qwen_special_tokens_as_single_ids() -> None:

@@ -41,7 +41,14 @@ def _free_port() -> int:
 def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RegistrySettings]:
     """A real ``mlflow server`` (one worker) on a free port; settings point at it."""
     root = tmp_path_factory.mktemp("mlflow-server")
-    base = RegistrySettings(project_dir=root, port=_free_port(), tracking_uri=None, health_attempts=120)
+    base = RegistrySettings(
+        project_dir=root,
+        port=_free_port(),
+        tracking_uri=None,
+        health_attempts=120,
+        model_name="qwen3-vl",
+        experiment="qwen3-vl-pipeline",
+    )
     with server.running(base, log_path=root / "server.log") as url:
         yield base.model_copy(update={"tracking_uri": url})
 
@@ -91,6 +98,8 @@ def write_project(
     metrics.mkdir(exist_ok=True)
     drop = round(0.92 - accuracy, 4)
     validate = {
+        "model": "qwen3-vl-v1",
+        "version": 1,
         "accuracy": accuracy,
         "reference_accuracy": 0.92,
         "drop": drop,
@@ -102,7 +111,7 @@ def write_project(
     }
     (metrics / "validate.json").write_text(json.dumps(validate))
     (metrics / "quantize.json").write_text(json.dumps({"method": "bnb-nf4", "accuracy": accuracy, "bytes": 10}))
-    model_dir = root / "triton-models" / "qwen3-vl"
+    model_dir = root / "triton-models" / "qwen3-vl-v1"
     version = model_dir / "1"
     (version / "tokenizer").mkdir(parents=True, exist_ok=True)
     (version / "model.py").write_text("# python backend\n")
@@ -112,7 +121,13 @@ def write_project(
     (model_dir / "warmup" / "messages.bin").write_bytes(b"\x02\x00\x00\x00hi")
     (model_dir / "config.pbtxt").write_text(CONFIG)
     files = [p for p in version.rglob("*") if p.is_file()]
-    package = {"model": "qwen3-vl", "version": 1, "bytes": sum(p.stat().st_size for p in files), "files": len(files)}
+    package = {
+        "model": "qwen3-vl",
+        "triton_model": "qwen3-vl-v1",
+        "version": 1,
+        "bytes": sum(p.stat().st_size for p in files),
+        "files": len(files),
+    }
     (metrics / "package.json").write_text(json.dumps(package))
     (metrics / "base_model.json").write_text(json.dumps({"accuracy": 0.92, "bytes": 20}))
     if git:

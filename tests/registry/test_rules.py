@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from core.stage import StageError
 from pipelines import register as stage
-from pipelines.errors import StageError
 from registry import __main__ as cli
 from registry import manifest, plans, server
 from registry.errors import InvalidTransitionError, NotValidatedError, ServerError, TamperedArtifactError
@@ -81,9 +81,12 @@ def test_manifest_verification_names_each_bad_file(tmp_path: Path) -> None:
 def test_settings_default_to_the_project_sqlite_store(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     for name in ("MLFLOW_TRACKING_URI", "REGISTRY_BACKEND_STORE_URI", "REGISTRY_ARTIFACTS_DESTINATION"):
         monkeypatch.delenv(name, raising=False)
+    (tmp_path / "params.yaml").write_text("registry:\n  model_name: m1\n  experiment: e1\n")
     local = RegistrySettings(project_dir=tmp_path)
-    assert local.effective_tracking_uri == f"sqlite:///{tmp_path}/mlflow/mlflow.db"
-    assert local.artifacts_dir == tmp_path / "mlflow" / "artifacts" and not local.is_remote
+    # The names come from params.yaml's `registry` group; the store is hidden, so it cannot shadow a package.
+    assert (local.model_name, local.experiment) == ("m1", "e1")
+    assert local.effective_tracking_uri == f"sqlite:///{tmp_path}/.mlflow/mlflow.db"
+    assert local.artifacts_dir == tmp_path / ".mlflow" / "artifacts" and not local.is_remote
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://mlflow.internal:5000")
     assert RegistrySettings().is_remote
     command = server.server_command(local)
@@ -93,7 +96,7 @@ def test_settings_default_to_the_project_sqlite_store(monkeypatch: pytest.Monkey
     assert "--serve-artifacts" in command
     assert server.server_env({"MLFLOW_TRACKING_URI": "x"}) == {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
     assert RegistrySettings(tracking_uri=None).tracking_uri is None  # an explicit value beats the environment
-    with pytest.raises(ValueError, match="without '/' or ':'"):
+    with pytest.raises(ValueError, match="is not a plain name"):
         RegistrySettings(model_name="a/b")
     with pytest.raises(ValueError, match="no authentication"):
         RegistrySettings(host="0.0.0.0")
@@ -121,8 +124,13 @@ def test_stage_inputs_are_checked_before_mlflow_is_touched(tmp_path: Path) -> No
     with pytest.raises(NotValidatedError, match=r"drop 0\.3200\); config errors: 2"):
         stage.build_candidate(inputs)
     good = write_project(tmp_path / "q")
-    good.package_metrics.write_text(json.dumps({"model": "qwen3-vl", "version": 7, "bytes": 1}))
-    with pytest.raises(StageError, match=r"qwen3-vl/7: not found"):
+    good.package_metrics.write_text(
+        json.dumps({"model": "qwen3-vl", "triton_model": "qwen3-vl-v7", "version": 7, "bytes": 1})
+    )
+    good.validate_metrics.write_text(
+        json.dumps({**json.loads(good.validate_metrics.read_text()), "model": "qwen3-vl-v7", "version": 7})
+    )
+    with pytest.raises(StageError, match=r"qwen3-vl-v7/config.pbtxt: not found"):
         stage.build_candidate(good)
     good.validate_metrics.write_text("{not json")
     with pytest.raises(StageError, match=r"validate\.json: not valid JSON"):

@@ -10,9 +10,12 @@ from typing import Any
 
 import pytest
 
-from pipelines.package import PackageParams, package
+from core.contract import PackageParams
+from serving.triton.packaging import package
 
 BACKEND = Path(__file__).resolve().parents[2] / "serving" / "backend" / "model.py"
+#: The base model name the serving tests package under (Triton models ``qwen3-vl-v<N>``).
+MODEL = "qwen3-vl"
 #: Golden questions come from a stream the tiny model never trained on (seed 0 is training).
 GOLDEN_SEED = 7
 
@@ -20,19 +23,23 @@ GOLDEN_SEED = 7
 def serving_params(**overrides: Any) -> PackageParams:
     """Package params for tests: small, fast, every field explicit (params.yaml has no say here)."""
     values: dict[str, Any] = {
-        "model_name": "qwen3-vl",
         "version": 1,
         "max_batch_size": 8,
         "dynamic_batching": True,
         "preferred_batch_sizes": [4, 8],
         "max_queue_delay_us": 5000,
+        "max_queue_size": 64,
+        "queue_timeout_us": 30_000_000,
         "instance_count": 1,
         "instance_kind": "cpu",
-        "version_policy": "all",
+        "compute_dtype": "auto",
         "max_new_tokens": 8,
         "temperature": 0.0,
         "top_p": 1.0,
         "max_history": 2,
+        "max_images": 4,
+        "max_image_pixels": 1 << 20,
+        "max_prompt_tokens": 4096,
     }
     values.update(overrides)
     return PackageParams.model_validate(values)
@@ -41,7 +48,7 @@ def serving_params(**overrides: Any) -> PackageParams:
 @pytest.fixture(scope="session")
 def int8_checkpoint(tiny_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """``tiny_checkpoint`` through the quantize stage's own code: bitsandbytes int8, vision tower and head kept."""
-    from pipelines.params import QuantizeParams
+    from pipelines.quantize import QuantizeParams
     from pipelines.quantize import quantize_checkpoint
 
     folder = tmp_path_factory.mktemp("quantized") / "bnb-int8"
@@ -73,11 +80,11 @@ Packager = Callable[..., Path]
 
 @pytest.fixture(scope="session")
 def packager() -> Packager:
-    """``packager(checkpoint, repository, **params)`` packages one version and returns its folder."""
+    """``packager(checkpoint, repository, model=..., **params)`` packages one build; returns its version folder."""
 
-    def run(checkpoint: Path, repository: Path, **overrides: Any) -> Path:
+    def run(checkpoint: Path, repository: Path, model: str = MODEL, **overrides: Any) -> Path:
         params = serving_params(**overrides)
-        package(checkpoint, BACKEND, repository, params)
-        return repository / params.model_name / str(params.version)
+        result = package(checkpoint, BACKEND, repository, model, params)
+        return repository / result.triton_model / str(params.version)
 
     return run

@@ -13,10 +13,10 @@ from typing import Any
 import pytest
 import torch
 
-from pipelines.pbtxt import parse_config, render_config
-from pipelines.tiny_model import shapes
-from serving.triton_launcher import _pytriton_root
+from core.contract import parse_config, render_config
+from serving.triton.launcher import _pytriton_root
 from tests.serving.conftest import BACKEND, png_bytes, serving_params
+from tiny_model import shapes
 
 
 @pytest.fixture(scope="module")
@@ -143,17 +143,22 @@ def _as_triton_passes_it(text: str) -> dict[str, Any]:
 
 
 def test_model_py_accepts_the_rendered_contract(backend: ModuleType) -> None:
-    config = _as_triton_passes_it(render_config("qwen3-vl", serving_params(max_new_tokens=5, max_history=1)))
+    config = _as_triton_passes_it(render_config("qwen3-vl-v1", 1, serving_params(max_new_tokens=5, max_history=1)))
     model = backend.TritonPythonModel()
 
     model._check_contract(config)
 
-    expected = {"MAX_NEW_TOKENS": "5", "TEMPERATURE": "0.0", "TOP_P": "1.0", "MAX_HISTORY": "1"}
-    assert model._parameters(config) == expected
+    parameters = model._parameters(config)
+    assert {key: parameters[key] for key in ("MAX_NEW_TOKENS", "TEMPERATURE", "TOP_P", "MAX_HISTORY")} == {
+        "MAX_NEW_TOKENS": "5",
+        "TEMPERATURE": "0.0",
+        "TOP_P": "1.0",
+        "MAX_HISTORY": "1",
+    }
 
 
 def test_model_py_refuses_a_config_it_cannot_serve(backend: ModuleType) -> None:
-    config = _as_triton_passes_it(render_config("qwen3-vl", serving_params()))
+    config = _as_triton_passes_it(render_config("qwen3-vl-v1", 1, serving_params()))
     config["output"] = config["output"][:-1]
     del config["parameters"]["MAX_HISTORY"]
     model = backend.TritonPythonModel()

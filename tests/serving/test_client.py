@@ -9,8 +9,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from pipelines.tiny_model import shapes
-from serving.triton_client import (
+from serving.triton.client import (
     RequestTimeoutError,
     ServerUnavailableError,
     TritonChatClient,
@@ -18,8 +17,9 @@ from serving.triton_client import (
     image_url,
     user_message,
 )
-from serving.triton_launcher import free_ports
+from serving.triton.launcher import free_ports
 from tests.serving.conftest import png_bytes
+from tiny_model import shapes
 
 
 @pytest.fixture()

@@ -9,16 +9,16 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from serving import triton_launcher
-from serving.triton import main as cli_main
-from serving.triton_launcher import (
+from serving.triton import launcher as triton_launcher
+from serving.triton.__main__ import main as cli_main
+from serving.triton.launcher import (
     TritonEnvironmentError,
     TritonServer,
     TritonStartError,
     check_environment,
     free_ports,
 )
-from serving.triton_settings import TritonSettings
+from serving.triton.settings import TritonSettings
 
 SLOW_MODEL = """
 import time

@@ -1,4 +1,4 @@
-"""The package stage: one complete version per run, others untouched, never a half version."""
+"""The package stage: one complete Triton model per build, others untouched, never half a model."""
 
 from __future__ import annotations
 
@@ -8,39 +8,47 @@ from pathlib import Path
 
 import pytest
 
-from pipelines.errors import StageError
-from pipelines.package import load_params, main, package, warmup_messages
-from pipelines.pbtxt import parse_config
-from tests.serving.conftest import BACKEND, Packager, serving_params
+from core.contract import parse_config
+from core.stage import StageError
+from pipelines.package import main
+from serving.triton.packaging import package, warmup_messages
+from tests.serving.conftest import BACKEND, MODEL, Packager, serving_params
 
 
-def test_writes_version_config_and_warmup(fake_checkpoint: Path, tmp_path: Path) -> None:
+def test_writes_a_whole_model_with_its_own_config(fake_checkpoint: Path, tmp_path: Path) -> None:
     repository = tmp_path / "triton-models"
 
-    result = package(fake_checkpoint, BACKEND, repository, serving_params(version=3))
+    result = package(fake_checkpoint, BACKEND, repository, MODEL, serving_params(version=3))
 
-    model_dir = repository / "qwen3-vl"
+    model_dir = repository / "qwen3-vl-v3"
     version = model_dir / "3"
+    assert sorted(p.name for p in model_dir.iterdir()) == ["3", "config.pbtxt", "warmup"]
     assert sorted(p.name for p in version.iterdir()) == sorted(
         [p.name for p in fake_checkpoint.iterdir()] + ["model.py"]
     )
     assert (version / "model.py").read_text() == BACKEND.read_text()
-    assert parse_config((model_dir / "config.pbtxt").read_text()).name == "qwen3-vl"
+    config = parse_config((model_dir / "config.pbtxt").read_text())
+    assert config.name == "qwen3-vl-v3"
+    assert list(config.version_policy.specific.versions) == [3]
     assert (model_dir / "warmup" / "messages.bin").read_bytes() == warmup_messages()
-    assert (result.model, result.version, result.files) == ("qwen3-vl", 3, 6)
+    assert (result.model, result.triton_model, result.version, result.files) == ("qwen3-vl", "qwen3-vl-v3", 3, 6)
     assert result.bytes == sum(p.stat().st_size for p in version.iterdir())
-    assert [p.name for p in model_dir.iterdir() if p.name.startswith(".")] == []
+    assert [p.name for p in repository.iterdir() if p.name.startswith(".")] == []
 
 
-def test_new_version_leaves_others_alone(fake_checkpoint: Path, tmp_path: Path, packager: Packager) -> None:
+def test_new_build_leaves_others_alone(fake_checkpoint: Path, tmp_path: Path, packager: Packager) -> None:
+    tmp_path = tmp_path / "repo"
     first = packager(fake_checkpoint, tmp_path, version=1)
     marker = first / "served-by-triton"
     marker.write_text("still here")
 
-    packager(fake_checkpoint, tmp_path, version=2)
+    packager(fake_checkpoint, tmp_path, version=2, max_batch_size=4, preferred_batch_sizes=[4])
 
     assert marker.read_text() == "still here"
-    assert sorted(p.name for p in (tmp_path / "qwen3-vl").iterdir()) == ["1", "2", "config.pbtxt", "warmup"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["qwen3-vl-v1", "qwen3-vl-v2"]
+    # Each build keeps its own serving config.
+    configs = [parse_config((tmp_path / name / "config.pbtxt").read_text()) for name in ("qwen3-vl-v1", "qwen3-vl-v2")]
+    assert [c.max_batch_size for c in configs] == [8, 4]
 
 
 def test_rebuilding_a_version_replaces_it_whole(fake_checkpoint: Path, tmp_path: Path, packager: Packager) -> None:
@@ -53,18 +61,19 @@ def test_rebuilding_a_version_replaces_it_whole(fake_checkpoint: Path, tmp_path:
     assert (version / "model.py").is_file()
 
 
-def test_failure_mid_copy_leaves_no_half_version(fake_checkpoint: Path, tmp_path: Path, packager: Packager) -> None:
+def test_failure_mid_copy_leaves_the_old_build(fake_checkpoint: Path, tmp_path: Path, packager: Packager) -> None:
+    tmp_path = tmp_path / "repo"
     packager(fake_checkpoint, tmp_path, version=1)
-    before = {p.relative_to(tmp_path): p.read_bytes() for p in tmp_path.joinpath("qwen3-vl").rglob("*") if p.is_file()}
+    before = {p.relative_to(tmp_path): p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
     # A dangling link (say, a DVC cache link whose target is gone) fails the copy halfway through.
     (fake_checkpoint / "shard-2.safetensors").symlink_to(tmp_path / "gone")
 
     with pytest.raises(OSError, match="shard-2"):
-        package(fake_checkpoint, BACKEND, tmp_path, serving_params(version=2, max_new_tokens=3))
+        package(fake_checkpoint, BACKEND, tmp_path, MODEL, serving_params(version=1, max_new_tokens=3))
 
-    after = {p.relative_to(tmp_path): p.read_bytes() for p in tmp_path.joinpath("qwen3-vl").rglob("*") if p.is_file()}
+    after = {p.relative_to(tmp_path): p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
     assert after == before
-    assert sorted(p.name for p in (tmp_path / "qwen3-vl").iterdir()) == ["1", "config.pbtxt", "warmup"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["qwen3-vl-v1"]
 
 
 @pytest.mark.parametrize("missing", ["config.json", "model.safetensors", "processor_config.json"])
@@ -72,10 +81,10 @@ def test_incomplete_checkpoint_is_refused_by_name(fake_checkpoint: Path, tmp_pat
     (fake_checkpoint / missing).unlink()
 
     with pytest.raises(StageError, match=str(fake_checkpoint)) as error:
-        package(fake_checkpoint, BACKEND, tmp_path, serving_params())
+        package(fake_checkpoint, BACKEND, tmp_path / "repo", MODEL, serving_params())
 
     assert {"config.json": "config", "model.safetensors": "weights"}.get(missing, "image processor") in str(error.value)
-    assert not (tmp_path / "qwen3-vl").exists()
+    assert not (tmp_path / "repo").exists()
 
 
 def test_warmup_file_is_one_serialized_conversation_with_an_image() -> None:
@@ -91,46 +100,41 @@ def test_warmup_file_is_one_serialized_conversation_with_an_image() -> None:
 
 def _params_file(path: Path, **overrides: object) -> Path:
     group = serving_params().model_dump(mode="json") | overrides
-    path.write_text(json.dumps({"package": group, "other": {"ignored": True}}))  # JSON is YAML
+    registry = {"model_name": MODEL, "experiment": "e"}
+    path.write_text(json.dumps({"package": group, "registry": registry, "other": {"ignored": True}}))  # JSON is YAML
     return path
 
 
-def test_load_params_names_the_bad_key(tmp_path: Path) -> None:
-    path = _params_file(tmp_path / "params.yaml", version=0)
+def _argv(checkpoint: Path, tmp_path: Path, params: Path) -> list[str]:
+    return [
+        f"--checkpoint={checkpoint}",
+        f"--repository={tmp_path / 'repo'}",
+        f"--metrics={tmp_path / 'metrics' / 'package.json'}",
+        f"--backend={BACKEND}",
+        f"--params={params}",
+    ]
 
-    with pytest.raises(StageError, match=r"package\.version"):
-        load_params(path)
 
-
-def test_load_params_reads_the_group(tmp_path: Path) -> None:
-    assert load_params(_params_file(tmp_path / "params.yaml", version=9)).version == 9
+def test_bad_params_name_the_key(fake_checkpoint: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(_argv(fake_checkpoint, tmp_path, _params_file(tmp_path / "params.yaml", version=0))) == 1
+    assert "package.version" in capsys.readouterr().err
 
 
 def test_main_writes_metrics(fake_checkpoint: Path, tmp_path: Path) -> None:
-    metrics = tmp_path / "metrics" / "package.json"
-    argv = [
-        f"--checkpoint={fake_checkpoint}",
-        f"--repository={tmp_path / 'repo'}",
-        f"--metrics={metrics}",
-        f"--backend={BACKEND}",
-        f"--params={_params_file(tmp_path / 'params.yaml', version=5)}",
-    ]
+    assert main(_argv(fake_checkpoint, tmp_path, _params_file(tmp_path / "params.yaml", version=5))) == 0
 
-    assert main(argv) == 0
-    version = tmp_path / "repo" / "qwen3-vl" / "5"
+    version = tmp_path / "repo" / "qwen3-vl-v5" / "5"
     size = sum(p.stat().st_size for p in version.iterdir())
-    assert json.loads(metrics.read_text()) == {"model": "qwen3-vl", "version": 5, "bytes": size, "files": 6}
+    assert json.loads((tmp_path / "metrics" / "package.json").read_text()) == {
+        "model": "qwen3-vl",
+        "triton_model": "qwen3-vl-v5",
+        "version": 5,
+        "bytes": size,
+        "files": 6,
+    }
 
 
 def test_main_fails_with_a_message(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    argv = [
-        f"--checkpoint={tmp_path / 'nowhere'}",
-        f"--repository={tmp_path / 'repo'}",
-        f"--metrics={tmp_path / 'm.json'}",
-        f"--backend={BACKEND}",
-        f"--params={_params_file(tmp_path / 'params.yaml')}",
-    ]
-
-    assert main(argv) == 1
+    assert main(_argv(tmp_path / "nowhere", tmp_path, _params_file(tmp_path / "params.yaml"))) == 1
     assert "run the quantize stage first" in capsys.readouterr().err
-    assert not (tmp_path / "m.json").exists()
+    assert not (tmp_path / "metrics" / "package.json").exists()

@@ -15,8 +15,7 @@ import pytest
 import tritonclient.http as triton_http
 from tritonclient.utils import InferenceServerException
 
-from pipelines.tiny_model import shapes
-from serving.triton_client import (
+from serving.triton.client import (
     ChatResult,
     InvalidRequestError,
     ModelNotFoundError,
@@ -24,9 +23,10 @@ from serving.triton_client import (
     TritonChatClient,
     user_message,
 )
-from serving.triton_launcher import TritonServer, free_ports
-from serving.triton_settings import TritonSettings
+from serving.triton.launcher import TritonServer, free_ports
+from serving.triton.settings import TritonSettings
 from tests.serving.conftest import GOLDEN_SEED, Packager
+from tiny_model import shapes
 
 pytestmark = pytest.mark.triton
 

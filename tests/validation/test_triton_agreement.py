@@ -37,8 +37,8 @@ def repository(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def triton(repository: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path]]:
-    from serving.triton_launcher import TritonServer, free_ports
-    from serving.triton_settings import TritonSettings
+    from serving.triton.launcher import TritonServer, free_ports
+    from serving.triton.settings import TritonSettings
 
     http, grpc, metrics = free_ports(3)
     # Short stop budget: a server with a hung load ignores SIGTERM and is killed after it.

@@ -16,7 +16,7 @@ from transformers import (
 )
 from transformers.models.qwen2.tokenization_qwen2 import PRETOKENIZE_REGEX
 
-from pipelines.tiny_model.shapes import IMAGE_SIZE, vocabulary_corpus
+from tiny_model.shapes import IMAGE_SIZE, vocabulary_corpus
 
 #: The special tokens of the real Qwen3-VL tokenizer, in its order.
 SPECIAL_TOKENS: tuple[str, ...] = (

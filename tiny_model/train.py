@@ -13,11 +13,11 @@ from typing import Any
 from pydantic import BaseModel, Field
 from tqdm import tqdm
 
-from pipelines.evaluate import Accuracy, Question, chat_messages, generate_answers, score
-from pipelines.files import atomic_dir
-from pipelines.tiny_model import CHECKPOINT_DIR
-from pipelines.tiny_model.build import build_model, build_processor, build_tokenizer
-from pipelines.tiny_model.shapes import CATEGORIES, TRAIN_SEED, sample
+from core.evaluate import Accuracy, Question, chat_messages, generate_answers, score
+from core.files import atomic_dir
+from tiny_model import CHECKPOINT_DIR
+from tiny_model.build import build_model, build_processor, build_tokenizer
+from tiny_model.shapes import CATEGORIES, TRAIN_SEED, sample
 
 log = logging.getLogger(__name__)
 
@@ -124,7 +124,7 @@ def train(spec: TrainSpec, out_dir: Path) -> TrainReport:
 
 def main(argv: list[str] | None = None) -> int:
     """``make tiny-model``: retrain the embedded checkpoint."""
-    parser = argparse.ArgumentParser(prog="python -m pipelines.tiny_model", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m tiny_model", description=__doc__)
     parser.add_argument("--out", type=Path, default=CHECKPOINT_DIR, help="checkpoint folder to (re)write")
     parser.add_argument("--steps", type=int, default=TrainSpec().steps)
     args = parser.parse_args(argv)

@@ -8,13 +8,10 @@ from typing import Literal, TypeVar
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from pipelines.errors import StageError
-from pipelines.tiny_model.shapes import TRAIN_SEED
+from core.names import check_model_name
+from core.stage import StageError
 
 PARAMS_FILE = Path("params.yaml")
-
-QuantizeMethod = Literal["none", "bnb-int8", "bnb-nf4"]
-QUANTIZE_METHODS: tuple[str, ...] = ("none", "bnb-int8", "bnb-nf4")
 
 
 class ParamsGroup(BaseModel):
@@ -25,40 +22,13 @@ class ParamsGroup(BaseModel):
 
 class ModelParams(ParamsGroup):
     source: str = Field(min_length=1)
-    device: Literal["auto", "cpu", "cuda"] = "auto"
-
-
-class GoldenParams(ParamsGroup):
-    seed: int
-    size: int = Field(gt=0)
-    path: Path | None = None
-    categories: list[str] = Field(min_length=1)
-    min_rows: int = Field(ge=1)
-    min_per_category: int = Field(ge=0)
-
-    @field_validator("seed")
-    @classmethod
-    def _not_the_training_seed(cls, seed: int) -> int:
-        if seed == TRAIN_SEED:
-            raise ValueError(f"must differ from the tiny model's training seed ({TRAIN_SEED})")
-        return seed
+    device: Literal["auto", "cpu", "cuda"]
+    dtype: Literal["auto", "float32", "bfloat16", "float16"]
 
 
 class EvalParams(ParamsGroup):
     batch_size: int = Field(gt=0)
     max_new_tokens: int = Field(gt=0)
-
-
-class QuantizeParams(ParamsGroup):
-    method: str
-    skip_modules: list[str] = Field(default_factory=list)
-
-    @field_validator("method")
-    @classmethod
-    def _known_method(cls, method: str) -> str:
-        if method not in QUANTIZE_METHODS:
-            raise ValueError(f"unknown method {method!r}; valid methods: {', '.join(QUANTIZE_METHODS)}")
-        return method
 
 
 G = TypeVar("G", bound=BaseModel)
@@ -77,3 +47,20 @@ def load_group(group: str, model: type[G], path: Path = PARAMS_FILE) -> G:
     except ValidationError as exc:
         problems = "; ".join(f"{group}.{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors())
         raise StageError(f"{path}: {problems}") from exc
+
+
+class RegistryParams(ParamsGroup):
+    """The ``registry`` group: the names every room shares (Triton models, MLflow model and experiment)."""
+
+    model_name: str
+    experiment: str
+
+    @field_validator("model_name")
+    @classmethod
+    def _plain_name(cls, value: str) -> str:
+        return check_model_name(value, "registry.model_name")
+
+    @field_validator("experiment")
+    @classmethod
+    def _experiment(cls, value: str) -> str:
+        return check_model_name(value, "registry.experiment")

@@ -20,21 +20,22 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from pipelines.package import PackageParams, package
-from pipelines.tiny_model import shapes
-from serving.triton_client import TritonChatClient, user_message
-from serving.triton_launcher import TritonServer, free_ports
-from serving.triton_settings import TritonSettings
+from core.contract import PackageParams
+from serving.triton.client import TritonChatClient, user_message
+from serving.triton.launcher import TritonServer, free_ports
+from serving.triton.packaging import package
+from serving.triton.settings import TritonSettings
+from tiny_model import shapes
 
-BATCHED, UNBATCHED = "qwen3-vl-batched", "qwen3-vl-unbatched"
+# Two builds of one checkpoint, served side by side as their own Triton models.
+BATCHED, UNBATCHED = "qwen3-vl-batched-v1", "qwen3-vl-unbatched-v1"
 # Questions from the held-out stream (seed 0 is training), varied so no two requests are the same.
 _SEED = 7
 _SAMPLES = 16
 
 
-def _params(name: str, batched: bool, concurrency: int, queue_delay_us: int) -> PackageParams:
+def _params(batched: bool, concurrency: int, queue_delay_us: int) -> PackageParams:
     return PackageParams(
-        model_name=name,
         version=1,
         max_batch_size=concurrency,
         dynamic_batching=batched,
@@ -42,11 +43,16 @@ def _params(name: str, batched: bool, concurrency: int, queue_delay_us: int) -> 
         max_queue_delay_us=queue_delay_us,
         instance_count=1,
         instance_kind="cpu",
-        version_policy="all",
+        max_queue_size=256,
+        queue_timeout_us=60_000_000,
+        compute_dtype="float32",
         max_new_tokens=8,
         temperature=0.0,
         top_p=1.0,
         max_history=2,
+        max_images=4,
+        max_image_pixels=1 << 22,
+        max_prompt_tokens=4096,
     )
 
 
@@ -93,9 +99,11 @@ def run(
 ) -> dict[str, float]:
     """Package, serve and measure; returns the summary figures."""
     repository = workdir / "repository"
-    backend = Path(__file__).resolve().parent / "backend" / "model.py"
+    backend = Path(__file__).resolve().parents[1] / "backend" / "model.py"
     for name, batched in ((BATCHED, True), (UNBATCHED, False)):
-        package(checkpoint, backend, repository, _params(name, batched, concurrency, queue_delay_us))
+        package(
+            checkpoint, backend, repository, name.removesuffix("-v1"), _params(batched, concurrency, queue_delay_us)
+        )
     http, grpc, metrics = free_ports(3)
     settings = TritonSettings(http_port=http, grpc_port=grpc, metrics_port=metrics, exit_timeout_secs=1)
     with TritonServer(repository, settings, run_dir=workdir / "run", load_models=[BATCHED, UNBATCHED]) as server:
@@ -161,7 +169,7 @@ def _say(line: str) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """CLI: ``python -m serving.bench_triton --checkpoint DIR``; the last line is the JSON summary."""
+    """CLI: ``python -m serving.triton.bench --checkpoint DIR``; the last line is the JSON summary."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--checkpoint", type=Path, required=True, help="HF checkpoint folder to serve")
     parser.add_argument("--requests", type=int, default=200, help="sequential requests timed for p50/p99")

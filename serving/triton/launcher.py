@@ -31,7 +31,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from types import TracebackType
 
-from serving.triton_settings import TritonSettings
+from serving.triton.settings import TritonSettings
 
 logger = logging.getLogger(__name__)
 
@@ -270,6 +270,8 @@ class TritonServer:
             libs.append(env["LD_LIBRARY_PATH"])
         env["LD_LIBRARY_PATH"] = ":".join(libs)
         env["PATH"] = f"{Path(sys.executable).parent}:{env.get('PATH', '')}"
+        # model.py is imported from its version folder: bytecode written there would change the version.
+        env["PYTHONDONTWRITEBYTECODE"] = "1"
         return env
 
     @staticmethod

@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import shutil
 from pathlib import Path
 from typing import Any
 
-from pipelines.errors import StageError
+from core.stage import StageError
 
 QWEN3_VL_MODEL_TYPES = ("qwen3_vl", "qwen3_vl_moe")
 # Files (any one of each group) that make a folder a loadable Qwen3-VL checkpoint.
@@ -49,19 +48,20 @@ def require_checkpoint(folder: Path, what: str) -> None:
         raise StageError(f"{what} {folder} is not a Qwen3-VL checkpoint: missing {'; '.join(parts)}")
 
 
-def _link_or_copy(src: str, dst: str) -> None:
-    # Hard links make an 8B checkpoint "copy" free; fall back to a real copy across filesystems.
-    try:
-        os.link(src, dst)
-    except OSError:
-        shutil.copy2(src, dst)
+def resolve_source(source: str) -> Path:
+    """The checkpoint folder ``model.source`` names; fails with the path and what is missing."""
+    folder = Path(source).expanduser()
+    require_checkpoint(folder, "model.source")
+    return folder
 
 
 def copy_checkpoint(src: Path, dst: Path) -> None:
-    """Copy a checkpoint's files (not hidden or cache folders) into ``dst``."""
-    shutil.copytree(
-        src, dst, copy_function=_link_or_copy, ignore=shutil.ignore_patterns(".*", "__pycache__"), dirs_exist_ok=True
-    )
+    """Copy a checkpoint's files (not hidden or cache folders) into ``dst``.
+
+    Real copies, never hard links: DVC caches and write-protects outputs, and a link would carry
+    that onto (or a later write into) the user's own checkpoint.
+    """
+    shutil.copytree(src, dst, ignore=shutil.ignore_patterns(".*", "__pycache__"), dirs_exist_ok=True)
 
 
 def resolve_device(device: str) -> str:
@@ -75,14 +75,30 @@ def resolve_device(device: str) -> str:
     return device
 
 
-def load(folder: Path, device: str, **kwargs: Any) -> tuple[Any, Any]:
+#: Below this many weight bytes a checkpoint computes in float32 on the CPU (the tiny model); above
+#: it, bfloat16, so a real 8B checkpoint never needs 32 GB of float32 weights in memory.
+SMALL_CHECKPOINT_BYTES = 2 * 1024**3
+
+
+def resolve_dtype(dtype: str, device: str, folder: Path) -> str:
+    """``auto``: bfloat16 on CUDA; on the CPU float32 for small checkpoints, bfloat16 otherwise."""
+    if dtype != "auto":
+        return dtype
+    if device == "cuda":
+        return "bfloat16"
+    size = sum(p.stat().st_size for pattern in ("*.safetensors", "*.bin") for p in folder.glob(pattern))
+    return "float32" if size < SMALL_CHECKPOINT_BYTES else "bfloat16"
+
+
+def load(folder: Path, device: str, dtype: str = "float32", **kwargs: Any) -> tuple[Any, Any]:
     """Processor and model from ``folder`` (bitsandbytes-quantized if its config says so), in eval mode."""
     import torch
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
-    dtype = torch.bfloat16 if device == "cuda" else torch.float32
     processor = AutoProcessor.from_pretrained(folder)
-    model = AutoModelForImageTextToText.from_pretrained(folder, dtype=dtype, device_map={"": device}, **kwargs)
+    model = AutoModelForImageTextToText.from_pretrained(
+        folder, dtype=getattr(torch, dtype), device_map={"": device}, **kwargs
+    )
     model.eval()
     return processor, model
 

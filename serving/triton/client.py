@@ -1,6 +1,6 @@
 """Chat with a Qwen3-VL model served by Triton, over HTTP or gRPC, with typed results and errors.
 
-The tensor names come from ``pipelines.pbtxt``, the module that renders the model's config, so the
+The tensor names come from ``core.contract``, the module that renders the model's config, so the
 client and the server cannot drift apart. Errors are domain exceptions without HTTP in them; the
 gateway maps them to status codes in one place.
 """
@@ -22,7 +22,7 @@ from PIL import Image
 from pydantic import BaseModel, ConfigDict
 from tritonclient.utils import InferenceServerException
 
-from pipelines.pbtxt import (
+from core.contract import (
     INPUT_MAX_TOKENS,
     INPUT_MESSAGES,
     INPUT_TEMPERATURE,

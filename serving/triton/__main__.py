@@ -15,8 +15,8 @@ from types import FrameType
 
 from pydantic import ValidationError
 
-from serving.triton_launcher import TritonError, TritonServer
-from serving.triton_settings import TritonSettings
+from serving.triton.launcher import TritonError, TritonServer
+from serving.triton.settings import TritonSettings
 
 
 class _Stop(Exception):  # noqa: N818 (a signal, not an error)
@@ -59,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         settings = TritonSettings()
     except ValidationError as exc:
-        print(f"serving.triton: bad TRITON_* settings:\n{exc}", file=sys.stderr)  # noqa: T201
+        print(f"serving.triton: bad TRITON_* settings:\n{exc}", file=sys.stderr)
         return 2
     load = args.load_model or (["*"] if settings.model_control_mode == "explicit" else [])
     server = TritonServer(
@@ -68,13 +68,13 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, _raise_stop)
     try:
         server.start()
-        print(  # noqa: T201
+        print(
             f"Triton ready: http {server.http_url}  grpc {server.grpc_url}  metrics {server.metrics_url}",
             flush=True,
         )
         return _follow(server)
     except TritonError as exc:
-        print(f"serving.triton: {exc}", file=sys.stderr)  # noqa: T201
+        print(f"serving.triton: {exc}", file=sys.stderr)
         return 1
     except (KeyboardInterrupt, _Stop):
         return 0

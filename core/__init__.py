@@ -1,0 +1,1 @@
+"""The library every room uses: tensor contract, params, atomic files, scoring, golden set, GX."""

@@ -1,0 +1,1 @@
+"""Everything about running Triton: settings, launcher, client, serving repository, packaging."""

@@ -1,0 +1,98 @@
+"""Turn a checkpoint into one complete Triton model: ``<repository>/<model>-v<N>/``.
+
+The model folder holds the generated ``config.pbtxt`` (serving exactly version ``N``), the warmup
+request it refers to, and the version folder ``N/`` (``model.py`` plus the checkpoint's weights,
+processor and tokenizer). Each build is its own Triton model with its own config, so two builds
+with different serving settings can be served side by side. The whole folder is built under a
+temporary name and swapped into place last: a failed run never leaves half a model that Triton
+could load, and other builds are not touched.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import logging
+import shutil
+import struct
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict
+
+from core.checkpoint import missing_parts
+from core.contract import CONFIG_FILE, WARMUP_DIR, WARMUP_MESSAGES_FILE, PackageParams, render_config
+from core.files import atomic_dir
+from core.names import served_model_name
+from core.stage import StageError
+from tiny_model import shapes
+
+logger = logging.getLogger(__name__)
+
+#: Name the Python backend looks for in each version folder.
+BACKEND_FILE = "model.py"
+# Any image of the task will do for warmup; a seed of its own keeps it apart from training data.
+_WARMUP_SEED = 99
+
+
+class PackageResult(BaseModel):
+    """What ``metrics/package.json`` records."""
+
+    model_config = ConfigDict(frozen=True)
+
+    model: str
+    triton_model: str
+    version: int
+    bytes: int
+    files: int
+
+
+def package(checkpoint: Path, backend: Path, repository: Path, model: str, params: PackageParams) -> PackageResult:
+    """Write ``<repository>/<model>-v<version>/`` for ``checkpoint``; return what was written."""
+    if parts := missing_parts(checkpoint):
+        raise StageError(
+            f"package input {checkpoint} is not a Qwen3-VL checkpoint: missing {'; '.join(parts)}; "
+            "run the quantize stage first"
+        )
+    if not backend.is_file():
+        raise StageError(f"backend {backend} does not exist; pass the path of serving/backend/model.py")
+    name = served_model_name(model, params.version)
+    config = render_config(name, params.version, params)
+    # atomic_dir stages under a dot-prefixed name, which Triton never mistakes for a model.
+    with atomic_dir(repository / name) as staging:
+        version_dir = staging / str(params.version)
+        shutil.copytree(checkpoint, version_dir, ignore=shutil.ignore_patterns(".*", "__pycache__", "*.pyc"))
+        shutil.copy2(backend, version_dir / BACKEND_FILE)
+        (staging / WARMUP_DIR).mkdir()
+        (staging / WARMUP_DIR / WARMUP_MESSAGES_FILE).write_bytes(warmup_messages())
+        (staging / CONFIG_FILE).write_text(config)
+        _make_readable(staging)
+        files = [path for path in version_dir.rglob("*") if path.is_file()]
+        result = PackageResult(
+            model=model,
+            triton_model=name,
+            version=params.version,
+            bytes=sum(path.stat().st_size for path in files),
+            files=len(files),
+        )
+    logger.info("packaged %s: %d files, %d bytes", name, result.files, result.bytes)
+    return result
+
+
+def warmup_messages() -> bytes:
+    """One conversation (a real image and question) as a serialized Triton BYTES element."""
+    sample = shapes.sample(_WARMUP_SEED, 0)
+    png = io.BytesIO()
+    sample.image.save(png, format="PNG")
+    url = "data:image/png;base64," + base64.b64encode(png.getvalue()).decode("ascii")
+    content = [{"type": "image_url", "image_url": {"url": url}}, {"type": "text", "text": sample.question}]
+    document = json.dumps([{"role": "user", "content": content}]).encode()
+    # Triton's warmup files hold BYTES elements as a 4-byte little-endian length, then the bytes.
+    return struct.pack("<I", len(document)) + document
+
+
+def _make_readable(folder: Path) -> None:
+    # Checkpoints are often saved 0600/0700; Triton in NVIDIA's container may run as another user.
+    folder.chmod(0o755)
+    for path in folder.rglob("*"):
+        path.chmod(0o755 if path.is_dir() else (path.stat().st_mode | 0o444) & ~0o222 | 0o200)

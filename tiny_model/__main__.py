@@ -1,0 +1,7 @@
+"""``python -m tiny_model``: rebuild and retrain the embedded checkpoint."""
+
+import sys
+
+from tiny_model.train import main
+
+sys.exit(main())
