@@ -21,12 +21,19 @@ export TRANSFORMERS_NO_ADVISORY_WARNINGS := 1
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
 
-$(STAMP): requirements.in requirements.lock
+$(STAMP): requirements.in requirements.lock scripts/system-packages.sh
+	@bash scripts/system-packages.sh
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements.in -c requirements.lock
+	@# `source .venv/bin/activate` then gives a shell where every README line works as shown.
+	@grep -q "qwen3-vl-triton-pipeline" $(VENV)/bin/activate || printf '%s\n' \
+	  '# qwen3-vl-triton-pipeline: project environment (added by make install)' \
+	  'export PYTHONPATH="$(CURDIR)$${PYTHONPATH:+:$$PYTHONPATH}"' \
+	  'export HF_HUB_OFFLINE=1 TRANSFORMERS_NO_ADVISORY_WARNINGS=1' \
+	  'export OMP_NUM_THREADS="$${OMP_NUM_THREADS:-1}"' >> $(VENV)/bin/activate
 	@touch $(STAMP)
 
-install: $(STAMP) ## Create .venv with the pinned dependencies (idempotent)
+install: $(STAMP) ## Create .venv with the pinned dependencies and the Debian packages tests use (idempotent)
 
 lock: ## Re-resolve requirements.in into requirements.lock in one resolver run
 	rm -rf .lock-venv && $(PYTHON) -m venv .lock-venv
@@ -85,5 +92,6 @@ metrics-diff: $(STAMP) ## Markdown table of metric changes against BASE (a git r
 	  echo "### Metrics (no base commit \`$(BASE)\` to compare with, e.g. a new branch)"; echo; dvc metrics show --md; \
 	fi
 
-clean: ## Remove generated artefacts (not the venv)
-	rm -rf artifacts .pytest_cache .mypy_cache .ruff_cache
+clean: ## Remove generated artefacts, the local MLflow store and run state (not the venv)
+	rm -rf artifacts reports .mlflow .run .pytest_cache .mypy_cache .ruff_cache
+	find triton-models -mindepth 1 -maxdepth 1 -type d -exec rm -rf {} +
