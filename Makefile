@@ -16,7 +16,7 @@ export PYTHONPATH := $(CURDIR)
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_NO_ADVISORY_WARNINGS := 1
 
-.PHONY: help install lock tiny-model demo test lint typecheck pytest clean mlflow registry-status serving-repo metrics-diff triton bench-triton check-config check-load
+.PHONY: help install lock tiny-model demo test lint typecheck pytest clean mlflow registry-status serving-repo metrics-diff triton bench-triton check-config check-load up down status
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -95,3 +95,13 @@ metrics-diff: $(STAMP) ## Markdown table of metric changes against BASE (a git r
 clean: ## Remove generated artefacts, the local MLflow store and run state (not the venv)
 	rm -rf artifacts reports .mlflow .run .pytest_cache .mypy_cache .ruff_cache
 	find triton-models -mindepth 1 -maxdepth 1 -type d -exec rm -rf {} +
+
+up: $(STAMP) ## Start MLflow, Triton, the controller, two gateways and nginx (127.0.0.1:8080) in the background
+	$(PY) -m serving.stack up
+
+down: $(STAMP) ## Stop exactly what `make up` started
+	$(PY) -m serving.stack down
+
+status: $(STAMP) ## What runs, and the rollout state
+	$(PY) -m serving.stack status
+	-$(PY) -m registry status

@@ -1,0 +1,46 @@
+"""``python -m serving.rollout``: run the rollout controller in the foreground (``make up`` starts one)."""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import sys
+from types import FrameType
+
+from pydantic import ValidationError
+
+from core.stage import StageError
+from registry.settings import RegistrySettings
+from registry.store import Store
+from serving.rollout.controller import Controller, load_params
+from serving.rollout.settings import ControllerSettings
+
+
+def main() -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "5")
+    try:
+        settings = ControllerSettings()
+        registry = RegistrySettings()
+        params = load_params(settings.params_file)
+    except ValidationError as exc:
+        print(f"serving.rollout: bad settings (CONTROLLER_*, REGISTRY_*):\n{exc}", file=sys.stderr)
+        return 2
+    except StageError as exc:
+        print(f"serving.rollout: {exc}", file=sys.stderr)
+        return 2
+    controller = Controller(Store(registry), settings, params)
+
+    def stop(signum: int, frame: FrameType | None) -> None:
+        controller.stop()
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    controller.run()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

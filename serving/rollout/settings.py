@@ -1,0 +1,39 @@
+"""Settings of the rollout controller (env prefix ``CONTROLLER_``)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class ControllerSettings(BaseSettings):
+    """Where the controller finds the gateways, Triton and its folders; the rollout rules are in params.yaml."""
+
+    model_config = SettingsConfigDict(env_prefix="CONTROLLER_", extra="forbid")
+
+    # Every gateway replica's metrics endpoint (comma-separated in the environment).
+    gateways: list[str] = Field(
+        default_factory=lambda: ["http://127.0.0.1:8000/metrics", "http://127.0.0.1:8010/metrics"], min_length=1
+    )
+    triton_http_url: str = "http://127.0.0.1:8001"
+    # The Triton model repository the controller keeps equal to champion + canary (Triton runs in
+    # explicit model-control mode over it), and where verified registry artifacts are kept.
+    triton_repository: Path = Path(".run/triton-repo")
+    cache_dir: Path = Path(".run/versions")
+    params_file: Path = Path("params.yaml")
+    # How often to scrape and check the hard floors; the statistical verdict comes every rollout.interval_s.
+    tick_s: float = Field(1.0, gt=0)
+    # The controller lease: only its holder acts; it expires this long after its holder stops renewing.
+    lease_ttl_s: float = Field(10.0, gt=0)
+    # A version that stops being champion or canary is unloaded after this grace (in-flight requests
+    # and gateways that have not yet reconciled still reach it meanwhile).
+    unload_grace_s: float = Field(10.0, ge=0)
+    # How often the controller's status is written to the registry when nothing changed.
+    status_every_s: float = Field(5.0, gt=0)
+
+    @field_validator("gateways", mode="before")
+    @classmethod
+    def _split(cls, value: object) -> object:
+        return [part.strip() for part in value.split(",") if part.strip()] if isinstance(value, str) else value
