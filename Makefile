@@ -45,16 +45,17 @@ lock: ## Re-resolve requirements.in into requirements.lock in one resolver run
 tiny-model: $(STAMP) ## Rebuild and retrain the embedded tiny Qwen3-VL (about 10 min of CPU)
 	$(PY) -m tiny_model
 
-demo: $(STAMP) ## Run the pipeline on the embedded default model and print a summary
+demo: $(STAMP) ## The journey: dvc repro, then champion, a canary promoted and a bad one rolled back (~4 min)
 	dvc repro
-	$(PY) -m pipelines.summary
+	$(PY) -m demo.summary
+	$(PY) -m demo
 
 lint: $(STAMP) ## ruff
 	ruff check .
 	ruff format --check .
 
 typecheck: $(STAMP) ## mypy on the packages
-	mypy core tiny_model pipelines registry serving validation
+	mypy core tiny_model pipelines registry serving validation demo bench
 
 pytest: $(STAMP) ## pytest only
 	pytest

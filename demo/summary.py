@@ -59,7 +59,7 @@ def summarize(metrics_dir: Path, reports_dir: Path, register_file: Path) -> list
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m pipelines.summary", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m demo.summary", description=__doc__)
     parser.add_argument("--metrics", type=Path, default=Path("metrics"))
     parser.add_argument("--reports", type=Path, default=Path("reports"))
     parser.add_argument("--register", type=Path, default=Path("artifacts/register.json"))

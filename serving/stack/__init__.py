@@ -91,8 +91,8 @@ def admin_token(run_dir: Path) -> str:
     return token
 
 
-def services(run_dir: Path, ports: Ports = Ports()) -> list[Service]:
-    """The stack, in start order."""
+def services(run_dir: Path, ports: Ports = Ports(), store_dir: Path | None = None) -> list[Service]:
+    """The stack, in start order; ``store_dir`` puts MLflow on a scratch store instead of the project's."""
     python = sys.executable
     mlflow_url = f"http://127.0.0.1:{ports.mlflow}"
     base = {
@@ -109,7 +109,15 @@ def services(run_dir: Path, ports: Ports = Ports()) -> list[Service]:
         Service(
             "mlflow",
             [python, "-m", "registry", "serve"],
-            {**{k: v for k, v in base.items() if k != "MLFLOW_TRACKING_URI"}, "REGISTRY_PORT": str(ports.mlflow)},
+            {**{k: v for k, v in base.items() if k != "MLFLOW_TRACKING_URI"}, "REGISTRY_PORT": str(ports.mlflow)}
+            | (
+                {}
+                if store_dir is None
+                else {
+                    "REGISTRY_BACKEND_STORE_URI": f"sqlite:///{store_dir / 'mlflow.db'}",
+                    "REGISTRY_ARTIFACTS_DESTINATION": str(store_dir / "artifacts"),
+                }
+            ),
             _http_ok(f"{mlflow_url}/health"),
             mlflow_url,
         ),

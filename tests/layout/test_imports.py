@@ -14,7 +14,7 @@ import yaml
 
 from tests.conftest import ROOT
 
-PACKAGES = ("core", "tiny_model", "pipelines", "serving", "validation", "registry")
+PACKAGES = ("core", "tiny_model", "pipelines", "serving", "validation", "registry", "demo", "bench")
 
 
 def _module_file(module: str) -> Path | None:

@@ -1,0 +1,1 @@
+"""``make demo``: the whole journey, from `dvc repro` to a promoted canary and a rolled-back one."""

@@ -1,0 +1,265 @@
+"""The journey ``make demo`` runs after ``dvc repro``, on a scratch registry so it runs the same every time.
+
+1. Start the stack (MLflow on a scratch store, Triton, the controller, two gateways, nginx) on free ports.
+2. Register build 1 (the one ``dvc repro`` just validated) and promote it: no champion yet, so it
+   becomes the champion directly.
+3. Synthetic users start asking golden-set questions through nginx.
+4. Build 2, another quantization (bnb-int8), goes through the same pipeline (``dvc exp run --temp``)
+   and is registered as the candidate; promoted to canary, the controller steps it up on live
+   metrics and promotes it.
+5. Build 3, a serving-config change, passes validation too, but regresses under live traffic (a
+   fault injected into it on every gateway); the controller rolls it back on its own.
+It prints each step with weights, per-version figures and decisions, the client-visible error
+count (which must be 0), and last a one-line JSON summary.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import subprocess
+import sys
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from demo.traffic import Traffic
+from registry import events, rollout
+from registry.events import Actor
+from registry.settings import RegistrySettings
+from registry.state import RolloutState, read_state
+from registry.store import Store
+from serving.stack import ROOT, Ports, admin_token, down, services, start
+from serving.triton.launcher import free_ports
+
+log = logging.getLogger("demo")
+
+ACTOR = Actor(name="make demo")
+
+
+class JourneyError(Exception):
+    """A step of the journey did not happen in time; the message says which and where to look."""
+
+
+@dataclass
+class Step:
+    at_s: float
+    what: str
+    champion: int | None
+    canary: int | None
+    weight: int
+    served: dict[str, int]
+    errors: int
+    decision: str = ""
+
+
+@dataclass
+class Journey:
+    run_dir: Path
+    started: float = field(default_factory=time.monotonic)
+    steps: list[Step] = field(default_factory=list)
+    timings: dict[str, float] = field(default_factory=dict)
+    _seen: Counter[str] = field(default_factory=Counter)
+
+    def record(self, what: str, state: RolloutState, traffic: Traffic | None, decision: str = "") -> None:
+        served: dict[str, int] = {}
+        errors = 0
+        if traffic is not None:
+            current = Counter(traffic.tally.by_version)
+            served = {f"v{v}": n for v, n in sorted((current - self._seen).items())}
+            self._seen = current
+            errors = traffic.tally.errors
+        step = Step(
+            round(time.monotonic() - self.started, 1),
+            what,
+            state.version_of("champion"),
+            state.version_of("canary"),
+            state.canary_weight,
+            served,
+            errors,
+            decision,
+        )
+        self.steps.append(step)
+        log.info(
+            "%6.1f s  %-44s champion v%s  canary %s  weight %3d%%  served %s  errors %d  %s",
+            step.at_s, what, step.champion, f"v{step.canary}" if step.canary else "-", step.weight,
+            served or "-", errors, decision,
+        )  # fmt: skip
+
+
+def _wait(what: str, check: Callable[[], bool], timeout_s: float, poll_s: float = 0.25) -> float:
+    started = time.monotonic()
+    while not check():
+        if time.monotonic() - started > timeout_s:
+            raise JourneyError(f"timed out after {timeout_s:.0f} s waiting for {what}")
+        time.sleep(poll_s)
+    return time.monotonic() - started
+
+
+def _run(command: list[str], env: dict[str, str], what: str) -> str:
+    log.info("$ %s", " ".join(command))
+    done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        raise JourneyError(f"{what} failed ({done.returncode}):\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}")
+    return done.stdout + done.stderr
+
+
+def _register_build_1(env: dict[str, str], run_dir: Path) -> None:
+    """Register what `dvc repro` validated, with the register stage's own command, into the scratch store."""
+    _run(
+        [
+            sys.executable, "-m", "pipelines.register", "--params", "params.yaml", "--lock", "dvc.lock",
+            "--validate", "metrics/validate.json", "--package", "metrics/package.json",
+            "--quantize", "metrics/quantize.json", "--metrics", "metrics/base_model.json",
+            "--triton-repo", "triton-models", "--out", str(run_dir / "register-build-1.json"),
+        ],
+        env,
+        "registering build 1",
+    )  # fmt: skip
+
+
+def _build(env: dict[str, str], overrides: list[str], what: str) -> None:
+    """Another build through the real pipeline (a temporary DVC experiment), registered as candidate."""
+    command = ["dvc", "exp", "run", "--temp", *(arg for o in overrides for arg in ("-S", o))]
+    _run(command, env, what)
+
+
+def _ready(url: str) -> bool:
+    try:
+        return httpx.get(f"{url}/readyz", timeout=2).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+def run(run_dir: Path) -> dict[str, Any]:
+    """The whole journey; returns the summary. Leaves nothing running."""
+    shutil.rmtree(run_dir, ignore_errors=True)
+    run_dir.mkdir(parents=True)
+    http, grpc, metrics, mlflow, edge, gw1, gw2 = free_ports(7)
+    ports = Ports(
+        edge=edge, gateways=(gw1, gw2), triton_http=http, triton_grpc=grpc, triton_metrics=metrics, mlflow=mlflow
+    )
+    store_dir = run_dir / "mlflow"
+    stack = services(run_dir, ports, store_dir=store_dir)
+    journey = Journey(run_dir)
+    mlflow_url = f"http://127.0.0.1:{ports.mlflow}"
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(ROOT),
+        "MLFLOW_TRACKING_URI": mlflow_url,
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
+    }
+    store = Store(RegistrySettings(tracking_uri=mlflow_url))
+    token = admin_token(run_dir)
+    gateways = [f"http://127.0.0.1:{port}" for port in ports.gateways]
+    edge_url = f"http://127.0.0.1:{ports.edge}"
+    traffic: Traffic | None = None
+    summary: dict[str, Any] = {}
+    try:
+        t0 = time.monotonic()
+        for service in stack:
+            start(service, run_dir)
+        journey.timings["stack_up_s"] = round(time.monotonic() - t0, 1)
+
+        t0 = time.monotonic()
+        _register_build_1(env, run_dir)
+        rollout.promote_to_champion(store, ACTOR)
+        journey.record("build 1 registered, promoted to champion", read_state(store), None)
+        _wait("the gateways to serve the champion", lambda: all(_ready(url) for url in gateways), 120)
+        journey.timings["champion_serving_s"] = round(time.monotonic() - t0, 1)
+
+        traffic = Traffic(edge_url).start()
+        time.sleep(2)
+        journey.record("synthetic users start (6 sessions, via nginx)", read_state(store), traffic)
+
+        t0 = time.monotonic()
+        _build(env, ["quantize.method=bnb-int8", "package.version=2"], "build 2 (bnb-int8)")
+        journey.timings["build_2_s"] = round(time.monotonic() - t0, 1)
+        journey.record("build 2 (bnb-int8) validated, candidate", read_state(store), traffic)
+        rollout.promote_to_canary(store, ACTOR)
+        t0 = time.monotonic()
+        _follow(store, journey, traffic, until=lambda s: s.version_of("canary") is None, timeout_s=180)
+        journey.timings["canary_to_champion_s"] = round(time.monotonic() - t0, 1)
+        promoted = read_state(store).version_of("champion")
+
+        t0 = time.monotonic()
+        _build(
+            env,
+            ["quantize.method=bnb-int8", "package.version=3", "package.max_queue_delay_us=2000"],
+            "build 3 (serving-config change)",
+        )
+        journey.timings["build_3_s"] = round(time.monotonic() - t0, 1)
+        journey.record("build 3 (queue delay 2 ms) validated, candidate", read_state(store), traffic)
+        rollout.promote_to_canary(store, ACTOR)
+        canary = read_state(store).version_of("canary")
+        _follow(store, journey, traffic, until=lambda s: s.canary_weight > 0, timeout_s=120)
+        onset = time.monotonic()
+        for url in gateways:
+            response = httpx.post(
+                f"{url}/admin/faults",
+                json={"version": canary, "error_percent": 100},
+                headers={"Authorization": f"Bearer {token}"},
+                timeout=5,
+            )
+            response.raise_for_status()
+        journey.record(f"fault injected into v{canary}: every answer fails", read_state(store), traffic)
+        _follow(store, journey, traffic, until=lambda s: s.canary_weight == 0 or s.version_of("canary") is None,
+                timeout_s=60, poll_s=0.1)  # fmt: skip
+        rollback_s = round(time.monotonic() - onset, 2)
+        _follow(store, journey, traffic, until=lambda s: s.version_of("canary") is None, timeout_s=30)
+        time.sleep(1)
+        tally = traffic.stop()
+        final = read_state(store)
+        reason = next((e.reason for e in events.history(store, 10) if e.action.startswith("rollback")), None)
+        journey.record("traffic stops", final, traffic, decision=f"rolled back: {reason}" if reason else "")
+        summary = {
+            "champion": final.version_of("champion"),
+            "promoted": promoted,
+            "rolled_back": canary if final.version_of("canary") is None else None,
+            "rollback_s": rollback_s,
+            "client_errors": tally.errors,
+            "requests": tally.requests,
+            "correct": tally.correct,
+            "by_version": dict(tally.by_version),
+            **journey.timings,
+        }
+        if tally.error_samples:
+            log.warning("client-visible errors: %s", tally.error_samples)
+    finally:
+        if traffic is not None:
+            traffic.stop()
+        down(run_dir, stack)
+    return {"steps": [step.__dict__ for step in journey.steps], "summary": summary}
+
+
+def _follow(
+    store: Store,
+    journey: Journey,
+    traffic: Traffic,
+    until: Callable[[RolloutState], bool],
+    timeout_s: float,
+    poll_s: float = 0.5,
+) -> None:
+    """Record every rollout move (weight, aliases) with the controller's reason until ``until`` holds."""
+    started = time.monotonic()
+    last = read_state(store)
+    seen = {e.run_id for e in events.history(store, 50)}
+    while True:
+        state = read_state(store)
+        if state.generation != last.generation:
+            fresh = [e for e in reversed(events.history(store, 20)) if e.run_id not in seen]
+            seen |= {e.run_id for e in fresh}
+            for event in fresh:
+                journey.record(event.summary, state, traffic, decision=event.reason or "")
+            last = state
+        if until(state):
+            return
+        if time.monotonic() - started > timeout_s:
+            raise JourneyError(f"the rollout did not move as expected within {timeout_s:.0f} s: {state.describe()}")
+        time.sleep(poll_s)

@@ -1,0 +1,122 @@
+"""Synthetic users: golden-set questions with their images, sent through the public endpoint.
+
+Several sessions (``X-Session-Id``), each a closed loop at a modest pace, like people using an app.
+Every answer is checked: its status, the version that answered (``X-Model-Version``) and whether
+the answer was right. A client-visible error is any non-200 or transport failure. Used by the demo,
+the benchmarks and the fault tests.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import io
+import json
+import random
+import threading
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+import aiohttp
+
+from tiny_model import shapes
+
+# Questions from a stream the tiny model never trained on (seed 0 is training).
+_SEED = 4242
+
+
+def _question(index: int) -> tuple[dict[str, Any], str]:
+    sample = shapes.sample(_SEED, index, category=shapes.CATEGORIES[index % len(shapes.CATEGORIES)])
+    buffer = io.BytesIO()
+    sample.image.save(buffer, format="PNG")
+    url = "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
+    content = [{"type": "image_url", "image_url": {"url": url}}, {"type": "text", "text": sample.question}]
+    body = {"model": "qwen3-vl", "messages": [{"role": "user", "content": content}], "max_tokens": 8}
+    return body, sample.answer
+
+
+@dataclass
+class Tally:
+    """What the synthetic users saw (thread-safe to read while traffic runs)."""
+
+    requests: int = 0
+    errors: int = 0
+    correct: int = 0
+    by_version: Counter[str] = field(default_factory=Counter)
+    by_status: Counter[int] = field(default_factory=Counter)
+    error_samples: list[str] = field(default_factory=list)
+    latencies_ms: list[float] = field(default_factory=list)
+
+    def snapshot(self) -> dict[str, Any]:
+        return {
+            "requests": self.requests,
+            "errors": self.errors,
+            "correct": self.correct,
+            "by_version": dict(self.by_version),
+            "by_status": {str(k): v for k, v in self.by_status.items()},
+        }
+
+
+class Traffic:
+    """Runs ``sessions`` closed-loop users against ``url`` in a background thread until ``stop()``."""
+
+    def __init__(self, url: str, *, sessions: int = 6, pause_s: float = 0.05, questions: int = 60) -> None:
+        self.url = url.rstrip("/") + "/v1/chat/completions"
+        self.sessions = sessions
+        self.pause_s = pause_s
+        self.tally = Tally()
+        self._bodies = [_question(i) for i in range(questions)]
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+
+    def start(self) -> Traffic:
+        self._thread = threading.Thread(target=lambda: asyncio.run(self._run()), name="traffic", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> Tally:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=60)
+        return self.tally
+
+    async def _run(self) -> None:
+        timeout = aiohttp.ClientTimeout(total=60)
+        connector = aiohttp.TCPConnector(limit=self.sessions)
+        async with aiohttp.ClientSession(timeout=timeout, connector=connector) as client:
+            await asyncio.gather(*(self._user(client, f"user-{n}") for n in range(self.sessions)))
+
+    async def _user(self, client: aiohttp.ClientSession, session: str) -> None:
+        rng = random.Random(session)
+        while not self._stop.is_set():
+            body, expected = rng.choice(self._bodies)
+            started = time.perf_counter()
+            status, version, detail, answer = 0, "", "", ""
+            try:
+                async with client.post(self.url, json=body, headers={"X-Session-Id": session}) as response:
+                    status = response.status
+                    version = response.headers.get("X-Model-Version", "")
+                    text = await response.text()
+                if status == 200:
+                    answer = json.loads(text)["choices"][0]["message"]["content"]
+                else:
+                    detail = text[:200]
+            except (aiohttp.ClientError, TimeoutError, ValueError, KeyError) as exc:
+                detail = f"{type(exc).__name__}: {exc}"
+            elapsed = (time.perf_counter() - started) * 1000
+            with self._lock:
+                tally = self.tally
+                tally.requests += 1
+                tally.by_status[status] += 1
+                if status == 200:
+                    tally.by_version[version] += 1
+                    tally.correct += answer.strip().lower() == expected.lower()
+                    tally.latencies_ms.append(elapsed)
+                else:
+                    tally.errors += 1
+                    if len(tally.error_samples) < 10:
+                        tally.error_samples.append(f"{status}: {detail}")
+            await asyncio.sleep(self.pause_s)
