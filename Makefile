@@ -15,6 +15,9 @@ export PYTHONPATH := $(CURDIR)
 # Nothing here may reach the Hugging Face Hub; all weights are local.
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_NO_ADVISORY_WARNINGS := 1
+# No tool phones home (MLflow writes an installation id and sends usage events by default).
+export MLFLOW_DISABLE_TELEMETRY := true
+export DO_NOT_TRACK := true
 
 .PHONY: help install lock tiny-model demo test lint typecheck pytest clean mlflow registry-status serving-repo metrics-diff triton bench-triton check-config check-load up down status
 
@@ -29,7 +32,7 @@ $(STAMP): requirements.in requirements.lock scripts/system-packages.sh
 	@grep -q "qwen3-vl-triton-pipeline" $(VENV)/bin/activate || printf '%s\n' \
 	  '# qwen3-vl-triton-pipeline: project environment (added by make install)' \
 	  'export PYTHONPATH="$(CURDIR)$${PYTHONPATH:+:$$PYTHONPATH}"' \
-	  'export HF_HUB_OFFLINE=1 TRANSFORMERS_NO_ADVISORY_WARNINGS=1' \
+	  'export HF_HUB_OFFLINE=1 TRANSFORMERS_NO_ADVISORY_WARNINGS=1 MLFLOW_DISABLE_TELEMETRY=true DO_NOT_TRACK=true' \
 	  'export OMP_NUM_THREADS="$${OMP_NUM_THREADS:-1}"' >> $(VENV)/bin/activate
 	@touch $(STAMP)
 
