@@ -1,7 +1,9 @@
-"""`register` stage: record a validated Triton model version in MLflow and make it the `candidate`.
+"""`register` stage: record a validated Triton model build in MLflow and make it the `candidate`.
 
 Reads the upstream contract (params, dvc.lock, stage metrics, the packaged Triton model folder),
-refuses a version whose validation did not pass, and hands the rest to ``registry.publish``.
+refuses a build whose validation did not pass or whose files are not the ones validate served, and
+hands the rest to ``registry.publish``. Writes ``register.json`` with only what is the same on every
+machine for the same registry state (registered model, version, alias, served digest).
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from mlflow.exceptions import MlflowException
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from core.files import write_json
+from core.manifest import manifest_digest, model_digests
 from core.stage import StageError, run_stage
 from registry.errors import NotValidatedError, RegistryError
 from registry.events import Actor
@@ -29,6 +32,8 @@ from registry.store import Store
 log = logging.getLogger(__name__)
 
 M = TypeVar("M", bound=BaseModel)
+#: register.json: the same bytes on every machine for the same registry state (no run id, no times).
+REGISTER_JSON_FIELDS = {"registered_model", "version", "alias", "served_digest"}
 
 
 class RegisterInputs(BaseModel):
@@ -47,6 +52,9 @@ class RegisterInputs(BaseModel):
 
 class _ValidateMetrics(BaseModel):
     model_config = ConfigDict(extra="allow")
+    model: str
+    version: int
+    served_digest: str
     accuracy: float
     reference_accuracy: float
     drop: float
@@ -149,12 +157,10 @@ def build_candidate(inputs: RegisterInputs) -> Candidate:
     validate = _typed(inputs.validate_metrics, _ValidateMetrics)
     package = _typed(inputs.package_metrics, _PackageMetrics)
     quantize = _typed(inputs.quantize_metrics, _QuantizeMetrics)
-    extra = validate.model_extra or {}
-    judged = (str(extra.get("model")), str(extra.get("version")))
-    if judged != (package.triton_model, str(package.version)):
+    if (validate.model, validate.version) != (package.triton_model, package.version):
         raise NotValidatedError(
-            f"{inputs.validate_metrics} judges {judged[0]} v{judged[1]}, but {inputs.package_metrics} packaged "
-            f"{package.triton_model}; rerun `dvc repro` so validate sees this build"
+            f"{inputs.validate_metrics} judges {validate.model} v{validate.version}, but {inputs.package_metrics} "
+            f"packaged {package.triton_model} v{package.version}; rerun `dvc repro` so validate sees this build"
         )
     if not validate.passed:
         raise NotValidatedError(
@@ -166,6 +172,13 @@ def build_candidate(inputs: RegisterInputs) -> Candidate:
     for needed in (model_dir / "config.pbtxt", version_dir):
         if not needed.exists():
             raise StageError(f"{needed}: not found, but {inputs.package_metrics} says it was packaged")
+    files = model_digests(model_dir, version_dir.name)
+    if (digest := manifest_digest(files)) != validate.served_digest:
+        raise NotValidatedError(
+            f"{model_dir}: its files (digest {digest}) differ from the ones validate served "
+            f"(served_digest {validate.served_digest} in {inputs.validate_metrics}); they changed after "
+            "validation. Nothing was registered; rerun `dvc repro` so validate judges these files."
+        )
     raw_params = yaml.safe_load(inputs.params.read_text()) if inputs.params.exists() else {}
     params = {key: _as_text(value) for key, value in flatten(raw_params or {}).items()}
     metrics: dict[str, float] = {}
@@ -176,9 +189,12 @@ def build_candidate(inputs: RegisterInputs) -> Candidate:
     commit, dirty = git_state(inputs.params.resolve().parent)
     return Candidate(
         triton_model=package.model,
+        package_model=package.triton_model,
         package_version=str(package.version),
         model_dir=model_dir,
         version_dir=version_dir,
+        files=files,
+        served_digest=validate.served_digest,
         size_bytes=package.bytes,
         quantization=quantize.method,
         lineage=Lineage(
@@ -234,7 +250,7 @@ def main(argv: list[str] | None = None) -> int:
                 f"MLflow at {settings.display_uri} failed: {exc.message}. Check MLFLOW_TRACKING_URI "
                 "(unset means the project's sqlite store) and that the server is up (`make mlflow`)."
             ) from exc
-        write_json(args.out, result.model_dump(include={"registered_model", "version", "run_id", "alias"}))
+        write_json(args.out, result.model_dump(include=REGISTER_JSON_FIELDS))
         return f"{result.registered_model} v{result.version} (run {result.run_id}) is the {result.alias}"
 
     return run_stage("register", body)

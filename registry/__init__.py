@@ -1,1 +1,2 @@
-"""Registry: all MLflow access (aliases candidate/canary/champion, lineage, materialize)."""
+"""Registry: all MLflow access. Aliases candidate/canary/champion, canary weight and pause, the rollout
+lock (a lease), the audit trail, lineage tags, and per-version materialization with checksums verified."""

@@ -1,4 +1,5 @@
-"""``python -m registry``: status, promote, set-weight, rollback, history, materialize, unlock, serve."""
+"""``python -m registry``: status, promote, set-weight, step, pause, resume, rollback, abort, history,
+materialize, unlock, serve."""
 
 from __future__ import annotations
 
@@ -15,43 +16,77 @@ from pydantic import ValidationError
 from registry import events, materialize, rollout, server
 from registry.errors import ConcurrentChangeError, RegistryError
 from registry.events import Actor, Event
-from registry.settings import RegistrySettings
+from registry.settings import RegistrySettings, load_rollout_steps
 from registry.status import Lineage, Status, read_status
 from registry.store import Store
 
 EXIT_ERROR = 1
-EXIT_CONFLICT = 3  # another action moved the state: safe to re-read and retry
+EXIT_CONFLICT = 3  # another action moved the state or holds the lock: safe to re-read and retry
 
 
 def _percent(text: str) -> int:
-    value = int(text)
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number; give a percent from 0 to 100") from None
     if not 0 <= value <= 100:
         raise argparse.ArgumentTypeError(f"{value} is not a percent from 0 to 100")
     return value
 
 
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number; give 1 or more") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} is not allowed; give 1 or more")
+    return value
+
+
+def _version(text: str) -> int:
+    try:
+        return _positive(text)
+    except argparse.ArgumentTypeError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an MLflow model version (1, 2, ...)") from None
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m registry", description=__doc__)
-    parser.add_argument("--model", help="registered model name (default: REGISTRY_MODEL_NAME or qwen3-vl)")
+    parser.add_argument("--model", help="registered model name (default: REGISTRY_MODEL_NAME or params.yaml)")
     sub = parser.add_subparsers(dest="command", required=True)
     status = sub.add_parser("status", help="champion, canary, candidate with lineage")
     status.add_argument("--json", action="store_true", help="machine-readable output")
-    promote = sub.add_parser("promote", help="candidate -> canary, or canary -> champion")
+
+    def action(name: str, help_text: str, version_help: str) -> argparse.ArgumentParser:
+        command = sub.add_parser(name, help=help_text)
+        command.add_argument("--version", type=_version, help=version_help)
+        command.add_argument("--reason", help="why, recorded with the event")
+        return command
+
+    promote = action(
+        "promote",
+        "candidate -> canary, canary -> champion, or (first release) candidate -> champion",
+        "refuse unless this is the version being promoted",
+    )
     promote.add_argument("--to", choices=["canary", "champion"], required=True)
-    promote.add_argument("--version", type=int, help="refuse unless this is the version being promoted")
     promote.add_argument("--weight", type=_percent, default=0, help="initial canary share (with --to canary)")
-    weight = sub.add_parser("set-weight", help="the canary's share of traffic, in percent")
-    weight.add_argument("weight", type=_percent)
-    weight.add_argument("--version", type=int, help="refuse unless this is the canary")
-    back = sub.add_parser("rollback", help="drop the canary, or else return to the previous champion")
-    back.add_argument("--version", type=int, help="refuse unless this is the version rolled back")
+    weight = action("set-weight", "the canary's share of traffic, in percent", "refuse unless this is the canary")
+    weight.add_argument("weight", type=_percent, help="percent from 0 to 100")
+    action("step", "the canary's weight to the next of params.yaml's rollout.steps", "refuse unless this is the canary")
+    action("rollback", "drop the canary, or else return to the previous champion", "refuse unless this is rolled back")
+    abort = action("abort", "roll back the canary (never the champion)", "refuse unless this is the canary")
+    abort.set_defaults(reason="aborted from the CLI")
+    pause = sub.add_parser("pause", help="hold the canary's weight: step refuses until resume")
+    pause.add_argument("--reason", help="why, recorded with the event")
+    sub.add_parser("resume", help="let the rollout step again")
     hist = sub.add_parser("history", help="recorded actions, newest first")
-    hist.add_argument("--limit", type=int, default=20)
+    hist.add_argument("--limit", type=_positive, default=20, help="how many events (1 or more)")
     hist.add_argument("--json", action="store_true")
-    mat = sub.add_parser("materialize", help="write a Triton model repository with champion and canary")
+    mat = sub.add_parser("materialize", help="write DIR/<N>/ for the champion and the canary, checksums verified")
     mat.add_argument("--out", type=Path, required=True)
     mat.add_argument("--json", action="store_true")
-    sub.add_parser("unlock", help="clear the rollout lock of an action that died")
+    sub.add_parser("unlock", help="clear the rollout lock now instead of waiting for it to expire")
     sub.add_parser("serve", help="run the MLflow server on the project's store (make mlflow)")
     return parser
 
@@ -70,7 +105,7 @@ def _line(alias: str, lineage: Lineage | None, weight: int) -> str:
         f"  {'':<18} accuracy {_fmt(lineage.accuracy, '.4f')} (drop {_fmt(lineage.drop, '+.4f')}), "
         f"{lineage.quantization or '-'}, {lineage.size_bytes if lineage.size_bytes is not None else '-'} bytes\n"
         f"  {'':<18} commit {(lineage.commit or '-')[:12]}{dirty}, dvc.lock {(lineage.dvc_lock_sha256 or '-')[:12]}, "
-        f"run {lineage.run_id or '-'}"
+        f"files {(lineage.served_digest or '-')[:12]}, run {lineage.run_id or '-'}"
     )
 
 
@@ -78,7 +113,8 @@ def print_status(status: Status, as_json: bool) -> None:
     if as_json:
         print(status.model_dump_json(indent=2))
         return
-    print(f"{status.registered_model} at {status.tracking_uri} (generation {status.generation})")
+    paused = ", PAUSED" if status.paused else ""
+    print(f"{status.registered_model} at {status.tracking_uri} (generation {status.generation}{paused})")
     for alias, lineage in status.by_alias().items():
         print(_line(alias, lineage, status.canary_weight))
     print(f"last event: {status.last_event or '-'}")
@@ -89,9 +125,45 @@ def print_events(found: list[Event], as_json: bool) -> None:
         print(json.dumps([event.model_dump(mode="json") for event in found], indent=2))
         return
     for event in found:
-        print(f"{event.at:%Y-%m-%d %H:%M:%S} #{event.generation:<4} {event.summary} (by {event.actor})")
+        line = f"{event.at:%Y-%m-%d %H:%M:%S} #{event.generation:<4} {event.summary} (by {event.actor})"
+        if event.reason:
+            line += f": {event.reason}"
+        if event.details:
+            line += f" [{event.figures()}]"
+        print(line)
     if not found:
         print("no recorded actions")
+
+
+def print_materialized(result: materialize.Materialized, as_json: bool) -> None:
+    if as_json:
+        print(result.model_dump_json(indent=2))
+        return
+    for alias, served in (("champion", result.champion), ("canary", result.canary)):
+        if served is not None:
+            print(f"{alias} v{served.version}: {served.folder} (serve as {served.served_model})")
+
+
+def _act(args: argparse.Namespace, settings: RegistrySettings, store: Store, actor: Actor) -> Event:
+    reason: str | None = getattr(args, "reason", None)
+    if args.command == "promote" and args.to == "canary":
+        return rollout.promote_to_canary(store, actor, args.version, args.weight, reason=reason)
+    if args.command == "promote":
+        return rollout.promote_to_champion(store, actor, args.version, reason=reason)
+    if args.command == "set-weight":
+        return rollout.set_weight(store, actor, args.weight, args.version, reason=reason)
+    if args.command == "step":
+        steps = load_rollout_steps(settings.params_file)
+        return rollout.step(store, actor, steps, args.version, reason=reason)
+    if args.command == "rollback":
+        return rollout.rollback(store, actor, args.version, reason=reason)
+    if args.command == "abort":
+        return rollout.abort(store, actor, args.version, reason=reason)
+    if args.command == "pause":
+        return rollout.pause(store, actor, reason=reason)
+    if args.command == "resume":
+        return rollout.resume(store, actor)
+    return rollout.unlock(store, actor)
 
 
 def run(args: argparse.Namespace, settings: RegistrySettings) -> int:
@@ -104,21 +176,9 @@ def run(args: argparse.Namespace, settings: RegistrySettings) -> int:
     elif args.command == "history":
         print_events(events.history(store, args.limit), args.json)
     elif args.command == "materialize":
-        result = materialize.materialize(store, args.out)
-        print(
-            result.model_dump_json(indent=2) if args.json else f"{result.out}: {result.triton_model} {result.versions}"
-        )
+        print_materialized(materialize.materialize_serving(store, args.out), args.json)
     else:
-        if args.command == "promote" and args.to == "canary":
-            event = rollout.promote_to_canary(store, actor, args.version, args.weight)
-        elif args.command == "promote":
-            event = rollout.promote_to_champion(store, actor, args.version)
-        elif args.command == "set-weight":
-            event = rollout.set_weight(store, actor, args.weight, args.version)
-        elif args.command == "rollback":
-            event = rollout.rollback(store, actor, args.version)
-        else:
-            event = rollout.unlock(store, actor)
+        event = _act(args, settings, store, actor)
         print(f"{event.summary} (generation {event.generation}, by {event.actor})")
     return 0
 
@@ -127,9 +187,12 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     args = build_parser().parse_args(argv)
     # A command a person waits on should fail in seconds when MLflow is down, not after MLflow's
-    # default of seven retries (about four minutes). The environment still wins.
+    # default of seven retries (about four minutes). Stdout carries only this CLI's answer (--json
+    # is parsed), not MLflow's run links and progress bars. The environment still wins.
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
+    os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     try:
         settings = RegistrySettings() if args.model is None else RegistrySettings(model_name=args.model)
     except ValidationError as exc:

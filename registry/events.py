@@ -1,22 +1,33 @@
 """The audit trail: one finished MLflow run per registry action, in the ``<model>-rollout`` experiment.
 
 In the MLflow UI that experiment's runs table reads as the history: run name (action and version),
-User (who), Created (when), and the ``rollout.*`` tags (state before and after).
+User (who), Created (when), the ``rollout.*`` tags (state before and after, the reason) and one
+param per figure the action was decided on (p-values, error rates, latencies).
 """
 
 from __future__ import annotations
 
 import getpass
+import json
+import math
 import os
+import re
 from collections.abc import Mapping
 from datetime import UTC, datetime
 
-from mlflow.entities import Run, RunStatus
-from pydantic import BaseModel, ConfigDict
+from mlflow.entities import Param, Run, RunStatus
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from registry.errors import InvalidTransitionError
 from registry.store import Store
 
 _PREFIX = "rollout."
+_DETAILS_TAG = "details"  # the figures as JSON, so they read back with their types
+_DETAIL_KEY = re.compile(r"[A-Za-z0-9_.-]{1,100}")
+_MAX_TEXT = 500
+MAX_REASON = 2000
+
+Details = dict[str, float | int | str]
 
 
 class Actor(BaseModel):
@@ -59,7 +70,20 @@ class Event(BaseModel):
     after: str
     generation: int
     summary: str
+    reason: str | None = Field(default=None, max_length=MAX_REASON)
+    details: Details = Field(default_factory=dict)
     run_id: str | None = None
+
+    @field_validator("details")
+    @classmethod
+    def _plain_keys_short_values(cls, value: Details) -> Details:
+        for problem in detail_problems(value):
+            raise ValueError(problem)
+        return value
+
+    def figures(self) -> str:
+        """The details on one line: ``p_value=0.0123 error_rate=0.002 reason_code=latency``."""
+        return " ".join(f"{key}={_compact(value)}" for key, value in sorted(self.details.items()))
 
     def tags(self) -> dict[str, str]:
         fields = {
@@ -72,6 +96,8 @@ class Event(BaseModel):
             "after": self.after,
             "generation": str(self.generation),
             "summary": self.summary,
+            "reason": self.reason or "",
+            _DETAILS_TAG: json.dumps(self.details, sort_keys=True) if self.details else "",
         }
         return {_PREFIX + key: value for key, value in fields.items()}
 
@@ -88,8 +114,48 @@ class Event(BaseModel):
             after=tags.get("after", ""),
             generation=int(tags.get("generation", "0")),
             summary=tags.get("summary", ""),
+            reason=tags.get("reason") or None,
+            details=_details(tags.get(_DETAILS_TAG)),
             run_id=run.info.run_id,
         )
+
+
+def detail_problems(details: Mapping[str, object]) -> list[str]:
+    """What is wrong with an event's figures (empty when they can be recorded as run params)."""
+    problems = []
+    for key, figure in details.items():
+        if not _DETAIL_KEY.fullmatch(key):
+            problems.append(f"detail key {key!r}: use 1-100 letters, digits, '_', '.' or '-'")
+        if isinstance(figure, bool) or not isinstance(figure, int | float | str):
+            problems.append(f"detail {key!r}: {type(figure).__name__} is not a number or text")
+        elif isinstance(figure, str) and len(figure) > _MAX_TEXT:
+            problems.append(f"detail {key!r}: text longer than {_MAX_TEXT} characters")
+    return problems
+
+
+def check_annotations(reason: str | None, details: Mapping[str, object]) -> None:
+    """Refuse (InvalidTransitionError) a reason or figures that could not be recorded, before anything moves."""
+    problems = detail_problems(details)
+    if reason is not None and len(reason) > MAX_REASON:
+        problems.append(f"reason: {len(reason)} characters, at most {MAX_REASON}")
+    if problems:
+        raise InvalidTransitionError("; ".join(problems))
+
+
+def _details(text: str | None) -> Details:
+    try:
+        loaded = json.loads(text) if text else {}
+    except json.JSONDecodeError:
+        return {}
+    if not isinstance(loaded, dict):
+        return {}
+    return {str(k): v for k, v in loaded.items() if isinstance(v, int | float | str) and not isinstance(v, bool)}
+
+
+def _compact(value: float | int | str) -> str:
+    if isinstance(value, float) and math.isfinite(value):
+        return format(value, ".4g")
+    return str(value)
 
 
 def now() -> datetime:
@@ -108,11 +174,24 @@ def record(store: Store, event: Event) -> Event:
             **event.tags(),
             "mlflow.user": event.actor,
             "mlflow.source.name": "python -m registry",
-            "mlflow.note.content": f"{event.summary}\n\nbefore: {event.before}\n\nafter: {event.after}",
+            "mlflow.note.content": _note(event),
         },
     )
+    if event.details:
+        params = [Param(key, str(value)) for key, value in sorted(event.details.items())]
+        for start in range(0, len(params), 100):  # log_batch takes at most 100 params a call
+            store.client.log_batch(run.info.run_id, params=params[start : start + 100])
     store.client.set_terminated(run.info.run_id, RunStatus.to_string(RunStatus.FINISHED))
     return event.model_copy(update={"run_id": run.info.run_id})
+
+
+def _note(event: Event) -> str:
+    lines = [event.summary]
+    if event.reason:
+        lines.append(f"reason: {event.reason}")
+    if event.details:
+        lines.append(f"figures: {event.figures()}")
+    return "\n\n".join([*lines, f"before: {event.before}", f"after: {event.after}"])
 
 
 def history(store: Store, limit: int = 50) -> list[Event]:

@@ -1,87 +1,43 @@
-"""A rollout lock built on a uniqueness constraint MLflow already enforces: registered-model names.
+"""The rollout lock: a short lease (registry.lease) that every alias-moving action holds and renews.
 
-MLflow has no transactions or compare-and-set on tags or aliases, but creating a registered model
-whose name exists fails (a primary key in the SQL store), whether the callers are threads,
-processes or machines. So an action holds the lock by creating ``<model>.rollout-lock`` and releases
-it by deleting it; the holder's identity sits in that model's tags for the error message. An
-action that died while holding the lock leaves it behind: ``python -m registry unlock`` clears it.
+A holder that dies blocks others only until its lease expires (``REGISTRY_LOCK_TTL_S``); the next
+action takes it over and its event records whom it took over from. ``python -m registry unlock``
+clears a lock at once, for whoever cannot wait.
 """
 
 from __future__ import annotations
 
-import logging
-import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from mlflow.exceptions import MlflowException
+from registry import lease
+from registry.errors import ConcurrentChangeError
+from registry.store import Store
 
-from registry.errors import ConcurrentChangeError, NotFoundError
-from registry.events import now
-from registry.store import ALREADY_EXISTS, DOES_NOT_EXIST, Store, error_code
-
-log = logging.getLogger(__name__)
-
-TOKEN_TAG = "lock.token"
-HOLDER_TAG = "lock.holder"
-ACTION_TAG = "lock.action"
-SINCE_TAG = "lock.since"
+LOCK_NAME = "rollout-lock"
 
 
 @contextmanager
-def rollout_lock(store: Store, holder: str, action: str) -> Iterator[str]:
-    """Hold the model's rollout lock for the block; raise ConcurrentChangeError if another holds it."""
-    name = store.settings.lock_model_name
-    token = uuid.uuid4().hex
-    tags = {TOKEN_TAG: token, HOLDER_TAG: holder, ACTION_TAG: action, SINCE_TAG: now().isoformat()}
-    try:
-        store.client.create_registered_model(
-            name, tags=tags, description=f"Held while `{action}` changes {store.model}'s aliases."
-        )
-    except MlflowException as exc:
-        if error_code(exc) != ALREADY_EXISTS:
-            raise
+def rollout_lock(store: Store, holder: str, action: str) -> Iterator[lease.Lease]:
+    """Hold and keep renewing the rollout lock for the block; ConcurrentChangeError if another holds it."""
+    claim = lease.Lease(store, LOCK_NAME, f"`{action}` by {holder}", store.settings.lock_ttl_s)
+    if not claim.acquire():
         raise ConcurrentChangeError(
-            f"another action is changing {store.model} ({describe_holder(store)}); "
-            "run `python -m registry status` and retry. If that action died, clear its lock with "
-            "`python -m registry unlock`."
-        ) from exc
+            f"another action is changing {store.model} ({describe_holder(store)}); run "
+            "`python -m registry status` and retry. A holder that died blocks others only until its lease "
+            f"expires ({store.settings.lock_ttl_s:g} s); `python -m registry unlock` clears it at once."
+        )
     try:
-        yield token
+        with claim.renewing():
+            yield claim
     finally:
-        _release(store, name, token)
-
-
-def _release(store: Store, name: str, token: str) -> None:
-    try:
-        current = store.client.get_registered_model(name).tags.get(TOKEN_TAG)
-        if current == token:
-            store.client.delete_registered_model(name)
-        else:
-            log.warning("rollout lock %s was taken over (token %s); leaving it", name, current)
-    except MlflowException as exc:
-        if error_code(exc) != DOES_NOT_EXIST:
-            raise
-        log.warning("rollout lock %s vanished while held (someone ran `unlock`)", name)
+        claim.release()
 
 
 def describe_holder(store: Store) -> str:
-    try:
-        tags = store.client.get_registered_model(store.settings.lock_model_name).tags
-    except MlflowException as exc:
-        if error_code(exc) == DOES_NOT_EXIST:
-            return "its lock was just released"
-        raise
-    return f"`{tags.get(ACTION_TAG, '?')}` by {tags.get(HOLDER_TAG, '?')} since {tags.get(SINCE_TAG, '?')}"
+    return lease.describe(store, LOCK_NAME) or "its lock was just released"
 
 
 def force_unlock(store: Store) -> str:
-    """Remove a stale lock; return who held it."""
-    holder = describe_holder(store)
-    try:
-        store.client.delete_registered_model(store.settings.lock_model_name)
-    except MlflowException as exc:
-        if error_code(exc) == DOES_NOT_EXIST:
-            raise NotFoundError(f"{store.model} has no rollout lock to clear") from exc
-        raise
-    return holder
+    """Remove the rollout lock whoever holds it; return who held it."""
+    return lease.force_release(store, LOCK_NAME)

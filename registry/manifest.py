@@ -1,74 +1,78 @@
-"""Artifact checksums: sha256 per file, recorded as model-version tags, verified before serving."""
+"""The per-file manifest of a registered version: ``manifest.json`` next to its ``model/`` artifact.
+
+``{"files": {"config.pbtxt": "<sha256>", "version/model.py": "<sha256>", ...}}``, keyed as
+``core.manifest.model_digests`` keys them (bytecode never included). The version's tags tie it to
+the registry record: ``manifest.sha256`` is the digest of this file's bytes and
+``validation.served_digest`` the ``manifest_digest`` of its entries, so neither the file nor the
+artifact can be edited in the artifact store without materialize refusing the version.
+"""
 
 from __future__ import annotations
 
 import hashlib
+import json
 import posixpath
-import re
 from collections.abc import Mapping
 from pathlib import Path
 
-from registry.errors import TamperedArtifactError, UpstreamError
+from pydantic import BaseModel, ConfigDict, ValidationError
 
-FILE_TAG_PREFIX = "sha256:"
-MANIFEST_TAG = "manifest.sha256"
-# MLflow tag keys allow only these characters (mlflow.utils.validation).
-_TAG_SAFE = re.compile(r"^[/\w.\- ]+$")
-_CHUNK = 1 << 20
+from core.manifest import manifest_digest, sha256_file
+from registry.errors import TamperedArtifactError
 
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        while chunk := handle.read(_CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
+MANIFEST_FILE = "manifest.json"
 
 
-def tree_digests(root: Path, prefix: str = "") -> dict[str, str]:
-    """sha256 of every file under ``root``, keyed by ``prefix`` + its POSIX path relative to ``root``."""
-    return {
-        prefix + path.relative_to(root).as_posix(): sha256_file(path)
-        for path in sorted(root.rglob("*"))
-        if path.is_file()
-    }
+class Manifest(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    files: dict[str, str]
 
 
-def manifest_digest(digests: Mapping[str, str]) -> str:
-    """One digest over the whole manifest, in ``sha256sum`` line format, sorted by path."""
-    lines = "".join(f"{digests[path]}  {path}\n" for path in sorted(digests))
-    return hashlib.sha256(lines.encode()).hexdigest()
+def to_bytes(digests: Mapping[str, str]) -> bytes:
+    """The manifest file, canonical (sorted keys), so one set of files always gives the same bytes."""
+    return (json.dumps({"files": dict(digests)}, indent=2, sort_keys=True) + "\n").encode()
 
 
-def to_tags(digests: Mapping[str, str]) -> dict[str, str]:
-    """Model-version tags: one ``sha256:<path>`` per file plus the manifest digest."""
-    for path in digests:
-        if not _TAG_SAFE.match(path) or posixpath.normpath(path) != path:
-            raise UpstreamError(
-                f"artifact file {path!r}: its name cannot be an MLflow tag key; "
-                "rename it to letters, digits, '_', '.', '-', '/' and spaces only"
-            )
-    tags = {FILE_TAG_PREFIX + path: digest for path, digest in digests.items()}
-    tags[MANIFEST_TAG] = manifest_digest(digests)
-    return tags
+def sha256_bytes(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
 
 
-def from_tags(tags: Mapping[str, str], label: str) -> dict[str, str]:
-    """The recorded per-file digests; refuse when the tags disagree with their own manifest digest."""
-    digests = {key.removeprefix(FILE_TAG_PREFIX): v for key, v in tags.items() if key.startswith(FILE_TAG_PREFIX)}
-    recorded = tags.get(MANIFEST_TAG)
-    if not digests or recorded is None:
-        raise TamperedArtifactError(f"{label}: no checksums recorded; it was not registered by this pipeline")
-    if manifest_digest(digests) != recorded:
+def parse(data: bytes, manifest_sha256: str, served_digest: str, label: str) -> dict[str, str]:
+    """The per-file digests of ``data``; refuse a manifest that does not match the version's tags."""
+    if sha256_bytes(data) != manifest_sha256:
         raise TamperedArtifactError(
-            f"{label}: the per-file checksum tags do not match {MANIFEST_TAG}; someone edited the tags"
+            f"{label}: {MANIFEST_FILE} differs from the manifest.sha256 recorded at registration; "
+            "someone edited the artifact store. Re-register the version from a clean `dvc repro`."
         )
-    return digests
+    try:
+        files = Manifest.model_validate_json(data).files
+    except ValidationError as exc:
+        raise TamperedArtifactError(f"{label}: {MANIFEST_FILE} is not a manifest: {exc}") from exc
+    for path in files:
+        if path.startswith("/") or posixpath.normpath(path) != path or path.startswith(".."):
+            raise TamperedArtifactError(f"{label}: {MANIFEST_FILE} names a path outside the artifact: {path!r}")
+    if manifest_digest(files) != served_digest:
+        raise TamperedArtifactError(
+            f"{label}: {MANIFEST_FILE} lists other files than validation served (validation.served_digest "
+            f"{served_digest}, manifest {manifest_digest(files)}); someone edited the tags"
+        )
+    return files
+
+
+def all_files(root: Path) -> dict[str, str]:
+    """sha256 of every file under ``root``, bytecode included: anything not in the manifest is refused."""
+    return {
+        # A link never matches a digest: the manifest lists regular files only.
+        path.relative_to(root).as_posix(): "symlink" if path.is_symlink() else sha256_file(path)
+        for path in sorted(root.rglob("*"))
+        if path.is_symlink() or path.is_file()
+    }
 
 
 def verify(root: Path, expected: Mapping[str, str], location: str) -> None:
     """Raise TamperedArtifactError naming each file under ``root`` that differs from ``expected``."""
-    actual = tree_digests(root)
+    actual = all_files(root)
     problems = [
         f"{location}/{path}: {why}"
         for path, why in (

@@ -1,118 +1,109 @@
-"""Build the serving Triton model repository: champion and canary, folders named by MLflow version."""
+"""Materialize registered versions for serving: one verified folder per version, written atomically.
+
+Each served version is its own Triton model (``core.names.served_model_name(triton.model, N)``), so a
+version materializes on its own: ``dest/{config.pbtxt, warmup/, version/}`` exactly as registered,
+every file checked against the run's manifest.json, which is itself checked against the version's
+tags. The serving side turns such a folder into a Triton model (``version/`` becomes ``N/``).
+"""
 
 from __future__ import annotations
 
 import logging
-import re
 import tempfile
 from pathlib import Path
 
-from google.protobuf import text_format
 from pydantic import BaseModel
-from tritonclient.grpc import model_config_pb2
 
 from core.files import atomic_dir
+from core.names import check_model_name, served_model_name
 from registry import manifest
-from registry.errors import NotFoundError, RegistryError
-from registry.publish import CONFIG, VERSION_DIR
-from registry.state import VersionInfo, resolve
+from registry.errors import NotFoundError, RegistryError, TamperedArtifactError
+from registry.publish import ARTIFACT_DIR
+from registry.state import VersionInfo, get_version, read_state
 from registry.store import Store
 
 log = logging.getLogger(__name__)
-_MODEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
+
+
+class MaterializedVersion(BaseModel):
+    version: int
+    folder: Path
+    triton_model: str
+    #: The Triton model name that serves this version (``<triton_model>-v<version>``).
+    served_model: str
 
 
 class Materialized(BaseModel):
+    """The answer of ``python -m registry materialize --json``."""
+
     out: Path
-    triton_model: str
-    versions: list[int]
-    champion: int | None
-    canary: int | None
-    config_from: int
+    champion: MaterializedVersion | None
+    canary: MaterializedVersion | None
 
 
-def _parse_config(path: Path, label: str) -> model_config_pb2.ModelConfig:
+def _triton_model(store: Store, info: VersionInfo) -> str:
+    # The name comes from an (unauthenticated) tag and becomes a folder and a Triton model name.
     try:
-        return text_format.Parse(path.read_text(), model_config_pb2.ModelConfig())
-    except (text_format.ParseError, OSError) as exc:
-        raise RegistryError(f"{label}: {CONFIG} is not a valid Triton ModelConfig: {exc}") from exc
+        return check_model_name(info.triton_model or "", "Triton model name")
+    except ValueError as exc:
+        raise RegistryError(f"{store.model} v{info.version}: its triton.model tag is refused: {exc}") from exc
 
 
-def _without_policy(config: model_config_pb2.ModelConfig) -> str:
-    copy = model_config_pb2.ModelConfig()
-    copy.CopyFrom(config)
-    copy.ClearField("version_policy")
-    return str(text_format.MessageToString(copy))
+def _run_root(info: VersionInfo, label: str) -> str:
+    suffix = f"/{ARTIFACT_DIR}"
+    if not info.source.endswith(suffix):
+        raise TamperedArtifactError(f"{label}: source {info.source} is not a `{ARTIFACT_DIR}/` folder of a run")
+    return info.source.removesuffix(suffix)
 
 
-def serving_config(
-    configs: dict[int, model_config_pb2.ModelConfig], prefer: int, model: str
-) -> model_config_pb2.ModelConfig:
-    """``prefer``'s config with ``version_policy`` set to exactly the served versions."""
-    chosen = model_config_pb2.ModelConfig()
-    chosen.CopyFrom(configs[prefer])
-    if chosen.name and chosen.name != model:
-        raise RegistryError(f"v{prefer}: {CONFIG} names model {chosen.name!r} but the version is {model!r}")
-    chosen.name = model
-    for version, config in configs.items():
-        if version != prefer and _without_policy(config) != _without_policy(chosen):
-            log.warning("v%d's %s differs from v%d's; serving uses v%d's", version, CONFIG, prefer, prefer)
-    chosen.version_policy.specific.versions[:] = sorted(configs)
-    return chosen
-
-
-def _fetch_verified(store: Store, info: VersionInfo, into: Path) -> Path:
-    """Download one version's artifact and check every file against its registered checksums."""
+def _expected_files(store: Store, info: VersionInfo, scratch: Path) -> dict[str, str]:
     label = f"{store.model} v{info.version}"
-    expected = manifest.from_tags(info.tags, label)
-    folder = store.download(info.source, into / str(info.version))
-    manifest.verify(folder, expected, info.source)
-    return folder
+    if not info.manifest_sha256 or not info.served_digest:
+        raise TamperedArtifactError(
+            f"{label}: no manifest.sha256 or validation.served_digest tag; it was not registered by this "
+            "pipeline's register stage (`dvc repro`), so nothing vouches for its files"
+        )
+    raw = store.download_file(_run_root(info, label), manifest.MANIFEST_FILE, scratch).read_bytes()
+    return manifest.parse(raw, info.manifest_sha256, info.served_digest, label)
 
 
-def materialize(store: Store, out: Path) -> Materialized:
-    """Write ``out/<model>/{config.pbtxt,<N>/...}`` for the champion and canary, atomically."""
-    champion, canary = resolve(store, "champion"), resolve(store, "canary")
-    serving = {info.version: info for info in (champion, canary) if info is not None}
-    if not serving:
-        raise NotFoundError(f"{store.model} has no champion or canary to serve; promote a candidate first")
-    names = {info.triton_model for info in serving.values()}
-    if len(names) != 1 or None in names:
-        raise RegistryError(
-            f"champion and canary must be versions of one Triton model to share a repository, got {names}"
+def materialize_version(store: Store, version: int, dest: Path) -> Path:
+    """Download ``version``'s artifact into ``dest`` (replaced whole) with every file verified; return it.
+
+    Refuses (TamperedArtifactError) a modified, missing or unexpected file, or a manifest that does not
+    match the version's tags; on any refusal ``dest`` is left exactly as it was.
+    """
+    info = get_version(store, version)
+    _triton_model(store, info)
+    dest = dest.absolute()
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=f".{dest.name}.manifest-", dir=dest.parent) as scratch:
+        expected = _expected_files(store, info, Path(scratch))
+    # atomic_dir's temp sibling is removed on failure and replaces dest only once verified.
+    with atomic_dir(dest) as tmp:
+        store.download(info.source, tmp)
+        manifest.verify(tmp, expected, info.source)
+    log.info("materialized %s v%d into %s (%d files verified)", store.model, version, dest, len(expected))
+    return dest
+
+
+def materialize_serving(store: Store, out: Path) -> Materialized:
+    """``out/<N>/`` for the champion and for the canary, each verified; other folders are left alone."""
+    state = read_state(store)
+    found: dict[str, MaterializedVersion] = {}
+    for alias in ("champion", "canary"):
+        version = state.aliases.get(alias)
+        if version is None:
+            continue
+        info = get_version(store, version)
+        model = _triton_model(store, info)
+        folder = materialize_version(store, version, out / str(version))
+        found[alias] = MaterializedVersion(
+            version=version, folder=folder, triton_model=model, served_model=served_model_name(model, version)
         )
-    model = str(names.pop())
-    if not _MODEL_NAME.fullmatch(model):
-        # The name comes from an (unauthenticated) tag and becomes a folder: refuse anything path-like.
-        raise RegistryError(
-            f"{store.model}: Triton model name {model!r} from the version tags is not a plain folder name"
+    if not found:
+        raise NotFoundError(
+            f"{store.model} has no champion or canary to serve (state: {state.describe()}); make the candidate the "
+            "first champion with `python -m registry promote --to champion`"
         )
-    prefer = champion.version if champion is not None else next(iter(serving))
-    out = out.resolve()
-    with (
-        atomic_dir(out) as tmp,
-        tempfile.TemporaryDirectory(prefix=f".{out.name}.download-", dir=out.parent) as scratch,
-    ):
-        configs = {}
-        (tmp / model).mkdir()
-        for version, info in serving.items():
-            folder = _fetch_verified(store, info, Path(scratch))
-            configs[version] = _parse_config(folder / CONFIG, f"{store.model} v{version}")
-            (folder / VERSION_DIR).rename(tmp / model / str(version))
-            if version == prefer:
-                # Model-level files (warmup data) come with the config they belong to.
-                for entry in folder.iterdir():
-                    if entry.name != CONFIG:
-                        entry.rename(tmp / model / entry.name)
-        config = serving_config(configs, prefer, model)
-        (tmp / model / CONFIG).write_text(text_format.MessageToString(config))
-    result = Materialized(
-        out=out,
-        triton_model=model,
-        versions=sorted(serving),
-        champion=champion.version if champion else None,
-        canary=canary.version if canary else None,
-        config_from=prefer,
-    )
-    log.info("materialized %s versions %s into %s", model, result.versions, out)
-    return result
+    return Materialized(out=out.absolute(), champion=found.get("champion"), canary=found.get("canary"))

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from registry.errors import InvalidTransitionError
-from registry.state import RolloutState
+from registry.settings import check_steps
+from registry.state import ROLLED_BACK_TAG, RolloutState
 
-ROLLED_BACK_TAG = "rollout.rolled_back"
+_PROMOTE = "`python -m registry promote --to champion`"
 
 
 @dataclass(frozen=True)
@@ -27,13 +29,18 @@ class SetWeight:
 
 
 @dataclass(frozen=True)
+class SetPaused:
+    paused: bool
+
+
+@dataclass(frozen=True)
 class TagVersion:
     version: int
     key: str
     value: str
 
 
-Op = SetAlias | DropAlias | SetWeight | TagVersion
+Op = SetAlias | DropAlias | SetWeight | SetPaused | TagVersion
 
 
 @dataclass(frozen=True)
@@ -64,10 +71,11 @@ def _expect(state: RolloutState, alias: str, expected: int | None) -> int:
     return actual
 
 
-def register_candidate(state: RolloutState, version: int) -> Plan:
+def register_candidate(state: RolloutState, version: int, again: bool = False) -> Plan:
     replaced = state.aliases.get("candidate")
-    note = f" (replaces v{replaced})" if replaced is not None else ""
-    return Plan("register", version, f"v{version} registered as candidate{note}", (SetAlias("candidate", version),))
+    note = f" (replaces v{replaced})" if replaced is not None and replaced != version else ""
+    how = "made candidate (registered earlier from the same files and params)" if again else "registered as candidate"
+    return Plan("register", version, f"v{version} {how}{note}", (SetAlias("candidate", version),))
 
 
 def promote_to_canary(state: RolloutState, version: int | None, weight: int) -> Plan:
@@ -96,7 +104,34 @@ def set_weight(state: RolloutState, weight: int, version: int | None) -> Plan:
     return Plan("set-weight", canary, summary, (SetWeight(weight),))
 
 
+def step(state: RolloutState, steps: Sequence[int], version: int | None) -> Plan:
+    """The canary's weight moves to the first of ``steps`` above its current weight."""
+    try:
+        check_steps(steps)
+    except ValueError as exc:
+        raise InvalidTransitionError(f"rollout steps: {exc}") from exc
+    canary = _expect(state, "canary", version)
+    if state.paused:
+        raise InvalidTransitionError(
+            f"the rollout of {state.model} is paused (canary v{canary} at {state.canary_weight}%); "
+            "`python -m registry resume` first"
+        )
+    following = [s for s in steps if s > state.canary_weight]
+    if not following:
+        raise InvalidTransitionError(
+            f"canary v{canary} is at {state.canary_weight}%, the last step of {list(steps)}; promote it with {_PROMOTE}"
+        )
+    summary = f"canary v{canary} stepped {state.canary_weight}% -> {following[0]}%"
+    return Plan("step", canary, summary, (SetWeight(following[0]),))
+
+
 def promote_to_champion(state: RolloutState, version: int | None) -> Plan:
+    """The canary becomes champion; on a model with no champion and no canary, the candidate does."""
+    if "canary" not in state.aliases and "champion" not in state.aliases and "candidate" in state.aliases:
+        candidate = _expect(state, "candidate", version)
+        ops0: tuple[Op, ...] = (SetWeight(0), SetAlias("champion", candidate), DropAlias("candidate"))
+        summary0 = f"v{candidate} promoted straight to champion (first release: no champion to compare with)"
+        return Plan("promote-champion", candidate, summary0, ops0)
     canary = _expect(state, "canary", version)
     champion = state.aliases.get("champion")
     # Traffic first goes back to the old champion, then the champion alias moves in one write:
@@ -109,22 +144,46 @@ def promote_to_champion(state: RolloutState, version: int | None) -> Plan:
     return Plan("promote-champion", canary, f"v{canary} promoted to champion{previous}", tuple(ops))
 
 
+def abort(state: RolloutState, version: int | None, stamp: str) -> Plan:
+    """Drop the canary: weight 0 first, then the alias; the version is tagged rolled back."""
+    if "canary" not in state.aliases:
+        raise InvalidTransitionError(f"{state.model} has no canary to abort (state: {state.describe()})")
+    canary = _expect(state, "canary", version)
+    ops = (SetWeight(0), DropAlias("canary"), TagVersion(canary, ROLLED_BACK_TAG, stamp))
+    return Plan("rollback-canary", canary, f"canary v{canary} rolled back; weight 0%", ops)
+
+
 def rollback(state: RolloutState, version: int | None, stamp: str) -> Plan:
     """Drop the canary if there is one; otherwise return the champion to the previous champion."""
     if "canary" in state.aliases:
-        canary = _expect(state, "canary", version)
-        ops = (SetWeight(0), DropAlias("canary"), TagVersion(canary, ROLLED_BACK_TAG, stamp))
-        return Plan("rollback-canary", canary, f"canary v{canary} rolled back; weight 0%", ops)
+        return abort(state, version, stamp)
     if "champion" in state.aliases and "previous-champion" in state.aliases:
         champion = _expect(state, "champion", version)
         previous = state.aliases["previous-champion"]
-        ops2 = (
+        ops = (
             SetAlias("champion", previous),
             DropAlias("previous-champion"),
             TagVersion(champion, ROLLED_BACK_TAG, stamp),
         )
         summary = f"champion v{champion} rolled back to v{previous}"
-        return Plan("rollback-champion", champion, summary, ops2)
+        return Plan("rollback-champion", champion, summary, ops)
     raise InvalidTransitionError(
         f"nothing to roll back on {state.model}: no canary and no previous champion (state: {state.describe()})"
     )
+
+
+def pause(state: RolloutState) -> Plan:
+    """Hold the canary where it is: ``step`` refuses (and the controller stops stepping) until resume."""
+    if state.paused:
+        raise InvalidTransitionError(f"the rollout of {state.model} is already paused ({state.describe()})")
+    canary = state.aliases.get("canary")
+    where = f" with canary v{canary} at {state.canary_weight}%" if canary is not None else ""
+    return Plan("pause", canary, f"rollout paused{where}", (SetPaused(True),))
+
+
+def resume(state: RolloutState) -> Plan:
+    if not state.paused:
+        raise InvalidTransitionError(f"the rollout of {state.model} is not paused ({state.describe()})")
+    canary = state.aliases.get("canary")
+    where = f" with canary v{canary} at {state.canary_weight}%" if canary is not None else ""
+    return Plan("resume", canary, f"rollout resumed{where}", (SetPaused(False),))

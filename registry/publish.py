@@ -1,34 +1,40 @@
-"""Register one validated Triton model version: an MLflow run with its lineage, then a model version.
+"""Register one validated Triton model build: an MLflow run with its lineage, then a model version.
 
-Layout of the run's ``model/`` artifact (the model version's source)::
+The run's artifacts::
 
+    manifest.json           sha256 per file below (registry.manifest), verified before serving
     model/config.pbtxt      the Triton model config as packaged
-    model/warmup/...        any other model-level file the config refers to (not other versions)
-    model/version/...       the Triton version folder (model.py and weights)
+    model/warmup/...        any other model-level file the config refers to
+    model/version/...       the Triton version folder (model.py and weights); never bytecode
 
-``registry.materialize`` renames ``version/`` to the MLflow version number when it serves it.
+``model/`` is the model version's source. Registering is idempotent: a version with the same served
+digest and params digest is found by its tags and made the candidate again, never duplicated.
 """
 
 from __future__ import annotations
 
 import logging
 import re
+import tempfile
 from pathlib import Path
 
 from mlflow.entities import Metric, Param, RunStatus, RunTag
+from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
 from pydantic import BaseModel, ConfigDict
 
+from core.manifest import VERSION_KEY, manifest_digest, model_digests
 from registry import manifest, rollout, state
 from registry.errors import ConcurrentChangeError, NotValidatedError, UpstreamError
 from registry.events import Actor, now
+from registry.state import read_state
 from registry.store import ALREADY_EXISTS, Store, error_code
 
 log = logging.getLogger(__name__)
 
 _UNSAFE_KEY = re.compile(r"[^\w./: -]")
 ARTIFACT_DIR = "model"
-VERSION_DIR = "version"
+VERSION_DIR = VERSION_KEY
 CONFIG = "config.pbtxt"
 CANDIDATE = "candidate"
 
@@ -56,10 +62,16 @@ class Candidate(BaseModel):
 
     model_config = ConfigDict(frozen=True)
 
+    #: The model name the served Triton models derive from (``<triton_model>-v<N>``).
     triton_model: str
+    #: The packaged folder's name and version (``qwen3-vl-v1``, ``1``), for the run's lineage.
+    package_model: str
     package_version: str
     model_dir: Path
     version_dir: Path
+    #: sha256 per file as core.manifest.model_digests keys them; what gets uploaded, exactly.
+    files: dict[str, str]
+    served_digest: str
     size_bytes: int
     quantization: str
     lineage: Lineage
@@ -69,38 +81,39 @@ class Candidate(BaseModel):
 
 
 class Registration(BaseModel):
+    """What register.json records (the fields that are the same wherever it runs), plus the run."""
+
     registered_model: str
     version: int
-    run_id: str
     alias: str
+    served_digest: str
+    run_id: str | None
     source: str
 
 
-def model_level_entries(model_dir: Path) -> list[Path]:
-    """The model folder's own files (config.pbtxt, warmup/): not version folders, not dot-staging."""
-    entries = [p for p in sorted(model_dir.iterdir()) if not p.name.isdigit() and not p.name.startswith(".")]
-    if not any(p.name == CONFIG for p in entries):
+def check_model_dir(model_dir: Path) -> None:
+    """The packaged folder has a config and no model-level entry that would collide with ``version/``."""
+    if not (model_dir / CONFIG).is_file():
         raise UpstreamError(f"{model_dir / CONFIG}: not found; the package stage writes it")
-    if any(p.name == VERSION_DIR for p in entries):
+    if (model_dir / VERSION_DIR).exists():
         raise UpstreamError(f"{model_dir / VERSION_DIR}: this name is reserved for the version folder")
-    return entries
 
 
-def _run_tags(candidate: Candidate) -> dict[str, str]:
+def version_tags(candidate: Candidate, manifest_sha256: str) -> dict[str, str]:
+    """The dozen tags a person reads on the version page."""
     lineage = candidate.lineage
     return {
         state.TAG_COMMIT: lineage.commit,
-        "mlflow.source.git.commit": lineage.commit,
         state.TAG_DIRTY: str(lineage.dirty).lower(),
         state.TAG_DVC_LOCK: lineage.dvc_lock_sha256,
         state.TAG_PARAMS: lineage.params_sha256,
         state.TAG_QUANTIZATION: candidate.quantization,
-        state.TAG_PASSED: str(candidate.validation.passed).lower(),
         state.TAG_ACCURACY: repr(candidate.validation.accuracy),
         state.TAG_DROP: repr(candidate.validation.drop),
         state.TAG_SIZE: str(candidate.size_bytes),
         state.TAG_TRITON_MODEL: candidate.triton_model,
-        "package.version": candidate.package_version,
+        state.TAG_SERVED_DIGEST: candidate.served_digest,
+        state.TAG_MANIFEST: manifest_sha256,
     }
 
 
@@ -121,79 +134,130 @@ def _log_run_data(store: Store, run_id: str, candidate: Candidate, tags: dict[st
         store.client.log_batch(run_id, metrics=metrics[start : start + 1000])
 
 
-def _digests(candidate: Candidate, shared: list[Path]) -> dict[str, str]:
-    """sha256 per file, keyed by its path under the artifact's ``model/`` folder."""
-    digests = manifest.tree_digests(candidate.version_dir, prefix=f"{VERSION_DIR}/")
-    for entry in shared:
-        if entry.is_dir():
-            digests.update(manifest.tree_digests(entry, prefix=f"{entry.name}/"))
-        else:
-            digests[entry.name] = manifest.sha256_file(entry)
-    return digests
+def _local(candidate: Candidate, key: str) -> Path:
+    """The packaged file behind a manifest key (``version/...`` is the numbered version folder)."""
+    head, _, rest = key.partition("/")
+    return candidate.version_dir / rest if head == VERSION_DIR and rest else candidate.model_dir / key
 
 
-def _upload(store: Store, artifact_uri: str, candidate: Candidate, shared: list[Path]) -> None:
-    for entry in shared:
-        if entry.is_dir():
-            store.upload_dir(artifact_uri, entry, f"{ARTIFACT_DIR}/{entry.name}")
-        else:
-            store.upload_file(artifact_uri, entry, ARTIFACT_DIR)
-    store.upload_dir(artifact_uri, candidate.version_dir, f"{ARTIFACT_DIR}/{VERSION_DIR}")
+def _upload(store: Store, artifact_uri: str, candidate: Candidate, manifest_bytes: bytes) -> None:
+    """Exactly the manifest's files, one by one (a folder upload would take bytecode along), then the manifest."""
+    for key in sorted(candidate.files):
+        folder = f"{ARTIFACT_DIR}/{key}".rpartition("/")[0]
+        store.upload_file(artifact_uri, _local(candidate, key), folder)
+    with tempfile.TemporaryDirectory(prefix="register-manifest-") as tmp:
+        path = Path(tmp) / manifest.MANIFEST_FILE
+        path.write_bytes(manifest_bytes)
+        store.upload_file(artifact_uri, path, None)
 
 
 def _ensure_registered_model(store: Store) -> None:
     try:
         store.client.create_registered_model(
             store.model,
-            description="Qwen3-VL Triton model repository versions. Aliases: candidate (validated), "
-            "canary (taking a share of traffic), champion (taking the rest), previous-champion.",
+            description="Qwen3-VL Triton model builds. Aliases: candidate (validated), canary (taking a share "
+            "of traffic), champion (taking the rest), previous-champion. Each version is served as its own "
+            "Triton model <triton.model>-v<version>.",
         )
     except MlflowException as exc:
         if error_code(exc) != ALREADY_EXISTS:
             raise
 
 
-def publish(store: Store, candidate: Candidate, actor: Actor) -> Registration:
-    """Log the run and artifacts, create the model version, tag it, and make it the candidate."""
-    if not candidate.validation.passed:
-        raise NotValidatedError(
-            f"{candidate.triton_model} (package version {candidate.package_version}) did not pass "
-            f"validation: {candidate.validation.reason}. Nothing was registered; fix the cause and "
-            "rerun `dvc repro`."
-        )
-    shared = model_level_entries(candidate.model_dir)
-    checksum_tags = manifest.to_tags(_digests(candidate, shared))  # refuses bad file names up front
-    tags = _run_tags(candidate)
+def find_registered(store: Store, candidate: Candidate) -> ModelVersion | None:
+    """A version already registered from these files and params (a rerun, or a run that failed after it)."""
+    query = (
+        f"name = '{store.model}' AND tags.`{state.TAG_SERVED_DIGEST}` = '{candidate.served_digest}' "
+        f"AND tags.`{state.TAG_PARAMS}` = '{candidate.lineage.params_sha256}'"
+    )
+    found = store.client.search_model_versions(query)
+    return max(found, key=lambda mv: int(mv.version)) if found else None
+
+
+def _create_version(store: Store, candidate: Candidate, actor: Actor) -> ModelVersion:
+    """Log the run with its artifacts and manifest, then create the model version."""
+    manifest_bytes = manifest.to_bytes(candidate.files)
+    tags = version_tags(candidate, manifest.sha256_bytes(manifest_bytes))
+    run_tags = {
+        **tags,
+        "mlflow.source.git.commit": candidate.lineage.commit,
+        "package.model": candidate.package_model,
+        "package.version": candidate.package_version,
+    }
     experiment_id = store.experiment_id(store.settings.experiment)
     run = store.client.create_run(
-        experiment_id, run_name=f"register {candidate.triton_model} ({candidate.quantization})"
+        experiment_id, run_name=f"register {candidate.package_model} ({candidate.quantization})"
     )
     run_id = run.info.run_id
     try:
-        _log_run_data(store, run_id, candidate, tags)
-        _upload(store, run.info.artifact_uri, candidate, shared)
+        _log_run_data(store, run_id, candidate, run_tags)
+        _upload(store, run.info.artifact_uri, candidate, manifest_bytes)
+        if model_digests(candidate.model_dir, candidate.version_dir.name) != candidate.files:
+            raise NotValidatedError(
+                f"{candidate.model_dir} changed while it was being uploaded; nothing was registered. "
+                "Rerun `dvc repro` so validate judges the files that get registered."
+            )
     except BaseException:
         store.client.set_terminated(run_id, RunStatus.to_string(RunStatus.FAILED))
         raise
     store.client.set_terminated(run_id, RunStatus.to_string(RunStatus.FINISHED))
-
-    source = f"{run.info.artifact_uri}/{ARTIFACT_DIR}"
     _ensure_registered_model(store)
-    version = store.client.create_model_version(
+    dirty = " (dirty)" if candidate.lineage.dirty else ""
+    return store.client.create_model_version(
         store.model,
-        source=source,
+        source=f"{run.info.artifact_uri}/{ARTIFACT_DIR}",
         run_id=run_id,
-        tags={**tags, **checksum_tags},
+        tags=tags,
         description=(
-            f"{candidate.triton_model} {candidate.quantization}: accuracy {candidate.validation.accuracy:.4f} "
+            f"{candidate.package_model} {candidate.quantization}: accuracy {candidate.validation.accuracy:.4f} "
             f"(drop {candidate.validation.drop:+.4f}), {candidate.size_bytes} bytes, "
-            f"commit {candidate.lineage.commit[:12]}{' (dirty)' if candidate.lineage.dirty else ''}"
+            f"commit {candidate.lineage.commit[:12]}{dirty}. Per-file sha256: the run's {manifest.MANIFEST_FILE}."
         ),
     )
-    number = int(version.version)
+
+
+def _make_candidate(store: Store, actor: Actor, number: int, again: bool) -> str:
+    """Give ``number`` the candidate alias unless it is already serving; return the alias it holds."""
+    held = {alias for alias, version in read_state(store).aliases.items() if version == number}
+    for alias in ("champion", "canary", CANDIDATE):
+        if alias in held:
+            log.info("%s v%d is already the %s; left as it is", store.model, number, alias)
+            return alias
     try:
-        rollout.mark_candidate(store, actor, number)
+        rollout.mark_candidate(store, actor, number, again=again)
     except ConcurrentChangeError as exc:
-        raise ConcurrentChangeError(f"{store.model} v{number} is registered but not yet the candidate: {exc}") from exc
-    log.info("registered %s v%d (run %s) as %s", store.model, number, run_id, CANDIDATE)
-    return Registration(registered_model=store.model, version=number, run_id=run_id, alias=CANDIDATE, source=source)
+        raise ConcurrentChangeError(
+            f"{store.model} v{number} is registered but not yet the candidate: {exc}. "
+            "Rerunning the register stage finds the version and finishes the job."
+        ) from exc
+    return CANDIDATE
+
+
+def publish(store: Store, candidate: Candidate, actor: Actor) -> Registration:
+    """Log the run and artifacts, create the model version (unless one exists for these inputs), alias it."""
+    if not candidate.validation.passed:
+        raise NotValidatedError(
+            f"{candidate.package_model} did not pass validation: {candidate.validation.reason}. "
+            "Nothing was registered; fix the cause and rerun `dvc repro`."
+        )
+    if manifest_digest(candidate.files) != candidate.served_digest:
+        raise NotValidatedError(
+            f"{candidate.model_dir}: its files (digest {manifest_digest(candidate.files)}) are not the ones "
+            f"validate served (served_digest {candidate.served_digest}); rerun `dvc repro`"
+        )
+    check_model_dir(candidate.model_dir)
+    existing = find_registered(store, candidate)
+    version = existing if existing is not None else _create_version(store, candidate, actor)
+    number = int(version.version)
+    if existing is not None:
+        log.info("%s v%d already holds these files and params; not registering a duplicate", store.model, number)
+    alias = _make_candidate(store, actor, number, again=existing is not None)
+    log.info("registered %s v%d (run %s): %s", store.model, number, version.run_id, alias)
+    return Registration(
+        registered_model=store.model,
+        version=number,
+        alias=alias,
+        served_digest=candidate.served_digest,
+        run_id=version.run_id or None,
+        source=str(version.source),
+    )

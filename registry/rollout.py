@@ -1,28 +1,31 @@
 """Rollout actions: each reads the state, plans, then applies under the lock only if nothing moved.
 
-Optimistic concurrency: an action remembers the state it planned from (aliases, weight and the
-generation counter), takes the rollout lock (registry.lock), re-reads the state, and refuses with
-ConcurrentChangeError if anything differs. Of two racing actions exactly one applies: the other
-either finds the lock taken or, once it is free, finds the generation moved on.
+The CLI, the gateway's admin endpoints, the rollout controller and promote.yml all call these
+functions. Optimistic concurrency: an action remembers the state it planned from (aliases, weight,
+paused and the generation counter), takes the rollout lock (registry.lock, a lease it renews while
+it works), re-reads the state, and refuses with ConcurrentChangeError if anything differs. Of two
+racing actions exactly one applies: the other either finds the lock taken or, once it is free,
+finds the generation moved on.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 
 from mlflow.exceptions import MlflowException
 
 from registry import events, lock, plans
 from registry.errors import ConcurrentChangeError, RegistryError
 from registry.events import Actor, Event
-from registry.state import GENERATION_TAG, LAST_EVENT_TAG, WEIGHT_TAG, RolloutState, read_state
+from registry.state import GENERATION_TAG, LAST_EVENT_TAG, PAUSED_TAG, WEIGHT_TAG, RolloutState, read_state
 from registry.store import Store
 
 log = logging.getLogger(__name__)
 
 Planner = Callable[[RolloutState], plans.Plan]
+Details = Mapping[str, float | int | str]
 
 
 def _apply(store: Store, op: plans.Op) -> None:
@@ -34,20 +37,32 @@ def _apply(store: Store, op: plans.Op) -> None:
             client.delete_registered_model_alias(model, alias)
         case plans.SetWeight(percent):
             client.set_registered_model_tag(model, WEIGHT_TAG, str(percent))
+        case plans.SetPaused(paused):
+            client.set_registered_model_tag(model, PAUSED_TAG, str(paused).lower())
         case plans.TagVersion(version, key, value):
             client.set_model_version_tag(model, str(version), key, value)
 
 
-def transact(store: Store, actor: Actor, planner: Planner, attempts: int = 1, backoff_s: float = 0.5) -> Event:
+def transact(
+    store: Store,
+    actor: Actor,
+    planner: Planner,
+    attempts: int = 1,
+    backoff_s: float = 0.5,
+    reason: str | None = None,
+    details: Details | None = None,
+) -> Event:
     """Plan from a fresh read and apply it atomically with respect to other actions.
 
     ``attempts`` > 1 re-plans from the new state after a conflict: right for the register stage
     (its plan does not depend on what moved), wrong for a person's request (they decided on a state
     they saw), so the CLI actions use one attempt.
     """
+    figures = dict(details or {})
+    events.check_annotations(reason, figures)  # before anything moves: the record must not fail on them
     for attempt in range(1, attempts + 1):
         try:
-            return _transact_once(store, actor, planner)
+            return _transact_once(store, actor, planner, reason, figures)
         except ConcurrentChangeError as exc:
             if attempt == attempts:
                 raise
@@ -56,10 +71,12 @@ def transact(store: Store, actor: Actor, planner: Planner, attempts: int = 1, ba
     raise AssertionError("unreachable")
 
 
-def _transact_once(store: Store, actor: Actor, planner: Planner) -> Event:
+def _transact_once(
+    store: Store, actor: Actor, planner: Planner, reason: str | None, details: dict[str, float | int | str]
+) -> Event:
     before = read_state(store)
     plan = planner(before)
-    with lock.rollout_lock(store, actor.name, plan.action):
+    with lock.rollout_lock(store, actor.name, plan.action) as held:
         current = read_state(store)
         if current != before:
             raise ConcurrentChangeError(
@@ -67,8 +84,16 @@ def _transact_once(store: Store, actor: Actor, planner: Planner) -> Event:
                 f"[{before.describe()}] (generation {before.generation}), now [{current.describe()}] "
                 f"(generation {current.generation}); check `python -m registry status` and retry"
             )
+        if held.took_over_from:
+            details = {**details, "lock_taken_over_from": held.took_over_from[:500]}
         try:
-            for op in plan.ops:
+            for done, op in enumerate(plan.ops):
+                if not held.held:
+                    raise RegistryError(
+                        f"`{plan.action}` lost the rollout lock after {done} of {len(plan.ops)} steps (MLflow too "
+                        "slow to renew it?); some aliases may have moved. Check `python -m registry status` and "
+                        "repeat the action or roll back."
+                    )
                 _apply(store, op)
             generation = before.generation + 1
             store.client.set_registered_model_tag(store.model, GENERATION_TAG, str(generation))
@@ -88,10 +113,15 @@ def _transact_once(store: Store, actor: Actor, planner: Planner) -> Event:
             after=after.describe(),
             generation=generation,
             summary=plan.summary,
+            reason=reason,
+            details=details,
         )
+        because = f": {reason}" if reason else ""
         try:
             store.client.set_registered_model_tag(
-                store.model, LAST_EVENT_TAG, f"{event.at:%Y-%m-%d %H:%M:%S}Z {plan.summary} (by {actor.name})"
+                store.model,
+                LAST_EVENT_TAG,
+                f"{event.at:%Y-%m-%d %H:%M:%S}Z {plan.summary} (by {actor.name}){because}"[:5000],
             )
             return events.record(store, event)
         except MlflowException as exc:
@@ -102,30 +132,82 @@ def _transact_once(store: Store, actor: Actor, planner: Planner) -> Event:
             ) from exc
 
 
-def mark_candidate(store: Store, actor: Actor, version: int) -> Event:
-    """Give a freshly registered version the ``candidate`` alias, waiting out concurrent actions."""
-    return transact(store, actor, lambda s: plans.register_candidate(s, version), attempts=10)
+def mark_candidate(store: Store, actor: Actor, version: int, again: bool = False) -> Event:
+    """Give a registered version the ``candidate`` alias, waiting out concurrent actions."""
+    return transact(store, actor, lambda s: plans.register_candidate(s, version, again), attempts=10)
 
 
-def promote_to_canary(store: Store, actor: Actor, version: int | None = None, weight: int = 0) -> Event:
-    return transact(store, actor, lambda s: plans.promote_to_canary(s, version, weight))
+def promote_to_canary(
+    store: Store,
+    actor: Actor,
+    version: int | None = None,
+    weight: int = 0,
+    reason: str | None = None,
+    details: Details | None = None,
+) -> Event:
+    """The candidate starts as canary at ``weight`` percent."""
+    return transact(store, actor, lambda s: plans.promote_to_canary(s, version, weight), reason=reason, details=details)
 
 
-def set_weight(store: Store, actor: Actor, weight: int, version: int | None = None) -> Event:
-    return transact(store, actor, lambda s: plans.set_weight(s, weight, version))
+def promote_to_champion(
+    store: Store, actor: Actor, version: int | None = None, reason: str | None = None, details: Details | None = None
+) -> Event:
+    """The canary becomes champion; with no champion and no canary yet, the candidate does (first release)."""
+    return transact(store, actor, lambda s: plans.promote_to_champion(s, version), reason=reason, details=details)
 
 
-def promote_to_champion(store: Store, actor: Actor, version: int | None = None) -> Event:
-    return transact(store, actor, lambda s: plans.promote_to_champion(s, version))
+def set_weight(
+    store: Store,
+    actor: Actor,
+    weight: int,
+    version: int | None = None,
+    reason: str | None = None,
+    details: Details | None = None,
+) -> Event:
+    """The canary's share of traffic, in percent (0..100)."""
+    return transact(store, actor, lambda s: plans.set_weight(s, weight, version), reason=reason, details=details)
 
 
-def rollback(store: Store, actor: Actor, version: int | None = None) -> Event:
-    stamp = f"{events.now().isoformat()} by {actor.name}"
-    return transact(store, actor, lambda s: plans.rollback(s, version, stamp))
+def step(
+    store: Store,
+    actor: Actor,
+    steps: Sequence[int],
+    version: int | None = None,
+    reason: str | None = None,
+    details: Details | None = None,
+) -> Event:
+    """The canary's weight moves to the next of ``steps`` above it; refused at the last step (promote then)."""
+    chosen = tuple(steps)
+    return transact(store, actor, lambda s: plans.step(s, chosen, version), reason=reason, details=details)
+
+
+def rollback(
+    store: Store, actor: Actor, version: int | None = None, reason: str | None = None, details: Details | None = None
+) -> Event:
+    """Drop the canary (weight 0, alias removed, version tagged), or else return to the previous champion."""
+    stamp = _stamp(actor, reason)
+    return transact(store, actor, lambda s: plans.rollback(s, version, stamp), reason=reason, details=details)
+
+
+def abort(
+    store: Store, actor: Actor, version: int | None = None, reason: str | None = None, details: Details | None = None
+) -> Event:
+    """Roll back the canary only (never the champion); refused when there is no canary."""
+    stamp = _stamp(actor, reason)
+    return transact(store, actor, lambda s: plans.abort(s, version, stamp), reason=reason, details=details)
+
+
+def pause(store: Store, actor: Actor, reason: str | None = None) -> Event:
+    """Hold the rollout: ``step`` refuses and the controller stops moving the weight until resume."""
+    return transact(store, actor, plans.pause, reason=reason)
+
+
+def resume(store: Store, actor: Actor) -> Event:
+    return transact(store, actor, plans.resume)
 
 
 def unlock(store: Store, actor: Actor) -> Event:
-    """Clear a lock left by an action that died, and record who cleared it."""
+    """Clear the rollout lock now (rather than waiting for it to expire), and record who cleared it."""
     state = read_state(store)
     holder = lock.force_unlock(store)
     event = Event(
@@ -140,3 +222,8 @@ def unlock(store: Store, actor: Actor) -> Event:
         summary=f"cleared the rollout lock held by {holder}",
     )
     return events.record(store, event)
+
+
+def _stamp(actor: Actor, reason: str | None) -> str:
+    because = f": {reason}" if reason else ""
+    return f"{events.now().isoformat(timespec='seconds')} by {actor.name}{because}"[:5000]

@@ -15,22 +15,42 @@ from registry.store import DOES_NOT_EXIST, Store, error_code
 Alias = Literal["candidate", "canary", "champion", "previous-champion"]
 ALIASES: tuple[Alias, ...] = ("champion", "canary", "candidate", "previous-champion")
 
-# Registered-model tags: the rollout state gateways reconcile from.
+# Registered-model tags: the rollout state gateways and the controller reconcile from.
 WEIGHT_TAG = "rollout.canary_weight"
 GENERATION_TAG = "rollout.generation"
 LAST_EVENT_TAG = "rollout.last_event"
+PAUSED_TAG = "rollout.paused"
 
-# Model-version tags written at registration (registry.publish) and read back for lineage.
+# Model-version tags written at registration (registry.publish): the lineage a person reads on the
+# version page. Per-file checksums live in the run's manifest.json artifact, not here.
 TAG_COMMIT = "git.commit"
 TAG_DIRTY = "git.dirty"
 TAG_DVC_LOCK = "dvc.lock.sha256"
 TAG_PARAMS = "params.sha256"
 TAG_QUANTIZATION = "quantize.method"
-TAG_PASSED = "validation.passed"
 TAG_ACCURACY = "validation.accuracy"
 TAG_DROP = "validation.drop"
 TAG_SIZE = "package.bytes"
 TAG_TRITON_MODEL = "triton.model"
+#: manifest_digest of the files validate served (metrics/validate.json's served_digest).
+TAG_SERVED_DIGEST = "validation.served_digest"
+#: sha256 of the manifest.json artifact's bytes: ties that file to this record.
+TAG_MANIFEST = "manifest.sha256"
+VERSION_TAGS = (
+    TAG_COMMIT,
+    TAG_DIRTY,
+    TAG_DVC_LOCK,
+    TAG_PARAMS,
+    TAG_QUANTIZATION,
+    TAG_ACCURACY,
+    TAG_DROP,
+    TAG_SIZE,
+    TAG_TRITON_MODEL,
+    TAG_SERVED_DIGEST,
+    TAG_MANIFEST,
+)
+#: Set on a version when it is rolled back: when, by whom, and why.
+ROLLED_BACK_TAG = "rollout.rolled_back"
 
 
 class VersionInfo(BaseModel):
@@ -46,11 +66,13 @@ class VersionInfo(BaseModel):
     dvc_lock_sha256: str | None
     params_sha256: str | None
     quantization: str | None
-    validation_passed: bool
     accuracy: float | None
     drop: float | None
     size_bytes: int | None
     triton_model: str | None
+    served_digest: str | None
+    manifest_sha256: str | None
+    rolled_back: str | None
     tags: dict[str, str]
 
     @classmethod
@@ -65,17 +87,22 @@ class VersionInfo(BaseModel):
             dvc_lock_sha256=tags.get(TAG_DVC_LOCK),
             params_sha256=tags.get(TAG_PARAMS),
             quantization=tags.get(TAG_QUANTIZATION),
-            validation_passed=tags.get(TAG_PASSED) == "true",
             accuracy=_as_float(tags.get(TAG_ACCURACY)),
             drop=_as_float(tags.get(TAG_DROP)),
             size_bytes=_as_int(tags.get(TAG_SIZE)),
             triton_model=tags.get(TAG_TRITON_MODEL),
+            served_digest=tags.get(TAG_SERVED_DIGEST),
+            manifest_sha256=tags.get(TAG_MANIFEST),
+            rolled_back=tags.get(ROLLED_BACK_TAG),
             tags=dict(tags),
         )
 
 
 class RolloutState(BaseModel):
-    """Champion, canary, candidate and previous champion, canary weight (percent) and generation."""
+    """Champion, canary, candidate and previous champion, canary weight (percent), paused, generation.
+
+    ``generation`` counts applied actions; every action bumps it, so equal generations mean nothing moved.
+    """
 
     model_config = ConfigDict(frozen=True)
 
@@ -83,6 +110,7 @@ class RolloutState(BaseModel):
     aliases: dict[str, int]
     canary_weight: int
     generation: int
+    paused: bool = False
     last_event: str | None = None
 
     def version_of(self, alias: Alias) -> int | None:
@@ -90,7 +118,7 @@ class RolloutState(BaseModel):
 
     def describe(self) -> str:
         parts = [f"{alias}=v{self.aliases[alias]}" for alias in ALIASES if alias in self.aliases]
-        return ", ".join([*parts, f"canary weight {self.canary_weight}%"])
+        return ", ".join([*parts, f"canary weight {self.canary_weight}%", *(["paused"] if self.paused else [])])
 
 
 def read_state(store: Store) -> RolloutState:
@@ -107,19 +135,20 @@ def read_state(store: Store) -> RolloutState:
         aliases={alias: int(version) for alias, version in (registered.aliases or {}).items()},
         canary_weight=_as_int(tags.get(WEIGHT_TAG)) or 0,
         generation=_as_int(tags.get(GENERATION_TAG)) or 0,
+        paused=tags.get(PAUSED_TAG) == "true",
         last_event=tags.get(LAST_EVENT_TAG),
     )
 
 
-def resolve(store: Store, alias: Alias) -> VersionInfo | None:
-    """The version holding ``alias`` (direct lookup: search results leave aliases empty), or None."""
-    try:
-        return VersionInfo.from_mlflow(store.client.get_model_version_by_alias(store.model, alias))
-    except MlflowException as exc:
-        # A missing alias comes back as INVALID_PARAMETER_VALUE ("alias ... not found").
-        if "not found" in str(exc).lower():
-            return None
-        raise
+def resolve(store: Store, alias: Alias, state: RolloutState | None = None) -> VersionInfo | None:
+    """The version holding ``alias`` in ``state`` (read now if not given), or None when nobody holds it.
+
+    The alias map comes with the registered model, so a missing alias needs no error at all, and a
+    missing model or version is told apart by MLflow's error code (RESOURCE_DOES_NOT_EXIST).
+    """
+    current = state if state is not None else read_state(store)
+    version = current.aliases.get(alias)
+    return None if version is None else get_version(store, version)
 
 
 def get_version(store: Store, version: int) -> VersionInfo:

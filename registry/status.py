@@ -19,6 +19,8 @@ class Lineage(BaseModel):
     accuracy: float | None
     drop: float | None
     size_bytes: int | None
+    triton_model: str | None
+    served_digest: str | None
     source: str
 
     @classmethod
@@ -34,6 +36,8 @@ class Lineage(BaseModel):
             accuracy=info.accuracy,
             drop=info.drop,
             size_bytes=info.size_bytes,
+            triton_model=info.triton_model,
+            served_digest=info.served_digest,
             source=info.source,
         )
 
@@ -45,6 +49,7 @@ class Status(BaseModel):
     tracking_uri: str
     generation: int
     canary_weight: int
+    paused: bool
     champion: Lineage | None
     canary: Lineage | None
     candidate: Lineage | None
@@ -62,13 +67,14 @@ class Status(BaseModel):
 
 def read_status(store: Store) -> Status:
     state: RolloutState = read_state(store)
-    found = {alias: resolve(store, alias) if alias in state.aliases else None for alias in ALIASES}
+    found = {alias: resolve(store, alias, state) for alias in ALIASES}
     lineage = {alias: Lineage.of(info) if info is not None else None for alias, info in found.items()}
     return Status(
         registered_model=store.model,
         tracking_uri=store.where,
         generation=state.generation,
         canary_weight=state.canary_weight,
+        paused=state.paused,
         champion=lineage["champion"],
         canary=lineage["canary"],
         candidate=lineage["candidate"],

@@ -71,11 +71,9 @@ class Store:
             return LocalArtifactRepository((self.settings.artifacts_dir / relative).as_uri())
         return get_artifact_repository(uri, tracking_uri=self.settings.effective_tracking_uri)
 
-    def upload_file(self, artifact_uri: str, local_file: Path, artifact_path: str) -> None:
+    def upload_file(self, artifact_uri: str, local_file: Path, artifact_path: str | None) -> None:
+        """Upload one file into ``artifact_path`` (a folder under ``artifact_uri``; None for its root)."""
         self.artifact_repo(artifact_uri).log_artifact(str(local_file), artifact_path)
-
-    def upload_dir(self, artifact_uri: str, local_dir: Path, artifact_path: str) -> None:
-        self.artifact_repo(artifact_uri).log_artifacts(str(local_dir), artifact_path)
 
     def download(self, source: str, dst: Path) -> Path:
         """Copy everything under ``source`` into ``dst`` (created) and return ``dst``."""
@@ -86,9 +84,17 @@ class Store:
             raise NotFoundError(f"cannot download {source} from {self.where}: {exc}") from exc
         return dst
 
+    def download_file(self, artifact_uri: str, path: str, dst: Path) -> Path:
+        """Copy the one file ``path`` under ``artifact_uri`` into the folder ``dst``; return the copy."""
+        try:
+            return Path(self.artifact_repo(artifact_uri).download_artifacts(path, str(dst)))
+        except (MlflowException, OSError) as exc:
+            raise NotFoundError(f"cannot download {artifact_uri}/{path} from {self.where}: {exc}") from exc
+
     def missing_model(self) -> NotFoundError:
         """The error for a registered model that does not exist yet, with the next step."""
         return NotFoundError(
-            f"registered model {self.model!r} not found in {self.where}; "
-            "register a validated version first (`dvc repro`, stage `register`)"
+            f"registered model {self.model!r} does not exist in {self.where}. Register one with `dvc repro`: "
+            "its `register` stage records the validated build and makes it the candidate "
+            "(check the name: --model, REGISTRY_MODEL_NAME or params.yaml's registry.model_name)"
         )

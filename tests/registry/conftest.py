@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from core.manifest import manifest_digest, model_digests
 from pipelines.register import RegisterInputs
 from registry import server
 from registry.events import Actor
@@ -96,20 +97,6 @@ def write_project(
     (root / "dvc.lock").write_text(f"schema: '2.0'\nstages: {{validate: {{weights: {weights!r}}}}}\n")
     metrics = root / "metrics"
     metrics.mkdir(exist_ok=True)
-    drop = round(0.92 - accuracy, 4)
-    validate = {
-        "model": "qwen3-vl-v1",
-        "version": 1,
-        "accuracy": accuracy,
-        "reference_accuracy": 0.92,
-        "drop": drop,
-        "per_category": {"color": accuracy, "shape": accuracy, "count": accuracy},
-        "p50_ms": 40.0,
-        "p95_ms": 80.0,
-        "config_errors": 0 if passed else 2,
-        "passed": passed,
-    }
-    (metrics / "validate.json").write_text(json.dumps(validate))
     (metrics / "quantize.json").write_text(json.dumps({"method": "bnb-nf4", "accuracy": accuracy, "bytes": 10}))
     model_dir = root / "triton-models" / "qwen3-vl-v1"
     version = model_dir / "1"
@@ -129,6 +116,19 @@ def write_project(
         "files": len(files),
     }
     (metrics / "package.json").write_text(json.dumps(package))
+    validate = {
+        "model": "qwen3-vl-v1",
+        "version": 1,
+        "served_digest": manifest_digest(model_digests(model_dir, "1")),
+        "accuracy": accuracy,
+        "reference_accuracy": 0.92,
+        "drop": round(0.92 - accuracy, 4),
+        "per_category": {"color": accuracy, "shape": accuracy, "count": accuracy},
+        "config_errors": 0 if passed else 2,
+        "passed": passed,
+        "failures": [] if passed else ["accuracy below the gate"],
+    }
+    (metrics / "validate.json").write_text(json.dumps(validate))
     (metrics / "base_model.json").write_text(json.dumps({"accuracy": 0.92, "bytes": 20}))
     if git:
         run = ["git", "-C", str(root), "-c", "user.email=t@example.com", "-c", "user.name=t"]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -13,7 +14,7 @@ import pytest
 from pipelines import register as stage
 from pipelines.register import RegisterInputs
 from registry import __main__ as cli
-from registry import events, rollout
+from registry import events, lease, rollout
 from registry.events import Actor
 from registry.settings import RegistrySettings
 from registry.store import Store
@@ -105,15 +106,92 @@ def test_workflow_style_promotion_through_the_cli(
         ("promote-canary", "octocat (GitHub Actions run 7)"),
     ]
     assert _in_process(settings, monkeypatch, "materialize", "--out", str(tmp_path / "repo"), "--json") == 0
-    assert json.loads(capsys.readouterr().out)["versions"] == [1]
+    materialized = json.loads(capsys.readouterr().out)
+    assert materialized["champion"]["version"] == 1 and materialized["canary"] is None
+    assert materialized["champion"]["served_model"] == "qwen3-vl-v1"
+    assert (tmp_path / "repo" / "1" / "version" / "model.py").is_file()
 
 
-def test_status_of_a_model_never_registered_says_what_to_do(
-    settings: RegistrySettings, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+@pytest.mark.parametrize("command", [("status",), ("materialize", "--out", "served"), ("promote", "--to", "champion")])
+def test_a_model_never_registered_is_said_not_to_exist(
+    settings: RegistrySettings,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    tmp_path: Path,
+    command: tuple[str, ...],
 ) -> None:
-    assert _in_process(settings, monkeypatch, "status") == cli.EXIT_ERROR
+    monkeypatch.chdir(tmp_path)
+    assert _in_process(settings, monkeypatch, *command) == cli.EXIT_ERROR
     err = capsys.readouterr().err
-    assert "not found" in err and "dvc repro" in err
+    assert f"registered model '{settings.model_name}' does not exist" in err and "dvc repro" in err
+    assert "promote a candidate" not in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (("set-weight", "abc"), "argument weight: 'abc' is not a whole number; give a percent from 0 to 100"),
+        (("set-weight", "140"), "argument weight: 140 is not a percent from 0 to 100"),
+        (("history", "--limit", "0"), "argument --limit: 0 is not allowed; give 1 or more"),
+        (("history", "--limit", "-3"), "argument --limit: -3 is not allowed; give 1 or more"),
+        (("step", "--version", "x"), "argument --version: 'x' is not an MLflow model version"),
+    ],
+)
+def test_bad_arguments_are_refused_by_name_before_mlflow_is_asked(
+    args: tuple[str, ...], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as usage:
+        cli.main(["--model", "never-contacted", *args])
+    err = capsys.readouterr().err
+    assert usage.value.code == 2 and message in err, err
+    assert "server" not in err and "invalid _percent value" not in err
+
+
+def test_a_rollout_driven_through_the_cli_records_reasons_and_figures(
+    settings: RegistrySettings,
+    store: Store,
+    make_project: Callable[..., RegisterInputs],
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    actor = Actor(name="setup")
+    stage.register(make_project(weights=b"1"), settings, actor)
+    assert _in_process(settings, monkeypatch, "promote", "--to", "champion", "--version", "1") == 0
+    stage.register(make_project(weights=b"2"), settings, actor)
+    assert _in_process(settings, monkeypatch, "promote", "--to", "canary") == 0
+    rollout.set_weight(store, actor, 5, reason="canary healthy", details={"p_value": 0.4321, "requests": 812})
+    capsys.readouterr()
+
+    assert _in_process(settings, monkeypatch, "step", "--version", "2") == 0  # params.yaml: 5, 25, 50, 100
+    assert "canary v2 stepped 5% -> 25%" in capsys.readouterr().out
+    assert _in_process(settings, monkeypatch, "pause", "--reason", "on-call looking") == 0
+    assert _in_process(settings, monkeypatch, "step") == cli.EXIT_ERROR
+    assert "paused" in capsys.readouterr().err
+    assert _in_process(settings, monkeypatch, "status", "--json") == 0
+    assert json.loads(capsys.readouterr().out)["paused"] is True
+    assert _in_process(settings, monkeypatch, "resume") == 0
+    assert _in_process(settings, monkeypatch, "abort", "--reason", "error rate up") == 0
+    assert _in_process(settings, monkeypatch, "abort") == cli.EXIT_ERROR
+    assert "no canary to abort" in capsys.readouterr().err
+
+    assert _in_process(settings, monkeypatch, "history", "--limit", "6") == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 6
+    assert lines[0].endswith("canary v2 rolled back; weight 0% (by cli-tester): error rate up")
+    assert lines[2].endswith("rollout paused with canary v2 at 25% (by cli-tester): on-call looking")
+    assert lines[4].endswith("(by setup): canary healthy [p_value=0.4321 requests=812]")
+    assert _in_process(settings, monkeypatch, "history", "--json", "--limit", "6") == 0
+    recorded = json.loads(capsys.readouterr().out)
+    assert [e["action"] for e in recorded] == [
+        "rollback-canary",
+        "resume",
+        "pause",
+        "step",
+        "set-weight",
+        "promote-canary",
+    ]
+    assert recorded[4]["reason"] == "canary healthy" and recorded[4]["details"] == {"p_value": 0.4321, "requests": 812}
+    assert recorded[0]["details"] == {} and recorded[1]["reason"] is None
 
 
 def test_unlock_clears_a_lock_left_by_a_dead_action(
@@ -124,10 +202,13 @@ def test_unlock_clears_a_lock_left_by_a_dead_action(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     stage.register(make_project(), settings, Actor(name="stage"))
-    store.client.create_registered_model(settings.lock_model_name, tags={"lock.holder": "ghost"})
+    far = f"{time.time() + 3600:.3f}"
+    store.client.create_registered_model(
+        settings.lock_model_name, tags={lease.HOLDER_TAG: "`promote-canary` by ghost", lease.EXPIRES_TAG: far}
+    )
     assert _in_process(settings, monkeypatch, "promote", "--to", "canary") == cli.EXIT_CONFLICT
     err = capsys.readouterr().err
-    assert "by ghost" in err and "registry unlock" in err
+    assert "by ghost" in err and "expires in" in err and "registry unlock" in err
     assert _in_process(settings, monkeypatch, "unlock") == 0
     assert _in_process(settings, monkeypatch, "promote", "--to", "canary") == 0
     assert [e.action for e in events.history(store)][:2] == ["promote-canary", "unlock"]

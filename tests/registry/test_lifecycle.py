@@ -90,6 +90,11 @@ def test_refusals_name_the_state_and_change_nothing(
         rollout.promote_to_canary(store, actor, version=v1 + 1)
     with pytest.raises(InvalidTransitionError, match="out of range"):
         rollout.promote_to_canary(store, actor, weight=101)
+    # Figures or a reason that could not be recorded are refused before anything moves.
+    with pytest.raises(InvalidTransitionError, match="detail key 'p value!'"):
+        rollout.promote_to_canary(store, actor, details={"p value!": 0.5})
+    with pytest.raises(InvalidTransitionError, match="at most 2000"):
+        rollout.promote_to_canary(store, actor, reason="x" * 2001)
     assert read_state(store) == before
 
 
@@ -130,3 +135,50 @@ def test_an_action_whose_record_fails_says_it_took_effect(
     assert "do not repeat it" in str(err.value)
     info = resolve(store, "canary")  # type: ignore[arg-type]
     assert info is not None and info.version == 1
+
+
+def test_a_rollout_by_steps_with_pause_reasons_and_figures(
+    settings: RegistrySettings, store: Store, actor: Actor, make_project: Callable[..., RegisterInputs]
+) -> None:
+    """The controller's path: bootstrap a champion, step a canary, pause, resume, abort with its figures."""
+    steps = (5, 25, 50, 100)
+    v1 = stage.register(make_project(weights=b"one"), settings, actor).version
+    rollout.promote_to_champion(store, actor)  # first release: no champion, no canary
+    assert _aliases(store) == {"champion": v1}
+
+    v2 = stage.register(make_project(weights=b"two"), settings, actor).version
+    rollout.promote_to_canary(store, actor, version=v2)
+    figures = {"p_value": 0.41, "requests": 812, "verdict": "healthy"}
+    event = rollout.step(store, actor, steps, version=v2, reason="canary healthy", details=figures)
+    assert (event.reason, event.details) == ("canary healthy", figures)
+    assert read_state(store).canary_weight == 5
+    rollout.step(store, actor, steps)
+    assert read_state(store).canary_weight == 25
+
+    rollout.pause(store, actor, reason="waiting for the on-call")
+    assert read_state(store).paused and read_state(store).canary_weight == 25
+    with pytest.raises(InvalidTransitionError, match="paused"):
+        rollout.step(store, actor, steps)
+    rollout.resume(store, actor)
+    assert not read_state(store).paused
+    rollout.set_weight(store, actor, 100)
+    with pytest.raises(InvalidTransitionError, match=r"last step.*promote --to champion"):
+        rollout.step(store, actor, steps)
+
+    aborted = rollout.abort(store, actor, reason="p95 regression", details={"p95_ratio": 2.4, "p_value": 0.001})
+    assert aborted.action == "rollback-canary"
+    assert _aliases(store) == {"champion": v1} and read_state(store).canary_weight == 0
+    rolled_back = store.client.get_model_version(settings.model_name, str(v2)).tags["rollout.rolled_back"]
+    assert rolled_back.endswith("by tester: p95 regression")
+    with pytest.raises(InvalidTransitionError, match="no canary to abort"):
+        rollout.abort(store, actor)  # abort never touches the champion
+
+    recorded = events.history(store)
+    assert [e.action for e in recorded[:6]] == ["rollback-canary", "set-weight", "resume", "pause", "step", "step"]
+    newest = recorded[0]
+    assert newest.reason == "p95 regression" and newest.details == {"p95_ratio": 2.4, "p_value": 0.001}
+    assert recorded[3].reason == "waiting for the on-call"
+    assert recorded[5].details == figures
+    run = store.client.get_run(str(newest.run_id))
+    assert run.data.params == {"p95_ratio": "2.4", "p_value": "0.001"}
+    assert run.data.tags["rollout.reason"] == "p95 regression"

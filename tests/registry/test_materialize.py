@@ -1,22 +1,21 @@
-"""Materialize: the serving Triton repository from the registry, checksums verified."""
+"""Materialize: one verified folder per served version, from the registry, written atomically."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from google.protobuf import text_format
-from tritonclient.grpc import model_config_pb2
 
+from core.manifest import tree_digests
 from pipelines import register as stage
 from pipelines.register import RegisterInputs
 from registry import materialize, rollout
-from registry.errors import NotFoundError, TamperedArtifactError
+from registry.errors import NotFoundError, RegistryError, TamperedArtifactError
 from registry.events import Actor
-from registry.manifest import tree_digests
 from registry.settings import RegistrySettings
-from registry.state import resolve
+from registry.state import TAG_MANIFEST, TAG_TRITON_MODEL, resolve
 from registry.store import Store
 
 pytestmark = pytest.mark.mlflow
@@ -27,7 +26,6 @@ def _champion_and_canary(
 ) -> tuple[RegisterInputs, RegisterInputs]:
     first, second = make_project(weights=b"champion"), make_project(weights=b"canary")
     stage.register(first, settings, actor)
-    rollout.promote_to_canary(store, actor)
     rollout.promote_to_champion(store, actor)
     stage.register(second, settings, actor)
     rollout.promote_to_canary(store, actor, weight=10)
@@ -41,7 +39,11 @@ def _artifact_on_disk(settings: RegistrySettings, store: Store, alias: str) -> P
     return settings.artifacts_dir / info.source.removeprefix("mlflow-artifacts:/")
 
 
-def test_materialize_serves_champion_and_canary_numbered_by_mlflow_version(
+def _snapshot(folder: Path) -> dict[str, bytes]:
+    return {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_each_served_version_materializes_into_its_own_verified_folder(
     settings: RegistrySettings,
     store: Store,
     actor: Actor,
@@ -49,27 +51,26 @@ def test_materialize_serves_champion_and_canary_numbered_by_mlflow_version(
     tmp_path: Path,
 ) -> None:
     first, second = _champion_and_canary(settings, store, actor, make_project)
-    out = tmp_path / "serving-repo"
-    (out / "stale").mkdir(parents=True)  # an earlier materialization is replaced whole
+    out = tmp_path / "served"
+    (out / "7").mkdir(parents=True)  # another version's folder is left alone
 
-    result = materialize.materialize(store, out)
+    result = materialize.materialize_serving(store, out)
 
-    assert (result.champion, result.canary, result.versions) == (1, 2, [1, 2])
-    model = out / "qwen3-vl"
-    assert sorted(p.name for p in out.iterdir()) == ["qwen3-vl"]
-    assert sorted(p.name for p in model.iterdir()) == ["1", "2", "config.pbtxt", "warmup"]
-    assert tree_digests(model / "1") == tree_digests(first.triton_repo / "qwen3-vl" / "1")
-    assert tree_digests(model / "2") == tree_digests(second.triton_repo / "qwen3-vl" / "1")
-    assert (model / "warmup" / "messages.bin").read_bytes() == b"\x02\x00\x00\x00hi"
-    config = text_format.Parse((model / "config.pbtxt").read_text(), model_config_pb2.ModelConfig())
-    assert config.name == "qwen3-vl"
-    assert config.version_policy.WhichOneof("policy_choice") == "specific"
-    assert list(config.version_policy.specific.versions) == [1, 2]
-    assert config.max_batch_size == 8 and config.model_warmup[0].name == "w"
-    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")], "temp folders left behind"
+    assert result.champion is not None and result.canary is not None
+    assert (result.champion.version, result.canary.version) == (1, 2)
+    assert (result.champion.served_model, result.canary.served_model) == ("qwen3-vl-v1", "qwen3-vl-v2")
+    assert sorted(p.name for p in out.iterdir()) == ["1", "2", "7"]
+    for number, inputs in ((1, first), (2, second)):
+        folder = out / str(number)
+        assert sorted(p.name for p in folder.iterdir()) == ["config.pbtxt", "version", "warmup"]
+        packaged = inputs.triton_repo / "qwen3-vl-v1"
+        assert tree_digests(folder / "version") == tree_digests(packaged / "1")
+        assert (folder / "config.pbtxt").read_bytes() == (packaged / "config.pbtxt").read_bytes()
+        assert (folder / "warmup" / "messages.bin").read_bytes() == b"\x02\x00\x00\x00hi"
+    assert not [p for p in out.iterdir() if p.name.startswith(".")], "temp folders left behind"
 
 
-def test_tampered_artifact_is_refused_with_its_path(
+def test_one_changed_byte_is_refused_and_the_previous_folder_is_untouched(
     settings: RegistrySettings,
     store: Store,
     actor: Actor,
@@ -77,21 +78,24 @@ def test_tampered_artifact_is_refused_with_its_path(
     tmp_path: Path,
 ) -> None:
     _champion_and_canary(settings, store, actor, make_project)
+    dest = tmp_path / "served" / "2"
+    assert materialize.materialize_version(store, 2, dest) == dest.absolute()
+    before = _snapshot(dest)
     weights = _artifact_on_disk(settings, store, "canary") / "version" / "model.safetensors"
-    weights.write_bytes(weights.read_bytes() + b"evil")
-    out = tmp_path / "serving-repo"
-    (out / "qwen3-vl").mkdir(parents=True)
-    (out / "qwen3-vl" / "keep-me").write_text("the repository Triton serves now")
+    data = bytearray(weights.read_bytes())
+    data[0] ^= 0x01
+    weights.write_bytes(bytes(data))
 
     with pytest.raises(TamperedArtifactError, match=r"/model/version/model\.safetensors: modified") as caught:
-        materialize.materialize(store, out)
+        materialize.materialize_version(store, 2, dest)
 
-    assert resolve(store, "canary").source in str(caught.value)  # type: ignore[union-attr]
-    assert (out / "qwen3-vl" / "keep-me").read_text() == "the repository Triton serves now"
-    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")], "temp folders left behind"
+    canary = resolve(store, "canary")
+    assert canary is not None and canary.source in str(caught.value)
+    assert _snapshot(dest) == before
+    assert not [p for p in dest.parent.iterdir() if p.name.startswith(".")], "temp folders left behind"
 
 
-def test_injected_file_is_refused(
+def test_injected_and_missing_files_are_refused(
     settings: RegistrySettings,
     store: Store,
     actor: Actor,
@@ -99,13 +103,18 @@ def test_injected_file_is_refused(
     tmp_path: Path,
 ) -> None:
     _champion_and_canary(settings, store, actor, make_project)
-    (_artifact_on_disk(settings, store, "champion") / "version" / "sitecustomize.py").write_text("import os\n")
-    with pytest.raises(TamperedArtifactError, match=r"version/sitecustomize\.py: unexpected file"):
-        materialize.materialize(store, tmp_path / "repo")
-    assert not (tmp_path / "repo").exists()
+    champion = _artifact_on_disk(settings, store, "champion")
+    (champion / "version" / "__pycache__").mkdir()
+    (champion / "version" / "__pycache__" / "model.cpython-311.pyc").write_bytes(b"evil")
+    with pytest.raises(TamperedArtifactError, match=r"version/__pycache__/model\.cpython-311\.pyc: unexpected file"):
+        materialize.materialize_version(store, 1, tmp_path / "1")
+    assert not (tmp_path / "1").exists()
+    (_artifact_on_disk(settings, store, "canary") / "warmup" / "messages.bin").unlink()
+    with pytest.raises(TamperedArtifactError, match=r"warmup/messages\.bin: missing"):
+        materialize.materialize_version(store, 2, tmp_path / "2")
 
 
-def test_edited_checksum_tag_is_refused(
+def test_an_edited_manifest_or_manifest_tag_is_refused(
     settings: RegistrySettings,
     store: Store,
     actor: Actor,
@@ -113,17 +122,32 @@ def test_edited_checksum_tag_is_refused(
     tmp_path: Path,
 ) -> None:
     _champion_and_canary(settings, store, actor, make_project)
-    store.client.set_model_version_tag(settings.model_name, "2", "sha256:version/model.py", "0" * 64)
-    with pytest.raises(TamperedArtifactError, match=r"do not match manifest\.sha256"):
-        materialize.materialize(store, tmp_path / "repo")
+    # Someone with artifact-store access swaps weights and rewrites manifest.json to match.
+    run_root = _artifact_on_disk(settings, store, "canary").parent
+    weights = run_root / "model" / "version" / "model.safetensors"
+    weights.write_bytes(b"evil weights")
+    listed = json.loads((run_root / "manifest.json").read_text())
+    listed["files"]["version/model.safetensors"] = "0" * 64
+    (run_root / "manifest.json").write_text(json.dumps(listed))
+    with pytest.raises(TamperedArtifactError, match=r"differs from the manifest\.sha256"):
+        materialize.materialize_version(store, 2, tmp_path / "2")
+    # ... or edits the version tag instead.
+    store.client.set_model_version_tag(settings.model_name, "1", TAG_MANIFEST, "0" * 64)
+    with pytest.raises(TamperedArtifactError, match=r"manifest\.sha256"):
+        materialize.materialize_version(store, 1, tmp_path / "1")
 
 
-def test_nothing_to_serve(
+def test_nothing_to_serve_and_a_model_that_does_not_exist(
     settings: RegistrySettings, store: Store, actor: Actor, make_project: Callable[..., RegisterInputs], tmp_path: Path
 ) -> None:
+    with pytest.raises(NotFoundError, match="does not exist") as missing:
+        materialize.materialize_serving(store, tmp_path / "repo")
+    assert "dvc repro" in str(missing.value) and "promote" not in str(missing.value)
     stage.register(make_project(), settings, actor)  # a candidate only
     with pytest.raises(NotFoundError, match="no champion or canary"):
-        materialize.materialize(store, tmp_path / "repo")
+        materialize.materialize_serving(store, tmp_path / "repo")
+    with pytest.raises(NotFoundError, match="v9 does not exist"):
+        materialize.materialize_version(store, 9, tmp_path / "9")
 
 
 def test_a_path_like_triton_model_tag_is_refused(
@@ -133,14 +157,8 @@ def test_a_path_like_triton_model_tag_is_refused(
     make_project: Callable[..., RegisterInputs],
     tmp_path: Path,
 ) -> None:
-    from registry.errors import RegistryError
-    from registry.state import TAG_TRITON_MODEL
-
     _champion_and_canary(settings, store, actor, make_project)
-    for alias in ("champion", "canary"):
-        info = resolve(store, alias)  # type: ignore[arg-type]
-        assert info is not None
-        store.client.set_model_version_tag(settings.model_name, str(info.version), TAG_TRITON_MODEL, "../escape")
-    with pytest.raises(RegistryError, match="not a plain folder name"):
-        materialize.materialize(store, tmp_path / "serving-repo")
-    assert not (tmp_path / "escape").exists() and not (tmp_path / "serving-repo").exists()
+    store.client.set_model_version_tag(settings.model_name, "2", TAG_TRITON_MODEL, "../escape")
+    with pytest.raises(RegistryError, match=r"triton\.model tag is refused.*not a plain name"):
+        materialize.materialize_version(store, 2, tmp_path / "served" / "2")
+    assert not (tmp_path / "escape").exists() and not (tmp_path / "served" / "2").exists()

@@ -12,7 +12,7 @@ import pytest
 
 from pipelines import register as stage
 from pipelines.register import RegisterInputs
-from registry import events, lock, rollout
+from registry import events, lease, lock, rollout
 from registry.errors import ConcurrentChangeError
 from registry.events import Actor, Event
 from registry.settings import RegistrySettings
@@ -31,10 +31,10 @@ def _race(settings: RegistrySettings, first: Action, second: Action, monkeypatch
     real_lock = lock.rollout_lock
 
     @contextmanager
-    def lock_after_both_read(*args: object, **kwargs: object) -> Iterator[str]:
+    def lock_after_both_read(*args: object, **kwargs: object) -> Iterator[lease.Lease]:
         barrier.wait()
-        with real_lock(*args, **kwargs) as token:  # type: ignore[arg-type]
-            yield token
+        with real_lock(*args, **kwargs) as held:  # type: ignore[arg-type]
+            yield held
 
     monkeypatch.setattr(lock, "rollout_lock", lock_after_both_read)
     outcomes: dict[str, str] = {}
@@ -73,7 +73,7 @@ def test_two_racing_canary_promotions_exactly_one_wins(
     assert state.canary_weight == (10 if outcomes[0] == "won" else 50)
     assert state.generation == 2
     assert [e.action for e in events.history(store)] == ["promote-canary", "register"]
-    assert store.client.search_registered_models(f"name = '{settings.lock_model_name}'") == []
+    assert store.client.search_registered_models(f"name LIKE '{settings.lock_model_name}%'") == []
 
 
 def test_promotion_racing_a_rollback_exactly_one_wins(

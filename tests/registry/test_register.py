@@ -9,13 +9,14 @@ from pathlib import Path
 
 import pytest
 
+from core.manifest import manifest_digest, model_digests
 from pipelines import register as stage
 from pipelines.register import RegisterInputs
 from registry import events, materialize, rollout
-from registry.errors import NotValidatedError
+from registry.errors import NotValidatedError, UpstreamError
 from registry.events import Actor
 from registry.settings import RegistrySettings
-from registry.state import read_state, resolve
+from registry.state import VERSION_TAGS, read_state, resolve
 from registry.store import Store
 
 pytestmark = pytest.mark.mlflow
@@ -39,26 +40,34 @@ def _use(settings: RegistrySettings, monkeypatch: pytest.MonkeyPatch) -> None:
         monkeypatch.delenv(name, raising=False)
 
 
-def test_register_records_run_version_tags_and_candidate_alias(
+def _model_dir(inputs: RegisterInputs) -> Path:
+    return inputs.triton_repo / "qwen3-vl-v1"
+
+
+def test_register_records_run_version_tags_manifest_and_candidate_alias(
     settings: RegistrySettings,
     store: Store,
     make_project: Callable[..., RegisterInputs],
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     inputs = make_project(git=True)
-    out = inputs.params.parent / "metrics" / "register.json"
+    out = inputs.params.parent / "artifacts" / "register.json"
     _use(settings, monkeypatch)
 
     assert stage.main(_argv(inputs, out)) == 0
 
+    served = json.loads(inputs.validate_metrics.read_text())["served_digest"]
     written = json.loads(out.read_text())
+    # No run id and no timestamps: the same bytes on every machine for the same store state.
     assert written == {
         "registered_model": settings.model_name,
         "version": 1,
-        "run_id": written["run_id"],
         "alias": "candidate",
+        "served_digest": served,
     }
-    run = store.client.get_run(written["run_id"])
+    candidate = resolve(store, "candidate")
+    assert candidate is not None and candidate.version == 1 and candidate.run_id
+    run = store.client.get_run(candidate.run_id)
     assert run.data.params["quantize.method"] == "bnb-nf4"
     assert run.data.params["package.model_name"] == "qwen3-vl"
     assert run.data.params["metrics.quantize.method"] == "bnb-nf4"
@@ -71,23 +80,118 @@ def test_register_records_run_version_tags_and_candidate_alias(
     assert run.data.tags["params.sha256"] == hashlib.sha256(inputs.params.read_bytes()).hexdigest()
     assert len(run.data.tags["git.commit"]) == 40
     assert run.data.tags["git.dirty"] == "false"
-    listed = {f.path for f in store.client.list_artifacts(written["run_id"], "model")}
+    assert run.data.tags["package.model"] == "qwen3-vl-v1"
+    root = {f.path for f in store.client.list_artifacts(candidate.run_id)}
+    assert root == {"manifest.json", "model"}
+    listed = {f.path for f in store.client.list_artifacts(candidate.run_id, "model")}
     assert listed == {"model/config.pbtxt", "model/version", "model/warmup"}
 
-    candidate = resolve(store, "candidate")
-    assert candidate is not None and candidate.version == 1
-    assert candidate.run_id == written["run_id"]
     assert candidate.source.endswith("/model")
-    assert candidate.validation_passed and candidate.accuracy == pytest.approx(0.9)
+    assert candidate.accuracy == pytest.approx(0.9) and candidate.drop == pytest.approx(0.02)
     assert candidate.dvc_lock_sha256 == lock_digest
     assert candidate.quantization == "bnb-nf4"
-    weights = inputs.triton_repo / "qwen3-vl" / "1" / "model.safetensors"
-    assert candidate.tags["sha256:version/model.safetensors"] == hashlib.sha256(weights.read_bytes()).hexdigest()
-    assert "sha256:config.pbtxt" in candidate.tags and "sha256:warmup/messages.bin" in candidate.tags
-    assert len(candidate.tags["manifest.sha256"]) == 64
+    assert candidate.triton_model == "qwen3-vl"
+    assert candidate.served_digest == served
+    # The version page shows every tag: the dozen lineage tags, no per-file checksums.
+    assert set(candidate.tags) == set(VERSION_TAGS) and len(candidate.tags) <= 12
+    manifest_json = Path(store.client.download_artifacts(candidate.run_id, "manifest.json", str(out.parent)))
+    assert hashlib.sha256(manifest_json.read_bytes()).hexdigest() == candidate.manifest_sha256
+    files = json.loads(manifest_json.read_text())["files"]
+    assert files == model_digests(_model_dir(inputs), "1")
+    weights = _model_dir(inputs) / "1" / "model.safetensors"
+    assert files["version/model.safetensors"] == hashlib.sha256(weights.read_bytes()).hexdigest()
+    assert {"config.pbtxt", "warmup/messages.bin"} <= set(files)
 
     recorded = events.history(store)
     assert [(e.action, e.version, e.actor) for e in recorded] == [("register", 1, "stage-tester")]
+
+
+def test_python_bytecode_is_never_uploaded(
+    settings: RegistrySettings, store: Store, make_project: Callable[..., RegisterInputs], tmp_path: Path
+) -> None:
+    inputs = make_project()
+    # The Python backend's interpreter writes bytecode next to model.py when it serves the folder.
+    cache = _model_dir(inputs) / "1" / "__pycache__"
+    cache.mkdir()
+    (cache / "model.cpython-311.pyc").write_bytes(b"\x00bytecode")
+    (_model_dir(inputs) / "warmup" / "stray.pyc").write_bytes(b"\x00")
+
+    registration = stage.register(inputs, settings, Actor(name="t"))
+
+    on_disk = settings.artifacts_dir / registration.source.removeprefix("mlflow-artifacts:/")
+    uploaded = sorted(p.relative_to(on_disk).as_posix() for p in on_disk.rglob("*") if p.is_file())
+    assert uploaded == [
+        "config.pbtxt",
+        "version/model.py",
+        "version/model.safetensors",
+        "version/tokenizer/tokenizer.json",
+        "warmup/messages.bin",
+    ]
+    folder = materialize.materialize_version(store, registration.version, tmp_path / "v1")
+    assert not list(folder.rglob("*.pyc"))
+
+
+def test_files_that_differ_from_what_validate_served_are_refused(
+    settings: RegistrySettings,
+    store: Store,
+    make_project: Callable[..., RegisterInputs],
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    inputs = make_project()
+    served = json.loads(inputs.validate_metrics.read_text())["served_digest"]
+    (_model_dir(inputs) / "1" / "model.safetensors").write_bytes(b"swapped after validation")
+    actual = manifest_digest(model_digests(_model_dir(inputs), "1"))
+    out = inputs.params.parent / "artifacts" / "register.json"
+    _use(settings, monkeypatch)
+
+    assert stage.main(_argv(inputs, out)) == 1
+
+    err = capsys.readouterr().err
+    assert served in err and actual in err and "rerun `dvc repro`" in err
+    assert not out.exists()
+    assert store.client.search_registered_models(f"name = '{settings.model_name}'") == []
+
+
+def test_a_rerun_finds_the_version_instead_of_registering_a_duplicate(
+    settings: RegistrySettings,
+    store: Store,
+    actor: Actor,
+    make_project: Callable[..., RegisterInputs],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    inputs = make_project()
+    out = inputs.params.parent / "artifacts" / "register.json"
+    _use(settings, monkeypatch)
+    real_mark = rollout.mark_candidate
+
+    def dies_after_the_version_exists(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("killed between create_model_version and the alias")
+
+    monkeypatch.setattr(rollout, "mark_candidate", dies_after_the_version_exists)
+    with pytest.raises(RuntimeError, match="killed"):
+        stage.main(_argv(inputs, out))
+    assert read_state(store).aliases == {}
+    monkeypatch.setattr(rollout, "mark_candidate", real_mark)
+
+    assert stage.main(_argv(inputs, out)) == 0  # the retry finishes the job
+    first = out.read_bytes()
+    assert stage.main(_argv(inputs, out)) == 0  # an identical rerun changes nothing
+    assert out.read_bytes() == first and json.loads(first)["version"] == 1
+    assert [mv.version for mv in store.client.search_model_versions(f"name = '{settings.model_name}'")] == ["1"]
+    assert read_state(store).aliases == {"candidate": 1}
+    assert [(e.action, e.version) for e in events.history(store)] == [("register", 1)]
+    assert "registered earlier from the same files and params" in events.history(store)[0].summary
+
+    # Already serving: a rerun leaves it champion and says so.
+    rollout.promote_to_champion(store, actor)
+    assert stage.main(_argv(inputs, out)) == 0
+    assert json.loads(out.read_text())["alias"] == "champion"
+    assert read_state(store).aliases == {"champion": 1}
+
+    # Different files are a new version.
+    other = make_project(weights=b"other")
+    assert stage.register(other, settings, actor).version == 2
 
 
 def test_a_version_that_failed_validation_is_refused_and_nothing_is_registered(
@@ -98,7 +202,7 @@ def test_a_version_that_failed_validation_is_refused_and_nothing_is_registered(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     inputs = make_project(passed=False, accuracy=0.5)
-    out = inputs.params.parent / "metrics" / "register.json"
+    out = inputs.params.parent / "artifacts" / "register.json"
     _use(settings, monkeypatch)
 
     assert stage.main(_argv(inputs, out)) == 1
@@ -106,6 +210,7 @@ def test_a_version_that_failed_validation_is_refused_and_nothing_is_registered(
     err = capsys.readouterr().err
     assert "validation did not pass" in err
     assert "accuracy 0.5000 vs reference 0.9200" in err and "config errors: 2" in err
+    assert "failures: ['accuracy below the gate']" in err
     assert not out.exists()
     assert store.client.search_registered_models(f"name = '{settings.model_name}'") == []
     assert store.client.get_experiment_by_name(settings.experiment) is None
@@ -123,23 +228,33 @@ def test_embedded_store_is_the_store_make_mlflow_serves(
     assert embedded.effective_tracking_uri.startswith("sqlite:///")
     registration = stage.register(make_project(), embedded, Actor(name="offline"))
     assert registration.source.startswith("mlflow-artifacts:/embedded-pipeline/")
-    on_disk = mlflow_server.artifacts_dir / "embedded-pipeline" / registration.run_id / "artifacts" / "model"
-    assert (on_disk / "version" / "model.py").is_file()
+    on_disk = mlflow_server.artifacts_dir / "embedded-pipeline" / str(registration.run_id) / "artifacts"
+    assert (on_disk / "model" / "version" / "model.py").is_file() and (on_disk / "manifest.json").is_file()
 
     served = Store(mlflow_server.model_copy(update={"model_name": "embedded-model"}))
     assert read_state(served).aliases == {"candidate": 1}
-    rollout.promote_to_canary(served, Actor(name="online"))
-    result = materialize.materialize(served, tmp_path / "repo")
-    assert (tmp_path / "repo" / "qwen3-vl" / "1" / "model.py").is_file()
-    assert result.versions == [1]
+    rollout.promote_to_champion(served, Actor(name="online"))
+    result = materialize.materialize_serving(served, tmp_path / "repo")
+    assert result.champion is not None and result.champion.served_model == "qwen3-vl-v1"
+    assert (tmp_path / "repo" / "1" / "version" / "model.py").is_file()
 
 
 def test_a_verdict_about_another_version_is_refused(make_project: Callable[..., RegisterInputs]) -> None:
     inputs = make_project()
     verdict = json.loads(inputs.validate_metrics.read_text()) | {"model": "qwen3-vl", "version": 7}
     inputs.validate_metrics.write_text(json.dumps(verdict))
-    with pytest.raises(NotValidatedError, match=r"judges qwen3-vl v7, but .* packaged qwen3-vl v1"):
+    with pytest.raises(NotValidatedError, match=r"judges qwen3-vl v7, but .* packaged qwen3-vl-v1 v1"):
         stage.build_candidate(inputs)
+
+
+def test_a_reserved_model_level_name_is_refused(
+    settings: RegistrySettings, store: Store, make_project: Callable[..., RegisterInputs]
+) -> None:
+    inputs = make_project()
+    (_model_dir(inputs) / "version").mkdir()
+    with pytest.raises(UpstreamError, match="reserved for the version folder"):
+        stage.register(inputs, settings, Actor(name="t"))
+    assert store.client.search_registered_models(f"name = '{settings.model_name}'") == []
 
 
 def test_bad_registry_settings_are_a_message_not_a_traceback(

@@ -8,21 +8,31 @@ import sys
 from pathlib import Path
 
 import pytest
+from pydantic import ValidationError
 
+from core.manifest import manifest_digest, model_digests
 from core.stage import StageError
 from pipelines import register as stage
 from registry import __main__ as cli
 from registry import manifest, plans, server
-from registry.errors import InvalidTransitionError, NotValidatedError, ServerError, TamperedArtifactError
-from registry.events import Actor
-from registry.settings import RegistrySettings
+from registry.errors import (
+    InvalidTransitionError,
+    NotValidatedError,
+    RegistryError,
+    ServerError,
+    TamperedArtifactError,
+)
+from registry.events import Actor, Event
+from registry.settings import RegistrySettings, load_rollout_steps
 from registry.state import RolloutState
-from tests.registry.conftest import write_project
+from tests.registry.conftest import ROOT, write_project
+
+STEPS = (5, 25, 50, 100)
 
 
-def _state(weight: int = 0, **aliases: int) -> RolloutState:
+def _state(weight: int = 0, paused: bool = False, **aliases: int) -> RolloutState:
     named = {alias.replace("_", "-"): version for alias, version in aliases.items()}
-    return RolloutState(model="m", aliases=named, canary_weight=weight, generation=3)
+    return RolloutState(model="m", aliases=named, canary_weight=weight, generation=3, paused=paused)
 
 
 def test_promote_to_champion_shifts_traffic_back_before_moving_the_alias() -> None:
@@ -46,11 +56,56 @@ def test_promote_to_champion_shifts_traffic_back_before_moving_the_alias() -> No
         (_state(champion=1), lambda s: plans.promote_to_champion(s, None), "has no canary"),
         (_state(canary=2), lambda s: plans.rollback(s, 5, "t"), "v5 is not the canary"),
         (_state(champion=1), lambda s: plans.rollback(s, None, "t"), "nothing to roll back"),
+        (_state(), lambda s: plans.promote_to_champion(s, None), "has no canary"),
+        (_state(candidate=2), lambda s: plans.promote_to_champion(s, 3), "v3 is not the candidate"),
+        (_state(champion=1, candidate=2), lambda s: plans.promote_to_champion(s, None), "has no canary"),
+        (
+            _state(100, champion=1, canary=2),
+            lambda s: plans.step(s, STEPS, None),
+            r"last step .* promote --to champion",
+        ),
+        (_state(60, champion=1, canary=2), lambda s: plans.step(s, (5, 50), None), "last step"),
+        (_state(5, True, champion=1, canary=2), lambda s: plans.step(s, STEPS, None), "paused .* resume"),
+        (_state(5, champion=1, canary=2), lambda s: plans.step(s, (50, 25), None), "strictly increasing"),
+        (_state(champion=1), lambda s: plans.step(s, STEPS, None), "has no canary"),
+        (_state(champion=2, previous_champion=1), lambda s: plans.abort(s, None, "t"), "no canary to abort"),
+        (_state(paused=True), plans.pause, "already paused"),
+        (_state(), plans.resume, "not paused"),
     ],
 )
 def test_refusals_say_why(state: RolloutState, call: object, message: str) -> None:
     with pytest.raises(InvalidTransitionError, match=message):
         call(state)  # type: ignore[operator]
+
+
+def test_first_release_promotes_the_candidate_straight_to_champion() -> None:
+    plan = plans.promote_to_champion(_state(candidate=1), version=1)
+    assert plan.action == "promote-champion" and plan.version == 1
+    assert plan.ops == (plans.SetWeight(0), plans.SetAlias("champion", 1), plans.DropAlias("candidate"))
+    assert "straight to champion" in plan.summary
+
+
+@pytest.mark.parametrize(("weight", "expected"), [(0, 5), (5, 25), (10, 25), (25, 50), (50, 100)])
+def test_step_moves_to_the_next_step_above_the_current_weight(weight: int, expected: int) -> None:
+    plan = plans.step(_state(weight, champion=1, canary=2), STEPS, 2)
+    assert plan.ops == (plans.SetWeight(expected),) and plan.action == "step"
+    assert plan.summary == f"canary v2 stepped {weight}% -> {expected}%"
+
+
+def test_pause_and_resume_flip_the_flag_and_name_the_canary() -> None:
+    paused = plans.pause(_state(25, champion=1, canary=2))
+    assert paused.ops == (plans.SetPaused(True),) and paused.version == 2 and "v2 at 25%" in paused.summary
+    assert plans.resume(_state(25, True, champion=1, canary=2)).ops == (plans.SetPaused(False),)
+    assert "paused" in _state(paused=True).describe()
+
+
+def test_abort_rolls_back_only_the_canary() -> None:
+    plan = plans.abort(_state(20, champion=1, canary=2), 2, "stamp")
+    assert plan.ops == (
+        plans.SetWeight(0),
+        plans.DropAlias("canary"),
+        plans.TagVersion(2, plans.ROLLED_BACK_TAG, "stamp"),
+    )
 
 
 def test_rollback_prefers_the_canary_then_the_previous_champion() -> None:
@@ -64,18 +119,32 @@ def test_manifest_verification_names_each_bad_file(tmp_path: Path) -> None:
     (tmp_path / "v").mkdir()
     (tmp_path / "v" / "a.bin").write_bytes(b"a")
     (tmp_path / "b.txt").write_text("b")
-    digests = manifest.tree_digests(tmp_path)
-    tags = manifest.to_tags(digests)
-    assert manifest.from_tags(tags, "x") == digests
+    digests = manifest.all_files(tmp_path)
+    data = manifest.to_bytes(digests)
+    assert manifest.to_bytes(dict(reversed(digests.items()))) == data  # canonical bytes
+    assert manifest.parse(data, manifest.sha256_bytes(data), manifest_digest(digests), "x") == digests
     manifest.verify(tmp_path, digests, "src")
     (tmp_path / "v" / "a.bin").write_bytes(b"A")
     (tmp_path / "b.txt").unlink()
-    (tmp_path / "c.py").write_text("")
+    (tmp_path / "v" / "__pycache__").mkdir()
+    (tmp_path / "v" / "__pycache__" / "a.cpython-311.pyc").write_bytes(b"code")
     with pytest.raises(TamperedArtifactError) as caught:
         manifest.verify(tmp_path, digests, "src")
-    assert all(s in str(caught.value) for s in ("src/v/a.bin: modified", "src/b.txt: missing", "src/c.py: unexpected"))
-    with pytest.raises(Exception, match="cannot be an MLflow tag key"):
-        manifest.to_tags({"we!rd.bin": "0" * 64})
+    message = str(caught.value)
+    assert "src/v/a.bin: modified" in message and "src/b.txt: missing" in message
+    assert "src/v/__pycache__/a.cpython-311.pyc: unexpected" in message, "bytecode is never trusted"
+
+
+def test_manifest_is_refused_unless_it_matches_the_version_tags() -> None:
+    digests = {"config.pbtxt": "a" * 64, "version/model.py": "b" * 64}
+    data = manifest.to_bytes(digests)
+    with pytest.raises(TamperedArtifactError, match=r"differs from the manifest\.sha256"):
+        manifest.parse(data + b" ", manifest.sha256_bytes(data), manifest_digest(digests), "m v1")
+    with pytest.raises(TamperedArtifactError, match="other files than validation served"):
+        manifest.parse(data, manifest.sha256_bytes(data), "0" * 64, "m v1")
+    escape = manifest.to_bytes({"../x": "c" * 64})
+    with pytest.raises(TamperedArtifactError, match="outside the artifact"):
+        manifest.parse(escape, manifest.sha256_bytes(escape), manifest_digest({"../x": "c" * 64}), "m v1")
 
 
 def test_settings_default_to_the_project_sqlite_store(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
@@ -101,6 +170,36 @@ def test_settings_default_to_the_project_sqlite_store(monkeypatch: pytest.Monkey
     with pytest.raises(ValueError, match="no authentication"):
         RegistrySettings(host="0.0.0.0")
     assert RegistrySettings(host="0.0.0.0", allow_public_bind=True).server_url == "http://0.0.0.0:5000"
+    with pytest.raises(ValueError, match="lock_ttl_s"):
+        RegistrySettings(lock_ttl_s=0)
+
+
+def test_rollout_steps_come_from_params_yaml(tmp_path: Path) -> None:
+    assert load_rollout_steps(ROOT / "params.yaml") == (5, 25, 50, 100)
+    params = tmp_path / "params.yaml"
+    params.write_text("rollout:\n  steps: [50, 25]\n  interval_s: 5\n")
+    with pytest.raises(RegistryError, match=r"rollout.steps: .*strictly increasing"):
+        load_rollout_steps(params)
+    params.write_text("rollout:\n  steps: [5, 120]\n")
+    with pytest.raises(RegistryError, match="from 1 to 100"):
+        load_rollout_steps(params)
+    params.write_text("registry:\n  model_name: m\n")
+    with pytest.raises(RegistryError, match=r"missing rollout\.steps"):
+        load_rollout_steps(params)
+
+
+def test_event_details_keep_their_types_and_refuse_odd_keys() -> None:
+    from datetime import UTC, datetime
+
+    event = Event(
+        action="step", version=2, actor="controller", at=datetime(2026, 1, 1, tzinfo=UTC), before="b", after="a",
+        generation=4, summary="s", reason="canary healthy", details={"p_value": 0.01234, "requests": 812, "why": "ok"},
+    )  # fmt: skip
+    assert event.figures() == "p_value=0.01234 requests=812 why=ok"
+    assert event.tags()["rollout.reason"] == "canary healthy"
+    assert json.loads(event.tags()["rollout.details"]) == {"p_value": 0.01234, "requests": 812, "why": "ok"}
+    with pytest.raises(ValidationError, match="detail key"):
+        Event.model_validate({**event.model_dump(), "details": {"p value!": 1}})
 
 
 def test_wait_healthy_gives_up_after_bounded_retries() -> None:
@@ -124,6 +223,13 @@ def test_stage_inputs_are_checked_before_mlflow_is_touched(tmp_path: Path) -> No
     with pytest.raises(NotValidatedError, match=r"drop 0\.3200\); config errors: 2"):
         stage.build_candidate(inputs)
     good = write_project(tmp_path / "q")
+    original_validate = good.validate_metrics.read_text()
+    (good.triton_repo / "qwen3-vl-v1" / "1" / "model.py").write_text("# edited after validation\n")
+    with pytest.raises(NotValidatedError) as changed:
+        stage.build_candidate(good)
+    served = json.loads(original_validate)["served_digest"]
+    actual = manifest_digest(model_digests(good.triton_repo / "qwen3-vl-v1", "1"))
+    assert served in str(changed.value) and actual in str(changed.value) and "dvc repro" in str(changed.value)
     good.package_metrics.write_text(
         json.dumps({"model": "qwen3-vl", "triton_model": "qwen3-vl-v7", "version": 7, "bytes": 1})
     )
