@@ -84,7 +84,8 @@ class Controller:
         self.triton = triton if triton is not None else RepositoryControl(settings.triton_http_url)
         self._scraper = None if scrape is not None else Scraper(settings.gateways)
         self.scrape: Callable[[], dict[str, Snapshot]] = scrape if scrape is not None else self._scraper  # type: ignore[assignment]
-        self.windows = Windows(horizon_s=params.interval_s * 2, clock=clock)
+        # Reset at every new weight; a step's whole history is kept (one small snapshot per tick).
+        self.windows = Windows(horizon_s=24 * 3600, clock=clock)
         self.progress = _Progress()
         self.served = _Served()
         self.phase = "starting"
@@ -223,18 +224,34 @@ class Controller:
             )
             return
         self._set_phase(f"analysing v{canary} at {state.canary_weight}%")
-        window, span = self.windows.last(self.params.interval_s)
-        verdict = judge(window.get(champion, VersionStats()), window.get(canary, VersionStats()), self.params)
         now = self.clock()
-        if verdict.decision is Decision.ABORT:
-            progress.verdict = verdict
-            self._rollback(canary, "; ".join(verdict.reasons), _details(verdict))
+        # Hard floors: on the last interval only, every tick, so a fault shows within seconds.
+        recent, _ = self.windows.last(self.params.interval_s)
+        floor = judge(recent.get(champion, VersionStats()), recent.get(canary, VersionStats()), self.params)
+        if floor.decision is Decision.ABORT:
+            progress.verdict = floor
+            self._rollback(canary, "; ".join(floor.reasons), _details(floor))
             return
-        if now - progress.judged_at < self.params.interval_s or span < 0.8 * self.params.interval_s:
+        # The statistical verdict: every interval, on all traffic since this step began, so a low
+        # weight gathers enough requests over several intervals instead of waiting forever.
+        if now - progress.judged_at < self.params.interval_s:
             return
+        window, span = self.windows.last(now - progress.window_started)
+        if span < 0.8 * self.params.interval_s:
+            return
+        verdict = judge(window.get(champion, VersionStats()), window.get(canary, VersionStats()), self.params)
+        if state.canary_weight >= 100 and verdict.decision is Decision.WAIT:
+            # At 100% the champion gets no traffic to compare with: the floors (checked above) and
+            # enough canary requests decide; the statistics were done at the lower steps.
+            served = window.get(canary, VersionStats()).requests
+            if served >= self.params.min_requests:
+                reason = f"{served:.0f} requests at 100% within the floors"
+                verdict = Verdict(Decision.HEALTHY, [reason], verdict.figures)
         progress.judged_at = now
         progress.verdict = verdict
-        if verdict.decision is Decision.FAIL:
+        if verdict.decision is Decision.ABORT:
+            self._rollback(canary, "; ".join(verdict.reasons), _details(verdict))
+        elif verdict.decision is Decision.FAIL:
             progress.failed_checks += 1
             log.warning("check failed (%d of %d): %s", progress.failed_checks, self.params.max_failed_checks, verdict)
             if progress.failed_checks >= self.params.max_failed_checks:
