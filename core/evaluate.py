@@ -58,6 +58,24 @@ def score(questions: Sequence[Question], predictions: Sequence[str]) -> Accuracy
     )
 
 
+class Answer(BaseModel):
+    """One golden question's answer and its verdict: a row of a per-question answers file."""
+
+    id: str
+    answer: str
+    correct: bool
+
+
+def judge(questions: Sequence[Question], predictions: Sequence[str]) -> list[Answer]:
+    """Each prediction judged by normalized exact match, in question order (the rows ``score`` counts)."""
+    if len(questions) != len(predictions):
+        raise ValueError(f"{len(questions)} questions but {len(predictions)} predictions")
+    return [
+        Answer(id=q.id, answer=p, correct=normalize_answer(p) == normalize_answer(q.answer))
+        for q, p in zip(questions, predictions, strict=True)
+    ]
+
+
 def describe_drop(drop: float) -> str:
     """A change in accuracy in words: ``0.0033`` is "0.3 points lower", ``-0.01`` "1.0 point higher"."""
     points = abs(drop) * 100

@@ -7,7 +7,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from core.evaluate import Accuracy, Question, generate_answers, score
+from pydantic import ValidationError
+
+from core.evaluate import Accuracy, Answer, Question, generate_answers, judge, score
+from core.files import write_bytes
 from core.gx import Finding, run_suite
 from core.params import EvalParams
 from core.stage import StageError
@@ -95,6 +98,33 @@ def load_questions(golden_dir: Path) -> list[Question]:
 
 def golden_accuracy(model: Any, processor: Any, golden_dir: Path, ev: EvalParams) -> Accuracy:
     """In-process accuracy of a loaded model on the golden set in ``golden_dir``."""
+    return golden_answers(model, processor, golden_dir, ev)[0]
+
+
+def golden_answers(model: Any, processor: Any, golden_dir: Path, ev: EvalParams) -> tuple[Accuracy, list[Answer]]:
+    """In-process accuracy on the golden set and every question's judged answer, in file order."""
     questions = load_questions(golden_dir)
     answers = generate_answers(model, processor, questions, batch_size=ev.batch_size, max_new_tokens=ev.max_new_tokens)
-    return score(questions, answers)
+    return score(questions, answers), judge(questions, answers)
+
+
+def write_answers(path: Path, answers: Sequence[Answer]) -> None:
+    """Write per-question answers as JSONL (``id``, ``answer``, ``correct``), atomically and byte-stable."""
+    write_bytes(path, "".join(a.model_dump_json() + "\n" for a in answers).encode())
+
+
+def read_answers(path: Path) -> list[Answer]:
+    """Parse an answers file written by ``write_answers``; a bad line is named with its number."""
+    if not path.is_file():
+        raise StageError(f"{path}: not found; run the base_model stage (`dvc repro base_model`)")
+    answers = []
+    for number, line in enumerate(path.read_text().splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            answers.append(Answer.model_validate_json(line))
+        except ValidationError as exc:
+            raise StageError(
+                f"{path}:{number}: not an answer row (id, answer, correct): {exc.errors()[0]['msg']}"
+            ) from exc
+    return answers
