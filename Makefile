@@ -19,7 +19,7 @@ export TRANSFORMERS_NO_ADVISORY_WARNINGS := 1
 export MLFLOW_DISABLE_TELEMETRY := true
 export DO_NOT_TRACK := true
 
-.PHONY: help install lock tiny-model demo test lint typecheck pytest clean mlflow registry-status serving-repo metrics-diff triton bench-triton check-config check-load up down status
+.PHONY: help install lock tiny-model demo test lint typecheck pytest clean mlflow registry-status serving-repo metrics-diff triton bench-triton check-config check-load up down status install-registry audit
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -35,6 +35,12 @@ $(STAMP): requirements.in requirements.lock scripts/system-packages.sh
 	  'export HF_HUB_OFFLINE=1 TRANSFORMERS_NO_ADVISORY_WARNINGS=1 MLFLOW_DISABLE_TELEMETRY=true DO_NOT_TRACK=true' \
 	  'export OMP_NUM_THREADS="$${OMP_NUM_THREADS:-1}"' >> $(VENV)/bin/activate
 	@touch $(STAMP)
+
+# The promotion workflow needs only the registry CLI: the MLflow client and pydantic, pinned by the lock.
+install-registry: ## Only what `python -m registry` needs (no torch, no Triton): for the promotion workflow
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --disable-pip-version-check -c requirements.lock \
+	  mlflow pydantic pydantic-settings pyyaml httpx "tritonclient[grpc]" "protobuf<7"
 
 install: $(STAMP) ## Create .venv with the pinned dependencies and the Debian packages tests use (idempotent)
 
@@ -86,7 +92,7 @@ mlflow: $(STAMP) ## Serve the project's MLflow store (UI + API) on 127.0.0.1:500
 registry-status: $(STAMP) ## Champion, canary and candidate with their lineage
 	$(PY) -m registry status
 
-serving-repo: $(STAMP) ## Materialize champion + canary into SERVING_REPO
+serving-repo: $(STAMP) ## Download champion + canary from MLflow into SERVING_REPO/<N>/, every file checksum-verified
 	$(PY) -m registry materialize --out $(SERVING_REPO)
 
 metrics-diff: $(STAMP) ## Markdown table of metric changes against BASE (a git rev)
@@ -109,3 +115,8 @@ down: $(STAMP) ## Stop exactly what `make up` started
 status: $(STAMP) ## What runs, and the rollout state
 	$(PY) -m serving.stack status
 	-$(PY) -m registry status
+
+audit: ## pip-audit of requirements.lock against PyPI's advisory data (needs pypi.org; CI's audit job runs it)
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	@$(PY) -m pip show --quiet pip-audit >/dev/null 2>&1 || $(PY) -m pip install --quiet --disable-pip-version-check -c requirements.lock pip-audit
+	$(PY) -m pip_audit --strict --no-deps --disable-pip --progress-spinner off -r requirements.lock

@@ -91,16 +91,35 @@ def test_run_steps_call_only_make_targets_or_the_registry_cli(path: Path) -> Non
             assert named and set(named) <= targets, f"{path.name}: make {named} not in Makefile ({sorted(targets)})"
         else:
             assert words[:3] == [".venv/bin/python", "-m", "registry"], script
-            values = {"SAMPLE_VERSION": "3", "SAMPLE_WEIGHT": "25"}
+            values = {"SAMPLE_VERSION": "3", "SAMPLE_WEIGHT": "25", "SAMPLE_REASON": "because"}
             args = parser.parse_args([values.get(w, w) for w in words[3:]])
-            assert args.command in {"status", "promote", "set-weight", "rollback"}
+            assert args.command in {
+                "status",
+                "history",
+                "promote",
+                "set-weight",
+                "step",
+                "pause",
+                "resume",
+                "abort",
+                "rollback",
+            }
 
 
 def test_promotion_is_dispatched_protected_and_serialized() -> None:
     workflow = _load(WORKFLOWS / "promote.yml")
     dispatch = workflow["on"]["workflow_dispatch"]["inputs"]
-    assert dispatch["action"]["options"] == ["canary", "set-weight", "promote", "rollback"]
-    assert set(dispatch) == {"action", "version", "weight"}
+    assert dispatch["action"]["options"] == [
+        "canary",
+        "set-weight",
+        "step",
+        "pause",
+        "resume",
+        "promote",
+        "abort",
+        "rollback",
+    ]
+    assert set(dispatch) == {"action", "version", "weight", "reason"}
     assert workflow["concurrency"]["cancel-in-progress"] is False
     (job,) = workflow["jobs"].values()
     assert job["environment"] == "production"
@@ -108,8 +127,13 @@ def test_promotion_is_dispatched_protected_and_serialized() -> None:
     actions = {step["if"]: step["run"] for step in job["steps"] if "if" in step and "inputs.action" in step["if"]}
     assert set(actions) == {f"inputs.action == '{a}'" for a in dispatch["action"]["options"]}
     for step in job["steps"]:
-        if "registry" in step.get("run", ""):
+        secrets = {key for key, value in step.get("env", {}).items() if "secrets." in str(value)}
+        if "-m registry" in step.get("run", ""):
             assert step["env"]["MLFLOW_TRACKING_URI"] == "${{ secrets.MLFLOW_TRACKING_URI }}"
+            # The registry CLI reads the MLflow secrets and nothing else: no other secret reaches it.
+            assert secrets <= {"MLFLOW_TRACKING_URI", "MLFLOW_TRACKING_TOKEN"}, step.get("name")
+        else:
+            assert not secrets, f"{step.get('name')} gets secrets it does not use"
 
 
 def test_ci_runs_install_test_pipeline_and_reports() -> None:
