@@ -1,4 +1,10 @@
-"""Run ``mlflow server`` on the project's store: foreground for ``make mlflow``, background for tests."""
+"""Run ``mlflow server`` on the project's store: foreground for ``make mlflow``, background for tests.
+
+The server (the ``mlflow`` CLI and the uvicorn process it spawns) runs in a process group of its own,
+stopped as a whole by ``stop()``, on Ctrl-C, and by a small watchdog process when the process that
+started it dies, however it dies. The watchdog follows the parent *process*, so a server started from
+a worker thread keeps running after that thread ends (``PR_SET_PDEATHSIG`` would kill it then).
+"""
 
 from __future__ import annotations
 
@@ -11,10 +17,12 @@ import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
 
+from core.processes import GroupWatchdog, group_members, kill_group
 from registry.errors import ServerError
 from registry.settings import RegistrySettings
 
@@ -80,49 +88,93 @@ def _prepare_dirs(settings: RegistrySettings) -> None:
         Path(settings.store_uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
 
 
-def start(settings: RegistrySettings, log_path: Path | None = None) -> subprocess.Popen[bytes]:
+#: Seconds the server gets to exit on SIGTERM before its process group is killed.
+STOP_TIMEOUT_S = 15.0
+
+
+@dataclass
+class ServerProcess:
+    """A started ``mlflow server``: the leader of its own process group, and the watchdog that guards it."""
+
+    process: subprocess.Popen[bytes]
+    watchdog: GroupWatchdog | None
+
+    @property
+    def pid(self) -> int:
+        """The server's pid, also its process group id."""
+        return self.process.pid
+
+    def wait(self) -> int:
+        return self.process.wait()
+
+
+def start(settings: RegistrySettings, log_path: Path | None = None) -> ServerProcess:
     """Start the server in the background and return once it is healthy."""
     _prepare_dirs(settings)
     output = log_path.open("ab") if log_path is not None else None
-    process = subprocess.Popen(
-        server_command(settings),
-        env=server_env(),
-        stdout=output,
-        stderr=subprocess.STDOUT if output is not None else None,
-        start_new_session=True,
-    )
-    if output is not None:
-        output.close()
+    try:
+        process = subprocess.Popen(
+            server_command(settings),
+            env=server_env(),
+            stdout=output,
+            stderr=subprocess.STDOUT if output is not None else None,
+            stdin=subprocess.DEVNULL,
+            # A group of its own: stop() and the watchdog signal the CLI and its uvicorn together, and
+            # Ctrl-C in a terminal reaches only the parent, which stops the server gracefully.
+            process_group=0,
+        )
+    finally:
+        if output is not None:
+            output.close()
+    try:
+        watchdog = GroupWatchdog(process.pid, STOP_TIMEOUT_S)
+    except (OSError, subprocess.SubprocessError) as exc:
+        kill_group(process.pid)
+        process.wait()
+        raise ServerError(f"cannot start the watchdog that stops MLflow with this process: {exc}") from exc
+    server = ServerProcess(process, watchdog)
     try:
         wait_healthy(settings.server_url, settings.health_attempts, settings.health_interval_s, process)
-    except ServerError:
-        stop(process)
+    except BaseException:
+        stop(server)
         raise
-    return process
+    return server
 
 
-def stop(process: subprocess.Popen[bytes], timeout_s: float = 15.0) -> None:
-    if process.poll() is not None:
-        return
-    process.terminate()
-    try:
-        process.wait(timeout=timeout_s)
-    except subprocess.TimeoutExpired:
-        log.warning("mlflow server (pid %d) ignored SIGTERM for %.0f s; killing it", process.pid, timeout_s)
-        # Its uvicorn worker holds the port too: kill the whole session started for it.
+def stop(server: ServerProcess, timeout_s: float = STOP_TIMEOUT_S) -> None:
+    """SIGTERM the server's process group, SIGKILL it after ``timeout_s``; leaves nothing of it running."""
+    process = server.process
+    # From here on stop() is in charge: the watchdog would kill uvicorn as soon as the CLI exits.
+    if server.watchdog is not None:
+        server.watchdog.release()
+        server.watchdog = None
+    if process.poll() is None:
         with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(process.pid, signal.SIGKILL)
-        process.wait()
+            os.killpg(process.pid, signal.SIGTERM)
+        # The CLI exits at once; its uvicorn finishes its requests and shuts down: wait for both.
+        deadline = time.monotonic() + timeout_s
+        while process.poll() is None or group_members(process.pid):
+            if time.monotonic() >= deadline:
+                log.warning("mlflow server (pid %d) ignored SIGTERM for %.0f s; killing it", process.pid, timeout_s)
+                break
+            time.sleep(0.1)
+    if group_members(process.pid):
+        kill_group(process.pid)
+    process.wait()
+    # A killed worker takes a moment to go (and to free the port): return once it has.
+    deadline = time.monotonic() + 10
+    while group_members(process.pid) and time.monotonic() < deadline:
+        time.sleep(0.05)
 
 
 @contextmanager
 def running(settings: RegistrySettings, log_path: Path | None = None) -> Iterator[str]:
     """A healthy server for the duration of the block; yields its URL."""
-    process = start(settings, log_path)
+    server = start(settings, log_path)
     try:
         yield settings.server_url
     finally:
-        stop(process)
+        stop(server)
 
 
 def _interrupt(signum: int, frame: object) -> None:
@@ -130,13 +182,17 @@ def _interrupt(signum: int, frame: object) -> None:
 
 
 def serve_forever(settings: RegistrySettings) -> int:
-    """Foreground server for ``make mlflow``: returns its exit code, stops it on Ctrl-C or SIGTERM."""
-    # The server runs in its own session, so a SIGTERM to us must be passed on, not leave it orphaned.
+    """Foreground server for ``make mlflow``: returns its exit code, stops it on Ctrl-C, SIGTERM or SIGHUP."""
+    # The server runs in its own process group, so a signal to us must be passed on, not leave it orphaned.
     signal.signal(signal.SIGTERM, _interrupt)
-    process = start(settings)
-    log.info("MLflow UI and API at %s (store %s); Ctrl-C stops it", settings.server_url, settings.store_uri)
+    signal.signal(signal.SIGHUP, _interrupt)
+    server = None
     try:
-        return process.wait()
+        server = start(settings)
+        log.info("MLflow UI and API at %s (store %s); Ctrl-C stops it", settings.server_url, settings.store_uri)
+        return server.wait()
     except KeyboardInterrupt:
-        stop(process)
         return 0
+    finally:
+        if server is not None:
+            stop(server)

@@ -49,7 +49,11 @@ def _add_check_config(subparsers: argparse._SubParsersAction[argparse.ArgumentPa
         "this project's CPU server: python",
     )
     parser.add_argument(
-        "--gpus", type=int, default=None, help="GPUs on the target server; KIND_GPU and gpu ids are checked only if set"
+        "--gpus",
+        type=int,
+        default=None,
+        help="GPUs on the target server; only if set are KIND_AUTO, KIND_GPU and gpu ids judged against it "
+        "(a negative gpu id is an error either way)",
     )
     parser.add_argument("--errors-only", action="store_true", help="print errors, not warnings")
     parser.set_defaults(run=_run_check_config)

@@ -7,11 +7,14 @@ version policy); these helpers mirror that so the rules judge the config Triton 
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
+from google.protobuf.internal.enum_type_wrapper import EnumTypeWrapper
+
+from validation.findings import Finding
 from validation.pbtxt import ParsedConfig
 
 # The backends an NGC tritonserver container ships; --backends narrows it to a specific server.
@@ -42,7 +45,9 @@ _FILE_BACKEND = {
 _BACKEND_PLATFORM = {"tensorrt": "tensorrt_plan", "onnxruntime": "onnxruntime_onnx", "pytorch": "pytorch_libtorch"}
 # Triton's std::stoll takes the leading integer of a folder name ("1abc" is version 1).
 _LEADING_INT = re.compile(r"\s*([+-]?\d+)")
-SKIPPED_VERSION_DIRS = frozenset({"warmup", "initial_state"})
+# model_lifecycle.cc VersionsToLoad skips these folders (2.51 logs no warning for "configs": it skips it too).
+SKIPPED_VERSION_DIRS = frozenset({"warmup", "initial_state", "configs"})
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,8 +66,20 @@ class ModelLookup(Protocol):
 
 @dataclass(frozen=True, slots=True)
 class CheckContext:
+    """The target, the sibling models, and every model's findings (computed once per run)."""
+
     target: Target
     models: ModelLookup
+    # An ensemble fails by its steps' failures: the rules ask for a step model's findings here.
+    findings_of: Callable[[ParsedConfig], Sequence[Finding]]
+
+
+def enum_name(enum: EnumTypeWrapper, value: int) -> str:
+    """The value's name, or "" for a number the enum lacks (protobuf's C++ ``_Name`` answer Triton prints)."""
+    try:
+        return str(enum.Name(value))
+    except ValueError:
+        return ""
 
 
 def effective_backend(pc: ParsedConfig) -> tuple[str, str]:
@@ -103,16 +120,25 @@ def _subdirs(path: Path) -> Iterator[Path]:
         return
 
 
+def version_folder_number(name: str) -> int | None:
+    """std::stoll's reading of a version folder name: its leading integer, or None when it has none."""
+    match = _LEADING_INT.match(name)
+    return int(match.group(1)) if match else None
+
+
+def version_folders(model_dir: Path) -> list[str]:
+    """The subfolders ``VersionsToLoad`` considers (sorted by name), before it reads their numbers."""
+    return sorted(p.name for p in _subdirs(model_dir) if p.name not in SKIPPED_VERSION_DIRS)
+
+
 def existing_versions(model_dir: Path) -> dict[int, str]:
     """Version number to folder name, read the way core ``VersionsToLoad`` reads them."""
     versions: dict[int, str] = {}
-    for sub in sorted(_subdirs(model_dir)):
-        name = sub.name
-        if name in SKIPPED_VERSION_DIRS or (len(name) > 1 and name.startswith("0")):
+    for name in version_folders(model_dir):
+        number = version_folder_number(name)
+        if (len(name) > 1 and name.startswith("0")) or number is None or not INT64_MIN <= number <= INT64_MAX:
             continue
-        match = _LEADING_INT.match(name)
-        if match:
-            versions.setdefault(int(match.group(1)), name)
+        versions.setdefault(number, name)
     return versions
 
 

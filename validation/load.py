@@ -8,9 +8,11 @@ from there.
 
 from __future__ import annotations
 
+import http.client
 import logging
 import re
 import tempfile
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +24,7 @@ from validation.pbtxt import CONFIG_NAME
 logger = logging.getLogger(__name__)
 
 DEFAULT_LOAD_TIMEOUT_S = 60.0
+_LOG_WAIT_S, _LOG_POLL_S = 3.0, 0.05
 _POLL_FAILED = "failed to poll from model repository"
 # Triton's log line: E1128 01:19:11.788608 11880 file.cc:1460] "message"
 _LOG_LINE = re.compile(r'^E\d{4} [\d:.]+ +\d+ [\w.]+:\d+\] "?(?P<message>.*?)"?$')
@@ -107,8 +110,9 @@ def load_one(http_url: str, log_path: Path, name: str, load_timeout_s: float) ->
                     + (f" ({detail})" if detail else ""),
                 )
             ]  # fmt: skip
-        except OSError as exc:
-            # The server went away (crashed or was killed): say so rather than pass a traceback on.
+        except (OSError, http.client.HTTPException) as exc:
+            # The server went away (crashed or was killed; the HTTP client may only see a closed
+            # connection): say so rather than pass a traceback on.
             return [VersionStatus(name, "", False, f"Triton stopped answering: {exc}")]
         versions = _versions(client, name)
         client.unload_model(name)
@@ -126,13 +130,24 @@ def _versions(client: Any, name: str) -> list[VersionStatus]:
     ]
 
 
-def _log_reason(log_path: Path, name: str) -> str:
-    """The last error line of Triton's log that names the model (by name or by its folder)."""
-    try:
-        lines = log_path.read_text(errors="replace").splitlines()
-    except OSError:
-        return ""
-    return next(reversed(list(_mentions(lines, name))), "")
+def _log_reason(log_path: Path, name: str, wait_s: float = _LOG_WAIT_S) -> str:
+    """The last error line of Triton's log that names the model (by name or by its folder).
+
+    The log reaches the file through a pipe, so the line may land a moment after Triton answered:
+    read again, for at most ``wait_s``, until it is there.
+    """
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            lines = log_path.read_text(errors="replace").splitlines()
+        except OSError:
+            lines = []
+        reason = next(reversed(list(_mentions(lines, name))), "")
+        if reason or time.monotonic() >= deadline:
+            if not reason:
+                logger.debug("no log line names %s after %.1f s", name, wait_s)
+            return reason
+        time.sleep(_LOG_POLL_S)
 
 
 def _mentions(lines: list[str], name: str) -> Iterator[str]:

@@ -1,8 +1,7 @@
-"""Tensor rules: input/output shapes and reshapes, batch inputs/outputs, warmup samples.
+"""Tensor rules: input/output shapes and reshapes, batch inputs/outputs.
 
 Messages follow core ``src/model_config_utils.cc`` (``ValidateIOShape``, ``ValidateModelInput``,
-``ValidateBatchIO``) and ``backend_model_instance.cc`` ``GenerateWarmupData`` plus the request
-checks a warmup sample goes through (``infer_request.cc``), as Triton 2.51 prints them.
+``ValidateBatchIO``) as Triton 2.51 prints them.
 """
 
 from __future__ import annotations
@@ -13,9 +12,8 @@ from typing import Literal
 
 from tritonclient.grpc import model_config_pb2 as mc
 
-from validation.context import CheckContext, effective_backend
+from validation.context import CheckContext, effective_backend, enum_name
 from validation.findings import Finding, Severity
-from validation.locate import Key
 from validation.pbtxt import ParsedConfig
 
 _WILDCARD = -1
@@ -29,8 +27,8 @@ _ONE_SOURCE_KINDS = (
     _BI.BATCH_ITEM_SHAPE,
     _BI.BATCH_ITEM_SHAPE_FLATTEN,
 )
-_BYTES = {"BOOL": 1, "UINT8": 1, "INT8": 1, "UINT16": 2, "INT16": 2, "FP16": 2, "BF16": 2, "UINT32": 4,
-          "INT32": 4, "FP32": 4, "UINT64": 8, "INT64": 8, "FP64": 8}  # fmt: skip
+ELEMENT_BYTES = {"BOOL": 1, "UINT8": 1, "INT8": 1, "UINT16": 2, "INT16": 2, "FP16": 2, "BF16": 2, "UINT32": 4,
+                 "INT32": 4, "FP32": 4, "UINT64": 8, "INT64": 8, "FP64": 8}  # fmt: skip
 
 
 def check_io(pc: ParsedConfig, ctx: CheckContext) -> Iterator[Finding]:
@@ -60,8 +58,6 @@ def check_io(pc: ParsedConfig, ctx: CheckContext) -> Iterator[Finding]:
                     "matched by name, so only one of them can ever be used",
                     field, index, severity=Severity.WARNING,
                 )  # fmt: skip
-    if not pc.config.HasField("ensemble_scheduling"):
-        yield from _warmup(pc)
 
 
 def element_count(dims: Sequence[int]) -> int:
@@ -83,7 +79,7 @@ def _tensor(
 ) -> Iterator[Finding]:
     # Triton stops at a tensor's first problem; later ones are usually the same mistake echoed.
     prefix = f"model {field} " + (f"'{io.name}' " if io.name else "")
-    problem, where = _shape_problem(io, pc.config.max_batch_size)
+    problem, where = shape_problem(io, pc.config.max_batch_size)
     if problem is not None:
         problem = prefix + problem
     elif isinstance(io, mc.ModelInput) and io.format in (io.FORMAT_NHWC, io.FORMAT_NCHW) and len(io.dims) != 3:
@@ -101,7 +97,7 @@ def _tensor(
         yield pc.finding("io-shape", f"{problem} for {pc.name}", field, i, *where)
 
 
-def _shape_problem(io: mc.ModelInput | mc.ModelOutput, max_batch_size: int) -> tuple[str | None, tuple[str, ...]]:
+def shape_problem(io: mc.ModelInput | mc.ModelOutput, max_batch_size: int) -> tuple[str | None, tuple[str, ...]]:
     """ValidateIOShape's first failure (after its "model input 'X' " prefix) and the field at fault."""
     if not io.name:
         return "must specify 'name'", ()
@@ -148,8 +144,12 @@ def _batch_io(pc: ParsedConfig) -> Iterator[Finding]:
     outputs = {t.name for t in pc.config.output}
     suffix = f" for {pc.name}"
     for i, bi in enumerate(pc.config.batch_input):
-        kind = _BI.Kind.Name(bi.kind)
-        if bi.kind in _ONE_SOURCE_KINDS and len(bi.source_input) != 1:
+        kind = enum_name(_BI.Kind, bi.kind)
+        if bi.kind not in _ONE_SOURCE_KINDS:
+            # A number the schema has no name for: Triton stops at it, and its message has an empty name.
+            yield pc.finding("batch-io", f"unknown batch input kind '{kind}'{suffix}", "batch_input", i, "kind")
+            continue
+        if len(bi.source_input) != 1:
             yield pc.finding(
                 "batch-io", f"batch input kind '{kind}' expects 1 source input, got {len(bi.source_input)}{suffix}",
                 "batch_input", i, "source_input",
@@ -168,7 +168,10 @@ def _batch_io(pc: ParsedConfig) -> Iterator[Finding]:
                     "batch-io", f"unknown source input name '{source}'{suffix}", "batch_input", i, "source_input", j
                 )
     for i, bo in enumerate(pc.config.batch_output):
-        kind = mc.BatchOutput.Kind.Name(bo.kind)
+        kind = enum_name(mc.BatchOutput.Kind, bo.kind)
+        if bo.kind != mc.BatchOutput.BATCH_SCATTER_WITH_INPUT_SHAPE:
+            yield pc.finding("batch-io", f"unknown batch output kind '{kind}'{suffix}", "batch_output", i, "kind")
+            continue
         if len(bo.source_input) != 1:
             yield pc.finding(
                 "batch-io", f"batch output kind '{kind}' expects 1 source input, got {len(bo.source_input)}{suffix}",
@@ -189,113 +192,3 @@ def _batch_io(pc: ParsedConfig) -> Iterator[Finding]:
                 seen.add(target)
                 continue
             yield pc.finding("batch-io", message, "batch_output", i, "target_name", j)
-
-
-def _warmup(pc: ParsedConfig) -> Iterator[Finding]:
-    cfg = pc.config
-    if not cfg.model_warmup:
-        yield pc.finding(
-            "no-warmup",
-            "no model_warmup: the first requests after every load pay for lazy initialisation",
-            "name",
-            severity=Severity.WARNING,
-        )
-        return
-    declared = {t.name: t for t in cfg.input}
-    controls = {c.name for c in cfg.sequence_batching.control_input}
-    for i, sample in enumerate(cfg.model_warmup):
-        if sample.batch_size == 0:
-            continue  # Triton skips batch-0 samples without looking at them.
-        limit = max(cfg.max_batch_size, 1)
-        if sample.batch_size > limit:
-            yield pc.finding(
-                "warmup-batch-size",
-                f"failed to run warmup sample '{sample.name}': batch size {sample.batch_size} for '{pc.name}', "
-                f"max allowed is {cfg.max_batch_size} (Triton 2.51 fails the load, or never finishes it)",
-                "model_warmup", i, "batch_size",
-            )  # fmt: skip
-        for key, value in sample.inputs.items():
-            yield from _warmup_input(pc, i, key, value, declared.get(key), key in controls)
-        given = [name for name in sample.inputs if name in declared]
-        required = [t.name for t in cfg.input if not t.optional]
-        missing = [name for name in required if name not in sample.inputs]
-        if missing:
-            expected = (
-                f"{len(cfg.input)} inputs"
-                if len(required) == len(cfg.input)
-                else f"number of inputs between {len(required)} and {len(cfg.input)}"
-            )
-            yield pc.finding(
-                "warmup-inputs",
-                f"expected {expected} but got {len(given)} inputs for model '{pc.name}'. Got input(s) "
-                f"{_names(given)}, but missing required input(s) {_names(missing)}. (warmup '{sample.name}')",
-                "model_warmup", i, "inputs",
-            )  # fmt: skip
-
-
-def _warmup_input(
-    pc: ParsedConfig, i: int, key: str, value: mc.ModelWarmup.Input, declared: mc.ModelInput | None, control: bool
-) -> Iterator[Finding]:
-    where = ("model_warmup", i, "inputs", Key(key))
-    count = element_count(value.dims)
-    if count == _WILDCARD:
-        yield pc.finding(
-            "warmup-inputs",
-            f"warmup setting expects all variable-size dimensions are specified for input '{key}'",
-            *where,
-        )
-        return
-    source = value.WhichOneof("input_data_type")
-    if source is None:
-        yield pc.finding("warmup-inputs", f"warmup setting expects input '{key}' to have input_data_type set", *where)
-    elif source == "input_data_file":
-        path = pc.model_dir / "warmup" / value.input_data_file
-        dtype = mc.DataType.Name(value.data_type).removeprefix("TYPE_")
-        needed = count * _BYTES.get(dtype, 4)
-        if not path.is_file():
-            yield pc.finding(
-                "warmup-inputs", f"failed to open text file for read {path}: No such file or directory", *where
-            )
-        elif dtype != "STRING" and path.stat().st_size < needed:
-            yield pc.finding(
-                "warmup-inputs",
-                f"warmup setting expects {needed} bytes, but the data provided from {value.input_data_file} "
-                f"only has {path.stat().st_size} bytes",
-                *where,
-            )
-    if declared is not None and _shape_problem(declared, pc.config.max_batch_size)[0] is not None:
-        return  # The declaration itself is already reported; comparing against it would only echo that.
-    if declared is None:
-        if not control:
-            yield pc.finding(
-                "warmup-inputs",
-                f"warmup input '{key}' is not a model input; Triton ignores it",
-                *where,
-                severity=Severity.WARNING,
-            )
-        return
-    got_type = mc.DataType.Name(value.data_type).removeprefix("TYPE_")
-    want_type = mc.DataType.Name(declared.data_type).removeprefix("TYPE_")
-    if got_type != want_type:
-        yield pc.finding(
-            "warmup-inputs",
-            f"inference input '{key}' data-type is '{got_type}', but model '{pc.name}' expects '{want_type}'",
-            *where,
-        )
-    batched = pc.config.max_batch_size > 0
-    expected = [-1] * batched + list(declared.dims)
-    got = [1] * batched + list(value.dims)
-    if len(expected) != len(got) or any(e not in (_WILDCARD, g) for e, g in zip(expected, got, strict=False)):
-        yield pc.finding(
-            "warmup-inputs",
-            f"unexpected shape for input '{key}' for model '{pc.name}'. Expected {_dims(expected)}, got {_dims(got)}",
-            *where,
-        )
-
-
-def _names(names: Sequence[str]) -> str:
-    return "[" + ", ".join(f"'{n}'" for n in names) + "]"
-
-
-def _dims(dims: Sequence[int]) -> str:
-    return "[" + ",".join(str(d) for d in dims) + "]"

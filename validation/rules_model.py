@@ -1,7 +1,7 @@
-"""Model-level rules: name, backend and platform, batch size, versions, instances, Python files.
+"""Model-level rules: name, backend and platform, batch size, versions, Python files.
 
 Messages quote Triton 2.51's own load errors (core ``src/model_config_utils.cc``
-``ValidateModelConfig`` / ``ValidateInstanceGroup``, ``model_lifecycle.cc`` ``VersionsToLoad``,
+``ValidateModelConfig``, ``model_lifecycle.cc`` ``VersionsToLoad``,
 ``model_repository_manager.cc``) so a finding reads like the failure it predicts.
 """
 
@@ -10,16 +10,18 @@ from __future__ import annotations
 from collections.abc import Iterator
 from pathlib import Path
 
-from tritonclient.grpc import model_config_pb2 as mc
-
 from validation.context import (
     ENSEMBLE_PLATFORM,
+    INT64_MAX,
+    INT64_MIN,
     PYTHON_BACKEND,
     CheckContext,
     custom_backend_from_name,
     effective_backend,
     existing_versions,
     selected_versions,
+    version_folder_number,
+    version_folders,
 )
 from validation.findings import Finding, Severity
 from validation.locate import Key
@@ -41,7 +43,8 @@ _NEWER_THAN_SERVER: tuple[tuple[tuple[str, ...], str, str], ...] = (
 )
 _EXEC_ENV = "EXECUTION_ENV_PATH"
 _MODEL_DIR_VAR = "$$TRITON_MODEL_DIRECTORY"
-_IG = mc.ModelInstanceGroup
+# The Python backend names a version's folder by the version as an unsigned 64-bit number.
+_UINT64 = 2**64
 
 
 def check_model(pc: ParsedConfig, ctx: CheckContext) -> Iterator[Finding]:
@@ -54,8 +57,6 @@ def check_model(pc: ParsedConfig, ctx: CheckContext) -> Iterator[Finding]:
             "max-batch-size", f"'max_batch_size' must be non-negative value for {pc.name}", "max_batch_size"
         )
     yield from _versions(pc)
-    if not cfg.HasField("ensemble_scheduling"):
-        yield from _instance_groups(pc, ctx)
     if cfg.model_transaction_policy.decoupled and cfg.response_cache.enable:
         yield pc.finding(
             "response-cache",
@@ -132,15 +133,8 @@ def _backend(pc: ParsedConfig, ctx: CheckContext) -> Iterator[Finding]:
 
 
 def _versions(pc: ParsedConfig) -> Iterator[Finding]:
+    yield from _version_folders(pc)
     existing = existing_versions(pc.model_dir)
-    for sub in sorted(p.name for p in pc.model_dir.iterdir() if p.is_dir()):
-        if len(sub) > 1 and sub.startswith("0"):
-            yield pc.finding(
-                "version-folder",
-                f"ignore version directory '{sub}' which contains leading zeros in its directory name",
-                "version_policy",
-                severity=Severity.WARNING,
-            )
     policy = pc.config.version_policy
     for i, version in enumerate(policy.specific.versions):
         if version not in existing:
@@ -161,53 +155,33 @@ def _versions(pc: ParsedConfig) -> Iterator[Finding]:
         )
 
 
-def _instance_groups(pc: ParsedConfig, ctx: CheckContext) -> Iterator[Finding]:
-    gpus = ctx.target.gpus
-    platform = effective_backend(pc)[1]
-    for i, group in enumerate(pc.config.instance_group):
-        label = f"instance group {group.name or f'{pc.name}_{i}'} of model {pc.name}"
-        kind = group.kind
-        if kind == _IG.KIND_AUTO and gpus is not None:
-            # NormalizeInstanceGroup: AUTO becomes CPU when any listed GPU (or every GPU) is missing.
-            all_present = gpus > 0 and all(0 <= g < gpus for g in group.gpus)
-            kind = _IG.KIND_GPU if all_present else _IG.KIND_CPU
-        if kind in (_IG.KIND_CPU, _IG.KIND_MODEL) and group.gpus:
-            kind_name = _IG.Kind.Name(kind)
+def _version_folders(pc: ParsedConfig) -> Iterator[Finding]:
+    """VersionsToLoad's complaints about folder names: two it logs and skips, one that kills the server."""
+    for name in version_folders(pc.model_dir):
+        number = version_folder_number(name)
+        if len(name) > 1 and name.startswith("0"):
+            message = f"ignore version directory '{name}' which contains leading zeros in its directory name"
+        elif number is None:
+            message = f"ignore version directory '{name}' which fails to convert to integral number"
+        elif not INT64_MIN <= number <= INT64_MAX:
             yield pc.finding(
-                "instance-group", f"{label} has kind {kind_name} but specifies one or more GPUs",
-                "instance_group", i, "gpus",
-            )  # fmt: skip
-        if kind == _IG.KIND_GPU and gpus is not None:
-            if not group.gpus and gpus == 0:
-                yield pc.finding(
-                    "instance-group",
-                    f"{label} has kind KIND_GPU but no GPUs are available",
-                    "instance_group",
-                    i,
-                    "kind",
-                )
-            for j, gid in enumerate(group.gpus):
-                if not 0 <= gid < gpus:
-                    yield pc.finding(
-                        "instance-group",
-                        f"{label} specifies invalid or unsupported gpu id {gid} (the target has {gpus} GPUs)",
-                        "instance_group", i, "gpus", j,
-                    )  # fmt: skip
-        if group.profile and platform != "tensorrt_plan":
-            yield pc.finding(
-                "instance-group",
-                # Triton's message runs "platform" into "specifies" when the platform is empty.
-                f"{label} and platform{f' {platform}' if platform else ''} specifies profile field which is only "
-                "supported for TensorRT models",
-                "instance_group", i, "profile",
-            )  # fmt: skip
+                "version-folder",
+                f"version directory '{name}' is out of range for a 64-bit version number: Triton 2.51's std::stoll "
+                "throws std::out_of_range there, which it does not catch, and the server aborts",
+                "version_policy",
+            )
+            continue
+        else:
+            continue
+        yield pc.finding("version-folder", message, "version_policy", severity=Severity.WARNING)
 
 
 def _python_files(pc: ParsedConfig) -> Iterator[Finding]:
     filename = pc.config.default_model_filename or "model.py"
     for version in selected_versions(pc):
-        # Triton builds the path from the number, so folder "1abc" still means "<model>/1/".
-        path = pc.model_dir / str(version) / filename
+        # Triton builds the path from the number, so folder "1abc" still means "<model>/1/" (and "-4",
+        # as an unsigned number, "<model>/18446744073709551612/").
+        path = pc.model_dir / str(version % _UINT64) / filename
         if not path.is_file():
             yield pc.finding(
                 "python-model-file",

@@ -1,17 +1,21 @@
-"""Scheduler rules: dynamic batching (preferred sizes, priorities, queue policies), sequence batching.
+"""Scheduler rules: dynamic batching (preferred sizes, priorities, queue policies), sequence batching,
+custom batching libraries.
 
 Messages follow core ``src/model_config_utils.cc`` ``ValidateModelConfig`` and
-``Get{Boolean,Typed}SequenceControlProperties`` as Triton 2.51 prints them.
+``Get{Boolean,Typed}SequenceControlProperties``, and ``backend_model.cc`` ``TritonModel::Create``
+(``TRITON_BATCH_STRATEGY_PATH``), as Triton 2.51 prints them.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 
 from tritonclient.grpc import model_config_pb2 as mc
 
 from validation.context import CheckContext
 from validation.findings import Finding, Severity
+from validation.locate import Key
 from validation.pbtxt import ParsedConfig
 
 _SB = mc.ModelSequenceBatching
@@ -23,11 +27,14 @@ _BOOLEAN_KINDS = (
 _CORRID = _SB.Control.CONTROL_SEQUENCE_CORRID
 _CORRID_TYPES = (mc.TYPE_UINT64, mc.TYPE_INT64, mc.TYPE_UINT32, mc.TYPE_INT32, mc.TYPE_STRING)
 _VALUE_LISTS = ("int32_false_true", "fp32_false_true", "bool_false_true")
+_STRATEGY = "TRITON_BATCH_STRATEGY_PATH"
 
 
 def check_scheduling(pc: ParsedConfig, ctx: CheckContext) -> Iterator[Finding]:
     cfg = pc.config
     choice = cfg.WhichOneof("scheduling_choice")
+    if choice != "ensemble_scheduling" and _STRATEGY in cfg.parameters:
+        yield from _batch_strategy(pc, sequence=choice == "sequence_batching")
     if choice == "dynamic_batching":
         yield from _dynamic(pc)
     elif choice == "sequence_batching":
@@ -88,6 +95,29 @@ def _dynamic(pc: ParsedConfig) -> Iterator[Finding]:
                     f"Queue policy can not have DELAY as timeout action when 'preserve_ordering' is true{suffix}",
                     "dynamic_batching", field,
                 )  # fmt: skip
+
+
+def _batch_strategy(pc: ParsedConfig, sequence: bool) -> Iterator[Finding]:
+    """A custom batching library: refused with the sequence batcher, and it must exist (checked at load)."""
+    where = ("parameters", Key(_STRATEGY))
+    if sequence:
+        yield pc.finding(
+            "batch-strategy",
+            f"{_STRATEGY} cannot be specified with sequence batcher, using default batching strategy",
+            *where,
+        )
+        return
+    path = pc.config.parameters[_STRATEGY].string_value
+    if path and not Path(path).is_absolute():
+        yield pc.finding(
+            "batch-strategy",
+            f"{_STRATEGY} '{path}' is relative: Triton 2.51 looks for it from the server's working directory, "
+            "not the model folder, and fails the load with 'Batching library path not found' if it is not there",
+            *where,
+            severity=Severity.WARNING,
+        )
+    elif not path or not Path(path).exists():  # Path("") would be the current folder
+        yield pc.finding("batch-strategy", f"Batching library path not found: {path}", *where)
 
 
 def _sequence(pc: ParsedConfig) -> Iterator[Finding]:

@@ -1,8 +1,8 @@
 """Triton Python backend for a Qwen3-VL chat model: one batched ``generate`` per ``execute``.
 
 The package stage copies this file into every version folder, next to the weights it loads. The
-model's ``config.pbtxt`` is the contract: tensor types and shapes and every generation default come
-from ``args["model_config"]``; this file only knows what each tensor means.
+model's ``config.pbtxt`` is the contract: tensor types and shapes, every generation default and every
+per-request limit come from ``args["model_config"]``; this file only knows what each name means.
 """
 
 from __future__ import annotations
@@ -10,10 +10,12 @@ from __future__ import annotations
 import base64
 import binascii
 import copy
+import gc
 import io
 import json
 import logging
 import math
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,6 +25,7 @@ import torch
 import triton_python_backend_utils as pb_utils
 from PIL import Image, UnidentifiedImageError
 from transformers import (
+    AutoConfig,
     AutoModelForImageTextToText,
     AutoProcessor,
     GenerationConfig,
@@ -38,12 +41,38 @@ _TEXT, _PROMPT_TOKENS, _COMPLETION_TOKENS, _MODEL_VERSION = (
     "completion_tokens",
     "model_version",
 )
-_PARAMETERS = ("MAX_NEW_TOKENS", "TEMPERATURE", "TOP_P", "MAX_HISTORY")
+_MAX_NEW_TOKENS, _DEFAULT_TEMPERATURE, _TOP_P, _MAX_HISTORY = "MAX_NEW_TOKENS", "TEMPERATURE", "TOP_P", "MAX_HISTORY"
+_MAX_IMAGES, _MAX_IMAGE_PIXELS, _MAX_PROMPT_TOKENS = "MAX_IMAGES", "MAX_IMAGE_PIXELS", "MAX_PROMPT_TOKENS"
+_COMPUTE_DTYPE = "COMPUTE_DTYPE"
+#: Every ``parameters`` key this file reads; core.contract.PARAMETERS renders exactly these.
+_PARAMETERS = (
+    _MAX_NEW_TOKENS,
+    _DEFAULT_TEMPERATURE,
+    _TOP_P,
+    _MAX_HISTORY,
+    _MAX_IMAGES,
+    _MAX_IMAGE_PIXELS,
+    _MAX_PROMPT_TOKENS,
+    _COMPUTE_DTYPE,
+)
+# Keys the Python backend itself reads from the same ``parameters`` map; they may sit next to ours.
+_BACKEND_PARAMETERS = ("EXECUTION_ENV_PATH", "FORCE_CPU_ONLY_INPUT_TENSORS")
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 _ROLES = ("system", "user", "assistant")
 
 
 class BadRequestError(ValueError):
     """A request the client has to fix; answered with INVALID_ARG (HTTP 400)."""
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What one request may ask for (config.pbtxt ``parameters``); each is refused by name."""
+
+    max_new_tokens: int
+    max_images: int
+    max_image_pixels: int
+    max_prompt_tokens: int
 
 
 @dataclass(frozen=True)
@@ -115,20 +144,49 @@ def _check_part(part: Any, where: str) -> None:
         raise BadRequestError(f"{where}: unsupported part type {kind!r}; use 'text' or 'image_url'")
 
 
-def decode_image(url: str, where: str) -> Image.Image:
-    """A ``data:image/...;base64,`` URI as an RGB image; remote URLs are refused, not fetched."""
+def count_images(messages: list[dict[str, Any]]) -> int:
+    """Image parts in the conversation (checked against MAX_IMAGES before any is decoded)."""
+    return sum(
+        1
+        for message in messages
+        if isinstance(message["content"], list)
+        for part in message["content"]
+        if part["type"] == "image_url"
+    )
+
+
+def decode_image(url: str, where: str, max_pixels: int) -> Image.Image:
+    """A ``data:image/...;base64,`` URI as an RGB image; remote URLs are refused, not fetched.
+
+    The pixel count an image declares in its header is checked before a single pixel is decoded,
+    so a small file that unpacks to gigabytes (a decompression bomb) costs nothing.
+    """
     header, sep, payload = url.partition(",")
     if not (url.startswith("data:image/") and sep and header.endswith(";base64")):
         raise BadRequestError(f"{where}: images must be base64 data URIs (data:image/png;base64,...), got {url[:40]!r}")
     try:
-        image = Image.open(io.BytesIO(base64.b64decode(payload, validate=True)))
-        image.load()
+        data = base64.b64decode(payload, validate=True)
+        with warnings.catch_warnings():
+            # PIL's own, much higher, bomb threshold would warn; MAX_IMAGE_PIXELS is the rule here.
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            image = Image.open(io.BytesIO(data))
+    except Image.DecompressionBombError as exc:
+        raise BadRequestError(f"{where}: the image is over {_MAX_IMAGE_PIXELS}={max_pixels} ({exc})") from exc
     except (binascii.Error, UnidentifiedImageError, OSError, ValueError) as exc:
+        raise BadRequestError(f"{where}: the data URI is not a readable image: {exc}") from exc
+    width, height = image.size
+    if width * height > max_pixels:
+        raise BadRequestError(
+            f"{where}: the image is {width}x{height} ({width * height} pixels), over {_MAX_IMAGE_PIXELS}={max_pixels}"
+        )
+    try:
+        image.load()
+    except (OSError, ValueError) as exc:
         raise BadRequestError(f"{where}: the data URI is not a readable image: {exc}") from exc
     return image.convert("RGB")
 
 
-def to_template(messages: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[Image.Image]]:
+def to_template(messages: list[dict[str, Any]], max_pixels: int) -> tuple[list[dict[str, Any]], list[Image.Image]]:
     """Messages for the chat template (images become placeholders) and the images in prompt order."""
     rendered: list[dict[str, Any]] = []
     images: list[Image.Image] = []
@@ -138,13 +196,31 @@ def to_template(messages: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], l
             parts: list[dict[str, Any]] = []
             for number, part in enumerate(content):
                 if part["type"] == "image_url":
-                    images.append(decode_image(part["image_url"]["url"], f"message {index} part {number}"))
+                    url = part["image_url"]["url"]
+                    images.append(decode_image(url, f"message {index} part {number}", max_pixels))
                     parts.append({"type": "image"})
                 else:
                     parts.append({"type": "text", "text": part["text"]})
             content = parts
         rendered.append({"role": message["role"], "content": content})
     return rendered, images
+
+
+def prompt_length(processor: Any, prompt: str, images: list[Image.Image]) -> int:
+    """Tokens the processor will feed the model: the text's, with each image placeholder expanded.
+
+    Counted from the image sizes alone (what the processor resizes them to), without processing pixels.
+    """
+    image_processor = processor.image_processor
+    if images and not hasattr(image_processor, "get_number_of_image_patches"):
+        # An image processor that cannot tell from sizes alone: let the processor expand the prompt.
+        return len(processor(text=[prompt], images=images)["input_ids"][0])
+    length = len(processor.tokenizer(prompt)["input_ids"])
+    for image in images:
+        patches = image_processor.get_number_of_image_patches(image.height, image.width, {})
+        # The prompt holds one placeholder token per image; the processor repeats it once per merged patch.
+        length += patches // image_processor.merge_size**2 - 1
+    return length
 
 
 class _PerRowSampling(LogitsProcessor):
@@ -168,6 +244,23 @@ class _PerRowSampling(LogitsProcessor):
         return torch.where(greedy, argmax_only, sampled)  # type: ignore[return-value]
 
 
+def load_model(folder: Path, device: str, dtype: str) -> Any:
+    """The checkpoint's model on ``device``, computing in ``dtype`` throughout, quantized or not."""
+    config = AutoConfig.from_pretrained(folder)
+    quantization = getattr(config, "quantization_config", None)
+    if isinstance(quantization, dict) and quantization.get("load_in_4bit"):
+        # The saved compute dtype is whatever the quantizing machine used; this instance's is COMPUTE_DTYPE.
+        config.quantization_config = {**quantization, "bnb_4bit_compute_dtype": dtype}
+    model = AutoModelForImageTextToText.from_pretrained(folder, config=config, device_map=device, dtype=_DTYPES[dtype])
+    # A bitsandbytes checkpoint keeps its unquantized modules (vision tower, norms, lm_head) in the dtype
+    # it was saved in, whatever `dtype` says: a bfloat16 build served in float32 would mix the two and
+    # fail. Packed weights are integer tensors and stay as they are.
+    for parameter in model.parameters():
+        if parameter.is_floating_point() and parameter.dtype != _DTYPES[dtype]:
+            parameter.data = parameter.data.to(_DTYPES[dtype])
+    return model
+
+
 class TritonPythonModel:
     """Loaded once per instance by the Python backend stub."""
 
@@ -180,11 +273,7 @@ class TritonPythonModel:
         self.output_dtypes = {
             output["name"]: pb_utils.triton_string_to_numpy(output["data_type"]) for output in config["output"]
         }
-        parameters = self._parameters(config)
-        self.max_new_tokens = int(parameters["MAX_NEW_TOKENS"])
-        self.temperature = float(parameters["TEMPERATURE"])
-        self.top_p = float(parameters["TOP_P"])
-        self.max_history = int(parameters["MAX_HISTORY"])
+        self._configure(self._parameters(config))
 
         folder = Path(args["model_repository"]) / self.version
         gpu = args["model_instance_kind"] == "GPU"
@@ -193,7 +282,7 @@ class TritonPythonModel:
         logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
         try:
             self.processor = AutoProcessor.from_pretrained(folder)
-            self.model = AutoModelForImageTextToText.from_pretrained(folder, device_map=device, dtype="auto")
+            self.model = load_model(folder, device, self.compute_dtype)
         except (OSError, ValueError) as exc:
             raise RuntimeError(
                 f"version {self.version} cannot load its checkpoint from {folder}: {exc}. "
@@ -211,29 +300,37 @@ class TritonPythonModel:
         stop = source.eos_token_id if isinstance(source.eos_token_id, list) else [source.eos_token_id]
         self.stop_ids = {int(token) for token in stop if token is not None}
         pb_utils.Logger.log_info(
-            f"version {self.version} loaded from {folder} on {device} "
-            f"(quantization: {getattr(self.model.config, 'quantization_config', None) is not None})"
+            f"version {self.version} loaded from {folder} on {device} in {self.compute_dtype} "
+            f"(quantization: {getattr(self.model.config, 'quantization_config', None) is not None}; {self.limits})"
         )
 
     def execute(self, requests: list[Any]) -> list[Any]:
-        """One response per request; a bad request gets its own error and the rest still run."""
+        """Exactly one response per request; a bad request gets its own error and the rest still run."""
         responses: list[Any] = [None] * len(requests)
-        ready: list[tuple[int, Prepared]] = []
-        for index, request in enumerate(requests):
-            try:
-                ready.append((index, self._prepare(request)))
-            except BadRequestError as exc:
-                responses[index] = _error(str(exc), pb_utils.TritonError.INVALID_ARG)
-            except Exception as exc:  # a bug met by one request must not fail its batch neighbours
-                pb_utils.Logger.log_error(f"preparing a request failed: {exc!r}")
-                responses[index] = _error(f"the request could not be prepared: {exc}", pb_utils.TritonError.INTERNAL)
-        for (index, _), outcome in zip(ready, self._generate_isolated([p for _, p in ready]), strict=True):
-            responses[index] = self._response(outcome) if isinstance(outcome, Answer) else outcome
-        return responses
+        try:
+            ready: list[tuple[int, Prepared]] = []
+            for index, request in enumerate(requests):
+                prepared = self._prepare_or_refuse(request)
+                if isinstance(prepared, Prepared):
+                    ready.append((index, prepared))
+                else:
+                    responses[index] = prepared
+            outcomes = self._generate_isolated([prepared for _, prepared in ready])
+            for (index, _), outcome in zip(ready, outcomes, strict=True):
+                responses[index] = self._respond(outcome)
+        except Exception as exc:  # whatever went wrong, no request may be left without its one response
+            pb_utils.Logger.log_error(f"execute failed for a batch of {len(requests)}: {exc!r}")
+        return [
+            response
+            if response is not None
+            else _error("the server failed to answer this request; see its log", pb_utils.TritonError.INTERNAL)
+            for response in responses
+        ]
 
     def finalize(self) -> None:
         # Drop the weights before the stub exits so a GPU instance frees its memory promptly.
         del self.model
+        self._free_memory()
 
     def _check_contract(self, config: dict[str, Any]) -> None:
         declared = {tensor["name"] for tensor in config["input"]} | {tensor["name"] for tensor in config["output"]}
@@ -246,11 +343,56 @@ class TritonPythonModel:
 
     @staticmethod
     def _parameters(config: dict[str, Any]) -> dict[str, str]:
+        """config.pbtxt's ``parameters``: exactly the keys this file reads (plus the backend's own)."""
         values = {key: entry["string_value"] for key, entry in config.get("parameters", {}).items()}
         missing = [key for key in _PARAMETERS if key not in values]
         if missing:
             raise RuntimeError(f"config.pbtxt lacks parameters {missing}; regenerate it with the package stage")
+        unknown = sorted(set(values) - set(_PARAMETERS) - set(_BACKEND_PARAMETERS))
+        if unknown:
+            # A setting this file does not read would be silently ignored (a limit nobody enforces).
+            raise RuntimeError(
+                f"config.pbtxt sets parameters {unknown} that this model.py does not read; "
+                "regenerate config.pbtxt and model.py together with the package stage"
+            )
         return values
+
+    def _configure(self, parameters: dict[str, str]) -> None:
+        """Generation defaults and per-request limits from config.pbtxt; a bad value fails the load by name."""
+
+        def number(key: str, kind: type[int] | type[float], low: float) -> Any:
+            try:
+                value = kind(parameters[key])
+            except ValueError:
+                value = None
+            if value is None or not math.isfinite(value) or value < low:
+                raise RuntimeError(f"config.pbtxt parameter {key}={parameters[key]!r} must be a number >= {low}")
+            return value
+
+        self.temperature = number(_DEFAULT_TEMPERATURE, float, 0.0)
+        self.top_p = number(_TOP_P, float, 0.0)
+        self.max_history = number(_MAX_HISTORY, int, 0)
+        self.limits = Limits(
+            max_new_tokens=number(_MAX_NEW_TOKENS, int, 1),
+            max_images=number(_MAX_IMAGES, int, 0),
+            max_image_pixels=number(_MAX_IMAGE_PIXELS, int, 1),
+            max_prompt_tokens=number(_MAX_PROMPT_TOKENS, int, 1),
+        )
+        self.compute_dtype = parameters[_COMPUTE_DTYPE]
+        if self.compute_dtype not in _DTYPES:
+            raise RuntimeError(
+                f"config.pbtxt parameter {_COMPUTE_DTYPE}={self.compute_dtype!r} must be one of {sorted(_DTYPES)}"
+            )
+
+    def _prepare_or_refuse(self, request: Any) -> Prepared | Any:
+        """The prepared request, or the error response it gets."""
+        try:
+            return self._prepare(request)
+        except BadRequestError as exc:
+            return _error(str(exc), pb_utils.TritonError.INVALID_ARG)
+        except Exception as exc:  # a bug met by one request must not fail its batch neighbours
+            pb_utils.Logger.log_error(f"preparing a request failed: {exc!r}")
+            return _error(f"the request could not be prepared: {exc}", pb_utils.TritonError.INTERNAL)
 
     def _prepare(self, request: Any) -> Prepared:
         missing = [name for name in self.required_inputs if pb_utils.get_input_tensor_by_name(request, name) is None]
@@ -259,21 +401,35 @@ class TritonPythonModel:
         raw = pb_utils.get_input_tensor_by_name(request, _MESSAGES).as_numpy().reshape(-1)
         if raw.size != 1:
             raise BadRequestError(f"send one conversation per request (got {raw.size}); Triton batches requests itself")
-        messages = truncate_history(parse_messages(bytes(raw[0])), self.max_history)
-        rendered, images = to_template(messages)
-        try:
-            prompt = self.processor.apply_chat_template(rendered, add_generation_prompt=True, tokenize=False)
-        except Exception as exc:  # the template is checkpoint data: any failure is about this request
-            raise BadRequestError(f"the chat template rejects these messages: {exc}") from exc
-        max_tokens = self._scalar(request, _MAX_TOKENS, self.max_new_tokens)
-        if not (1 <= max_tokens <= self.max_new_tokens) or max_tokens != int(max_tokens):
+        limits = self.limits
+        max_tokens = self._scalar(request, _MAX_TOKENS, limits.max_new_tokens)
+        if not (1 <= max_tokens <= limits.max_new_tokens) or max_tokens != int(max_tokens):
             raise BadRequestError(
-                f"'{_MAX_TOKENS}' must be a whole number from 1 to {self.max_new_tokens}, got {max_tokens}"
+                f"'{_MAX_TOKENS}' must be a whole number from 1 to {_MAX_NEW_TOKENS}={limits.max_new_tokens}, "
+                f"got {max_tokens:g}"
             )
         temperature = self._scalar(request, _TEMPERATURE, self.temperature)
         if temperature < 0:
             raise BadRequestError(f"'{_TEMPERATURE}' must be 0 (greedy) or more, got {temperature}")
-        return Prepared(prompt, images, int(max_tokens), temperature)
+        messages = truncate_history(parse_messages(bytes(raw[0])), self.max_history)
+        images = count_images(messages)
+        if images > limits.max_images:
+            raise BadRequestError(
+                f"the conversation holds {images} images (after dropping old turns), over "
+                f"{_MAX_IMAGES}={limits.max_images}; send fewer images"
+            )
+        rendered, decoded = to_template(messages, limits.max_image_pixels)
+        try:
+            prompt = self.processor.apply_chat_template(rendered, add_generation_prompt=True, tokenize=False)
+        except Exception as exc:  # the template is checkpoint data: any failure is about this request
+            raise BadRequestError(f"the chat template rejects these messages: {exc}") from exc
+        length = prompt_length(self.processor, prompt, decoded)
+        if length > limits.max_prompt_tokens:
+            raise BadRequestError(
+                f"the prompt is {length} tokens, over {_MAX_PROMPT_TOKENS}={limits.max_prompt_tokens}; "
+                "shorten the conversation or send smaller images"
+            )
+        return Prepared(prompt, decoded, int(max_tokens), temperature)
 
     @staticmethod
     def _scalar(request: Any, name: str, default: float) -> float:
@@ -286,16 +442,31 @@ class TritonPythonModel:
         return float(values[0])
 
     def _generate_isolated(self, batch: list[Prepared]) -> list[Answer | Any]:
-        """Answers for the batch; if the batch fails, retry one by one so only the culprit gets the error."""
+        """Answers for the batch; if the batch fails, free memory and retry one by one.
+
+        So an out-of-memory batch still answers every request, and only a culprit gets the error.
+        """
         if not batch:
             return []
         try:
-            return list(self._generate(batch))
+            return self._generate(batch)
         except Exception as exc:  # any failure, even an unforeseen one, must still answer each request
-            if len(batch) == 1:
-                pb_utils.Logger.log_error(f"generate failed: {exc!r}")
-                return [_error(f"generation failed: {exc}", pb_utils.TritonError.INTERNAL)]
+            cause = f"{type(exc).__name__}: {exc}"
+        # Outside the except block: the traceback (and the tensors its frames hold) is gone by now.
+        self._free_memory()
+        if len(batch) == 1:
+            pb_utils.Logger.log_error(f"generate failed for a single request: {cause}")
+            return [_error(f"generation failed: {cause}", pb_utils.TritonError.INTERNAL)]
+        pb_utils.Logger.log_warn(
+            f"generate failed for a batch of {len(batch)} requests ({cause}); memory freed, "
+            "answering each request on its own"
+        )
         return [outcome for prepared in batch for outcome in self._generate_isolated([prepared])]
+
+    def _free_memory(self) -> None:
+        gc.collect()
+        if getattr(self, "device", None) is not None and self.device.type == "cuda":
+            torch.cuda.empty_cache()
 
     @torch.inference_mode()
     def _generate(self, batch: list[Prepared]) -> list[Answer]:
@@ -317,13 +488,22 @@ class TritonPythonModel:
         new_tokens = output[:, inputs["input_ids"].shape[1] :].tolist()
         prompt_lengths = inputs["attention_mask"].sum(dim=1).tolist()
         answers = []
-        for prepared, tokens, prompt_length in zip(batch, new_tokens, prompt_lengths, strict=True):
+        for prepared, tokens, length in zip(batch, new_tokens, prompt_lengths, strict=True):
             tokens = tokens[: prepared.max_tokens]
             stop = next((i for i, token in enumerate(tokens) if token in self.stop_ids), None)
             kept = tokens if stop is None else tokens[:stop]
             text = self.processor.tokenizer.decode(kept, skip_special_tokens=True).strip()
-            answers.append(Answer(text, int(prompt_length), len(tokens) if stop is None else stop + 1))
+            answers.append(Answer(text, int(length), len(tokens) if stop is None else stop + 1))
         return answers
+
+    def _respond(self, outcome: Answer | Any) -> Any:
+        if not isinstance(outcome, Answer):
+            return outcome
+        try:
+            return self._response(outcome)
+        except Exception as exc:  # one answer that cannot be sent must not cost the others theirs
+            pb_utils.Logger.log_error(f"building a response failed: {exc!r}")
+            return _error(f"the answer could not be sent: {exc}", pb_utils.TritonError.INTERNAL)
 
     def _response(self, answer: Answer) -> Any:
         values = {

@@ -17,9 +17,9 @@ import time
 from pathlib import Path
 from types import TracebackType
 
+from core.processes import ManagedProcess
 from serving.edge.config import render
 from serving.edge.settings import EdgeSettings
-from serving.process import ManagedProcess
 
 log = logging.getLogger(__name__)
 

@@ -1,6 +1,8 @@
 """``python -m serving.triton``: run Triton in the foreground over a model repository (``make triton``).
 
-Ports and model control come from ``TRITON_*`` settings; Ctrl-C or SIGTERM stops the server cleanly.
+Ports and model control come from ``TRITON_*`` settings; Ctrl-C, SIGTERM or SIGHUP (the terminal
+closing) stops the server cleanly, and if this process is killed outright the launcher's watchdog
+stops it.
 """
 
 from __future__ import annotations
@@ -42,7 +44,7 @@ def _follow(server: TritonServer) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Start Triton, wait until ready, stream its log, stop on Ctrl-C or SIGTERM."""
+    """Start Triton, wait until ready, stream its log, stop on Ctrl-C, SIGTERM or SIGHUP."""
     parser = argparse.ArgumentParser(prog="python -m serving.triton", description=__doc__.splitlines()[0])
     parser.add_argument("--model-repository", type=Path, required=True, help="Triton model repository")
     parser.add_argument(
@@ -65,7 +67,8 @@ def main(argv: list[str] | None = None) -> int:
     server = TritonServer(
         args.model_repository, settings, run_dir=args.run_dir, log_path=args.log_file, load_models=load
     )
-    signal.signal(signal.SIGTERM, _raise_stop)
+    for stop_signal in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(stop_signal, _raise_stop)
     try:
         server.start()
         print(

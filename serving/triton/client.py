@@ -36,6 +36,14 @@ logger = logging.getLogger(__name__)
 
 WireProtocol = Literal["http", "grpc"]
 Message = Mapping[str, Any]
+OverloadReason = Literal["queue_full", "queue_timeout"]
+
+# Triton's own words when the dynamic batcher's queue policy turns a request away (scheduler_utils.cc
+# and dynamic_batch_scheduler.cc); both come with HTTP 503 / gRPC UNAVAILABLE.
+_OVERLOAD_MESSAGES: dict[str, OverloadReason] = {
+    "Exceeds maximum queue size": "queue_full",
+    "Request timeout expired": "queue_timeout",
+}
 
 
 class ChatResult(BaseModel):
@@ -68,6 +76,18 @@ class ModelNotFoundError(TritonClientError):
 
 class ModelNotReadyError(TritonClientError):
     """The version exists but is not loaded and ready (loading, unloaded or failed to load)."""
+
+
+class OverloadedError(TritonClientError):
+    """Triton refused the request unserved: the model's queue was full, or it waited past the queue timeout.
+
+    Nothing ran, so it is safe to send again later; the client does not retry it (that would add load).
+    ``reason`` is ``"queue_full"`` or ``"queue_timeout"``.
+    """
+
+    def __init__(self, message: str, reason: OverloadReason) -> None:
+        super().__init__(message)
+        self.reason: OverloadReason = reason
 
 
 class InvalidRequestError(TritonClientError):
@@ -277,9 +297,14 @@ class _GrpcTransport:
             )
         except InferenceServerException as exc:
             status = str(exc.status())
-            # gRPC reports both a refused connection and a version that is not ready as UNAVAILABLE.
-            if status == "StatusCode.UNAVAILABLE" and "not at ready state" not in (exc.message() or ""):
-                raise _RetryableError(exc.message()) from exc
+            message = exc.message() or ""
+            # gRPC reports a refused connection, a version that is not ready and a full queue all as
+            # UNAVAILABLE; only the first is worth sending again at once.
+            overloaded = _overload(message) if status == "StatusCode.UNAVAILABLE" else None
+            if overloaded is not None:
+                raise overloaded from exc
+            if status == "StatusCode.UNAVAILABLE" and "not at ready state" not in message:
+                raise _RetryableError(message) from exc
             if status == "StatusCode.DEADLINE_EXCEEDED":
                 raise RequestTimeoutError(f"no answer within {self._timeout_s} s") from exc
             raise _classify(exc, status) from exc
@@ -288,9 +313,20 @@ class _GrpcTransport:
         self._client.close()
 
 
+def _overload(message: str) -> OverloadedError | None:
+    for words, reason in _OVERLOAD_MESSAGES.items():
+        if words in message:
+            return OverloadedError(f"Triton turned the request away ({reason.replace('_', ' ')}): {message}", reason)
+    return None
+
+
 def _classify(exc: InferenceServerException, status: str) -> TritonClientError:
     message = exc.message() or str(exc)
-    if "not at ready state" in message:
+    overloaded = _overload(message)
+    if overloaded is not None and status in ("503", "StatusCode.UNAVAILABLE"):
+        return overloaded
+    # A version still loading, or a model whose load failed or that was unloaded (Triton still lists it).
+    if "not at ready state" in message or "has no available versions" in message:
         return ModelNotReadyError(message)
     if status in ("404", "StatusCode.NOT_FOUND"):
         return ModelNotFoundError(message)

@@ -4,13 +4,18 @@ The wheel's server only runs Python-backend models, and only when the backend fo
 the stub built for the running interpreter, the wheel's bundled libraries and ``libpython`` are on
 ``LD_LIBRARY_PATH``, and the venv's ``bin`` leads ``PATH`` (the stub imports the venv's packages).
 This module sets that up in a run folder, the way ``pytriton.triton`` does, without pytriton's proxy.
+
+A server started here is stopped with its whole process group (the backend stubs included) by
+``stop()``, and by a small watchdog process when the process that started it dies, however it dies.
+The watchdog follows the parent *process*: unlike ``PR_SET_PDEATHSIG``, which fires when the thread
+that forked exits, it is safe for a server started from a worker thread.
 """
 
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import ctypes.util
+import functools
 import importlib.metadata
 import importlib.util
 import logging
@@ -23,6 +28,7 @@ import subprocess
 import sys
 import sysconfig
 import tempfile
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -30,12 +36,19 @@ import uuid
 from collections.abc import Sequence
 from pathlib import Path
 from types import TracebackType
+from typing import IO
 
+from core.processes import GroupWatchdog, group_members
 from serving.triton.settings import TritonSettings
 
 logger = logging.getLogger(__name__)
 
 _LOG_TAIL_LINES = 40
+# A GPU build of Triton logs this error at every start on a machine without a CUDA driver: server
+# init creates its CUDA block manager unconditionally (core src/server.cc, CudaBlockManager::Create),
+# and that fails when libcuda.so cannot be loaded. No option skips it, so it is dropped from the log
+# there; every other line, errors included, is kept.
+_CPU_ONLY_NOISE = re.compile(rb'^E\d{4} [^\]]*\] "?CudaDriverHelper has not been initialized\.')
 
 
 class TritonError(Exception):
@@ -95,11 +108,26 @@ def _pytriton_root() -> Path:
     return Path(next(iter(spec.submodule_search_locations)))
 
 
-def _kill_with_parent() -> None:
-    # Runs in the child before exec: a crashed test run or CLI must not leave a server behind.
-    libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
-    pr_set_pdeathsig = 1
-    libc.prctl(pr_set_pdeathsig, signal.SIGTERM)
+@functools.cache
+def has_cuda_driver() -> bool:
+    """True when an NVIDIA device node exists and the CUDA driver library can be found (Triton can use a GPU)."""
+    if not any(Path("/dev").glob("nvidia[0-9]*")):
+        return False
+    return ctypes.util.find_library("cuda") is not None
+
+
+def _copy_log(source: IO[bytes], log: IO[bytes], drop: re.Pattern[bytes]) -> None:
+    """Copy the server's output into its log, line by line, without the lines ``drop`` matches."""
+    with source, log:
+        for line in source:
+            if drop.match(line):
+                continue
+            try:
+                log.write(line)
+                log.flush()
+            except (OSError, ValueError):
+                # Keep draining: a full disk must not block the server's writes, nor end it by SIGPIPE.
+                continue
 
 
 class TritonServer:
@@ -123,6 +151,8 @@ class TritonServer:
         self.load_models = list(load_models)
         self.extra_args = list(extra_args)
         self._process: subprocess.Popen[bytes] | None = None
+        self._watchdog: GroupWatchdog | None = None
+        self._log_copier: threading.Thread | None = None
         # Each server gets its own shared-memory names so side-by-side servers cannot collide.
         self._shm_prefix = f"triton_{os.getpid()}_{uuid.uuid4().hex[:8]}_"
 
@@ -149,7 +179,13 @@ class TritonServer:
 
     @property
     def pid(self) -> int | None:
+        """The server's pid (also its process group id) while started; None before start and after stop."""
         return self._process.pid if self._process is not None else None
+
+    @property
+    def shm_prefix(self) -> str:
+        """Unique to this server: the server and each of its backend stubs carry it on their command line."""
+        return self._shm_prefix
 
     def is_running(self) -> bool:
         return self._process is not None and self._process.poll() is None
@@ -175,20 +211,11 @@ class TritonServer:
         self._run_dir.mkdir(parents=True, exist_ok=True)
         backends = self._prepare_backends(self._run_dir)
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        command = [str(_pytriton_root() / "tritonserver" / "bin" / "tritonserver"), *self._args(backends)]
+        gpu = has_cuda_driver()
+        command = [str(_pytriton_root() / "tritonserver" / "bin" / "tritonserver"), *self._args(backends, gpu=gpu)]
         logger.info("starting Triton on %s (log: %s)", self.http_url, self.log_path)
         logger.debug("command: %s", " ".join(command))
-        with self.log_path.open("wb") as log:
-            self._process = subprocess.Popen(
-                command,
-                env=self._env(),
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                # Own process group: stop() can signal the server and its backend stubs together.
-                start_new_session=True,
-                preexec_fn=_kill_with_parent,
-            )
+        self._launch(command, filter_log=not gpu)
         try:
             self._wait_ready()
         except BaseException:
@@ -196,11 +223,45 @@ class TritonServer:
             raise
         return self
 
+    def _launch(self, command: list[str], *, filter_log: bool) -> None:
+        log = self.log_path.open("wb")
+        try:
+            process = subprocess.Popen(
+                command,
+                env=self._env(),
+                stdout=subprocess.PIPE if filter_log else log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                # Own process group: stop() and the watchdog signal the server and its stubs together,
+                # and Ctrl-C in a terminal reaches only the parent, which stops the server gracefully.
+                process_group=0,
+            )
+        except BaseException:
+            log.close()
+            raise
+        self._process = process
+        if filter_log and process.stdout is not None:
+            self._log_copier = threading.Thread(
+                target=_copy_log, args=(process.stdout, log, _CPU_ONLY_NOISE), name="triton-log", daemon=True
+            )
+            self._log_copier.start()
+        else:
+            log.close()
+        try:
+            self._watchdog = GroupWatchdog(process.pid, self.settings.stop_timeout_s)
+        except (OSError, subprocess.SubprocessError) as exc:
+            self.stop()
+            raise TritonStartError(f"cannot start the watchdog that stops Triton with this process: {exc}") from exc
+
     def stop(self) -> None:
         """SIGTERM, wait ``stop_timeout_s``, then SIGKILL the server's process group."""
         process = self._process
         if process is None:
             return
+        if self._watchdog is not None:
+            # From here on stop() is in charge: the watchdog would kill the stubs as soon as the server exits.
+            self._watchdog.release()
+            self._watchdog = None
         if process.poll() is None:
             logger.info("stopping Triton (pid %d)", process.pid)
             self._signal_group(process, signal.SIGTERM)
@@ -212,6 +273,14 @@ class TritonServer:
                 process.wait(timeout=10)
         # Stubs notice a dead parent only on their next health check; do not leave them orphaned.
         self._signal_group(process, signal.SIGKILL)
+        # Killed stubs take a moment to go (and to give back their memory): return once they have.
+        deadline = time.monotonic() + 10
+        while group_members(process.pid) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        if self._log_copier is not None:
+            # The pipe ends once every process of the group is gone; the log is complete after this.
+            self._log_copier.join(timeout=10)
+            self._log_copier = None
         self._process = None
         # A killed server (e.g. stuck on a hung load) leaves its Python-backend regions behind.
         for region in Path("/dev/shm").glob(f"{self._shm_prefix}*"):
@@ -229,13 +298,12 @@ class TritonServer:
         except (OSError, TritonError):
             return ""
         # Triton prefixes errors with E<mmdd>; its option and model tables would crowd them out.
-        # The CUDA helper line is printed on every CPU-only start and explains nothing.
-        errors = [line for line in text.splitlines() if re.match(r"E\d{4} ", line) and "CudaDriverHelper" not in line]
+        errors = [line for line in text.splitlines() if re.match(r"E\d{4} ", line)]
         rest = [line for line in text.splitlines() if line.strip() and not line.startswith(("|", "+"))]
         tail = rest[-lines:]
         return "\n".join([*(line for line in errors if line not in tail), *tail])
 
-    def _args(self, backends: Path) -> list[str]:
+    def _args(self, backends: Path, *, gpu: bool) -> list[str]:
         s = self.settings
         args = [
             f"--model-repository={self.model_repository}",
@@ -247,12 +315,15 @@ class TritonServer:
             f"--grpc-port={s.grpc_port}",
             f"--metrics-address={s.host}",
             f"--metrics-port={s.metrics_port}",
-            "--allow-gpu-metrics=false",
             f"--exit-timeout-secs={s.exit_timeout_secs}",
             f"--log-verbose={s.log_verbose}",
             # Each server gets its own shared-memory names so side-by-side servers cannot collide.
             f"--backend-config=python,shm-region-prefix-name={self._shm_prefix}",
         ]
+        if not gpu:
+            # Without a CUDA driver, pinned (page-locked) host memory cannot be had: the default 256 MB
+            # pool only earns a warning at start. GPU metrics have no GPU to read.
+            args += ["--pinned-memory-pool-byte-size=0", "--allow-gpu-metrics=false"]
         if s.strict_model_config:
             args.append("--disable-auto-complete-config")
         if s.model_control_mode == "poll":

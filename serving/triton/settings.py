@@ -26,7 +26,8 @@ class TritonSettings(BaseSettings):
     strict_model_config: bool = True
     ready_timeout_s: float = Field(180.0, gt=0)
     ready_poll_s: float = Field(0.5, gt=0)
-    # Triton's own grace for in-flight requests on SIGTERM; the launcher kills after stop_timeout_s.
+    # Triton's own grace for in-flight requests on SIGTERM; the launcher (or, when the process that
+    # started the server dies, its watchdog) kills the whole process group after stop_timeout_s.
     exit_timeout_secs: int = Field(10, ge=0)
     stop_timeout_s: float = Field(30.0, gt=0)
     log_verbose: int = Field(0, ge=0)

@@ -1,4 +1,4 @@
-"""Servers started through serving.process never outlive their parent, however it ends."""
+"""Servers started through core.processes never outlive their parent, however it ends."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import threading
 import time
 from pathlib import Path
 
-from serving.process import ManagedProcess
+from core.processes import ManagedProcess
 from tests.conftest import ROOT
 
 _PARENT = """

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import base64
 import io
 import os
+import struct
+import zlib
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -48,8 +51,7 @@ def serving_params(**overrides: Any) -> PackageParams:
 @pytest.fixture(scope="session")
 def int8_checkpoint(tiny_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """``tiny_checkpoint`` through the quantize stage's own code: bitsandbytes int8, vision tower and head kept."""
-    from pipelines.quantize import QuantizeParams
-    from pipelines.quantize import quantize_checkpoint
+    from pipelines.quantize import QuantizeParams, quantize_checkpoint
 
     folder = tmp_path_factory.mktemp("quantized") / "bnb-int8"
     params = QuantizeParams(method="bnb-int8", skip_modules=["model.visual", "lm_head"])
@@ -88,3 +90,18 @@ def packager() -> Packager:
         return repository / result.triton_model / str(params.version)
 
     return run
+
+
+def png_declaring(width: int, height: int) -> bytes:
+    """A small PNG whose header declares ``width`` x ``height`` pixels (its data ends long before that)."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    rows = zlib.compress(b"\x00" + b"\x00" * 3 * width)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", rows) + chunk(b"IEND", b"")
+
+
+def data_url(data: bytes) -> str:
+    return f"data:image/png;base64,{base64.b64encode(data).decode()}"

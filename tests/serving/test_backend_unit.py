@@ -1,21 +1,26 @@
-"""model.py's request handling without a server: history, message checks, images, per-row sampling."""
+"""model.py without a server: history, message checks, limits, images, per-row sampling, and
+``execute`` answering every request once (a fake model behind the real processor and the real
+``triton_python_backend_utils``, with stand-ins for the types the stub injects into it)."""
 
 from __future__ import annotations
 
 import base64
 import importlib.util
 import json
+import re
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from pathlib import Path
 from types import ModuleType
-from typing import Any
+from typing import Any, ClassVar
 
+import numpy as np
 import pytest
 import torch
 
-from core.contract import parse_config, render_config
+from core.contract import PARAMETERS, parse_config, render_config
 from serving.triton.launcher import _pytriton_root
-from tests.serving.conftest import BACKEND, png_bytes, serving_params
+from tests.serving.conftest import BACKEND, data_url, png_bytes, png_declaring, serving_params
 from tiny_model import shapes
 
 
@@ -103,7 +108,7 @@ def test_images_become_placeholders_in_prompt_order(backend: ModuleType) -> None
         ).encode()
     )
 
-    rendered, images = backend.to_template(messages)
+    rendered, images = backend.to_template(messages, 1 << 20)
 
     assert rendered[2]["content"] == [{"type": "text", "text": "and?"}, {"type": "image"}]
     assert [image.tobytes() for image in images] == [
@@ -121,7 +126,34 @@ def test_images_become_placeholders_in_prompt_order(backend: ModuleType) -> None
 )
 def test_unusable_images_are_refused(backend: ModuleType, url: str, problem: str) -> None:
     with pytest.raises(backend.BadRequestError, match=problem):
-        backend.decode_image(url, "message 0 part 0")
+        backend.decode_image(url, "message 0 part 0", 1 << 20)
+
+
+@pytest.mark.parametrize(
+    ("width", "height", "problem"),
+    [
+        # Past PIL's own bomb threshold (it refuses these at open): still a 400 naming our limit.
+        (20000, 20000, r"message 0 part 1: the image is over MAX_IMAGE_PIXELS=1048576"),
+        # Below PIL's threshold, above ours: refused from the header, before any pixel is decoded.
+        (2000, 1000, r"message 0 part 1: the image is 2000x1000 \(2000000 pixels\), over MAX_IMAGE_PIXELS=1048576"),
+    ],
+)
+def test_images_over_the_pixel_limit_are_refused_from_their_header(
+    backend: ModuleType, width: int, height: int, problem: str
+) -> None:
+    bomb = png_declaring(width, height)
+    assert len(bomb) < 20_000
+
+    with pytest.raises(backend.BadRequestError, match=problem):
+        backend.decode_image(data_url(bomb), "message 0 part 1", 1 << 20)
+
+
+def test_an_image_at_the_pixel_limit_is_decoded(backend: ModuleType) -> None:
+    image = shapes.sample(7, 0).image
+
+    decoded = backend.decode_image(data_url(png_bytes(image)), "m", image.width * image.height)
+
+    assert decoded.size == image.size and decoded.mode == "RGB"
 
 
 def test_per_row_sampling_keeps_greedy_rows_greedy(backend: ModuleType) -> None:
@@ -142,19 +174,22 @@ def _as_triton_passes_it(text: str) -> dict[str, Any]:
     return MessageToDict(parse_config(text), preserving_proto_field_name=True)
 
 
+def test_model_py_reads_exactly_the_parameters_the_contract_renders(backend: ModuleType) -> None:
+    assert sorted(backend._PARAMETERS) == sorted(PARAMETERS)
+
+
 def test_model_py_accepts_the_rendered_contract(backend: ModuleType) -> None:
-    config = _as_triton_passes_it(render_config("qwen3-vl-v1", 1, serving_params(max_new_tokens=5, max_history=1)))
+    params = serving_params(
+        max_new_tokens=5, max_history=1, max_images=2, max_image_pixels=4096, max_prompt_tokens=300, temperature=0.5
+    )
+    config = _as_triton_passes_it(render_config("qwen3-vl-v1", 1, params))
     model = backend.TritonPythonModel()
 
     model._check_contract(config)
+    model._configure(model._parameters(config))
 
-    parameters = model._parameters(config)
-    assert {key: parameters[key] for key in ("MAX_NEW_TOKENS", "TEMPERATURE", "TOP_P", "MAX_HISTORY")} == {
-        "MAX_NEW_TOKENS": "5",
-        "TEMPERATURE": "0.0",
-        "TOP_P": "1.0",
-        "MAX_HISTORY": "1",
-    }
+    assert model.limits == backend.Limits(max_new_tokens=5, max_images=2, max_image_pixels=4096, max_prompt_tokens=300)
+    assert (model.temperature, model.top_p, model.max_history, model.compute_dtype) == (0.5, 1.0, 1, "float32")
 
 
 def test_model_py_refuses_a_config_it_cannot_serve(backend: ModuleType) -> None:
@@ -167,3 +202,409 @@ def test_model_py_refuses_a_config_it_cannot_serve(backend: ModuleType) -> None:
         model._check_contract(config)
     with pytest.raises(RuntimeError, match=r"lacks parameters \['MAX_HISTORY'\]"):
         model._parameters(config)
+
+
+def test_model_py_refuses_a_parameter_it_would_ignore(backend: ModuleType) -> None:
+    config = _as_triton_passes_it(render_config("qwen3-vl-v1", 1, serving_params()))
+    config["parameters"]["EXECUTION_ENV_PATH"] = {"string_value": "$$TRITON_MODEL_DIRECTORY/env.tar.gz"}
+    backend.TritonPythonModel._parameters(config)
+    config["parameters"]["MAX_AUDIO_SECONDS"] = {"string_value": "30"}
+
+    with pytest.raises(
+        RuntimeError, match=r"sets parameters \['MAX_AUDIO_SECONDS'\] that this model\.py does not read"
+    ):
+        backend.TritonPythonModel._parameters(config)
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "problem"),
+    [
+        ("MAX_IMAGES", "many", "MAX_IMAGES='many' must be a number >= 0"),
+        ("MAX_NEW_TOKENS", "0", "MAX_NEW_TOKENS='0' must be a number >= 1"),
+        ("TEMPERATURE", "nan", "TEMPERATURE='nan' must be a number"),
+        ("COMPUTE_DTYPE", "auto", r"COMPUTE_DTYPE='auto' must be one of \['bfloat16', 'float16', 'float32'\]"),
+    ],
+)
+def test_model_py_refuses_a_bad_parameter_value_by_name(
+    backend: ModuleType, key: str, value: str, problem: str
+) -> None:
+    config = _as_triton_passes_it(render_config("qwen3-vl-v1", 1, serving_params()))
+    config["parameters"][key] = {"string_value": value}
+    model = backend.TritonPythonModel()
+
+    with pytest.raises(RuntimeError, match=problem):
+        model._configure(model._parameters(config))
+
+
+def test_prompt_length_matches_what_the_processor_feeds_the_model(backend: ModuleType, tiny_checkpoint: Path) -> None:
+    from transformers import AutoProcessor
+
+    processor = AutoProcessor.from_pretrained(tiny_checkpoint)
+    # Sizes the processor keeps, rounds and shrinks (its longest_edge is 4096 pixels).
+    images = [
+        shapes.sample(7, 0).image.convert("RGB"),
+        *(shapes.sample(7, 1).image.resize(size).convert("RGB") for size in ((50, 30), (90, 70))),
+    ]
+    rendered = [
+        {"role": "user", "content": [*({"type": "image"} for _ in images), {"type": "text", "text": "How many?"}]}
+    ]
+    prompt = processor.apply_chat_template(rendered, add_generation_prompt=True, tokenize=False)
+
+    fed = processor(text=[prompt], images=images, return_tensors="pt")["input_ids"].shape[1]
+
+    assert backend.prompt_length(processor, prompt, images) == fed
+    assert backend.prompt_length(processor, "plain text", []) == len(processor.tokenizer("plain text")["input_ids"])
+    # An image processor that cannot count from sizes: the processor itself expands the prompt.
+    processor.image_processor = _Opaque(processor.image_processor)
+    assert backend.prompt_length(processor, prompt, images) == fed
+
+
+class _Opaque:
+    """An image processor without ``get_number_of_image_patches`` (everything else delegated)."""
+
+    def __init__(self, inner: Any) -> None:
+        self._inner = inner
+
+    def __getattr__(self, name: str) -> Any:
+        if name == "get_number_of_image_patches":
+            raise AttributeError(name)
+        return getattr(self._inner, name)
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self._inner(*args, **kwargs)
+
+
+# --- execute() with the types the stub injects into triton_python_backend_utils, and a fake model ---
+
+
+class FakeTritonError:
+    """pb_utils.TritonError: a message and a code (the codes the Python backend defines)."""
+
+    UNKNOWN, INTERNAL, NOT_FOUND, INVALID_ARG, UNAVAILABLE, UNSUPPORTED, ALREADY_EXISTS, CANCELLED = range(8)
+
+    def __init__(self, message: str, code: int = INTERNAL) -> None:
+        self._message, self._code = message, code
+
+    def message(self) -> str:
+        return self._message
+
+    def code(self) -> int:
+        return self._code
+
+
+class FakeTensor:
+    """pb_utils.Tensor."""
+
+    def __init__(self, name: str, array: np.ndarray) -> None:
+        self._name, self._array = name, array
+
+    def name(self) -> str:
+        return self._name
+
+    def as_numpy(self) -> np.ndarray:
+        return self._array
+
+
+class FakeResponse:
+    """pb_utils.InferenceResponse."""
+
+    def __init__(self, output_tensors: list[FakeTensor], error: FakeTritonError | None = None) -> None:
+        self._outputs, self._error = output_tensors, error
+
+    def output_tensors(self) -> list[FakeTensor]:
+        return self._outputs
+
+    def has_error(self) -> bool:
+        return self._error is not None
+
+    def error(self) -> FakeTritonError | None:
+        return self._error
+
+    def text(self) -> str:
+        (tensor,) = [t for t in self._outputs if t.name() == "text"]
+        return bytes(tensor.as_numpy().reshape(-1)[0]).decode()
+
+
+class FakeRequest:
+    """pb_utils.InferenceRequest as the backend sees it: named input tensors, batch dimension first."""
+
+    def __init__(self, messages: list[dict[str, Any]] | bytes, **scalars: np.ndarray) -> None:
+        document = messages if isinstance(messages, bytes) else json.dumps(messages).encode()
+        self._inputs = [FakeTensor("messages", np.array([[document]], dtype=np.object_))]
+        self._inputs += [FakeTensor(name, value) for name, value in scalars.items()]
+
+    def inputs(self) -> list[FakeTensor]:
+        return self._inputs
+
+
+class FakeLogger:
+    lines: ClassVar[list[tuple[str, str]]] = []
+
+    @classmethod
+    def log_info(cls, message: str) -> None:
+        cls.lines.append(("info", message))
+
+    @classmethod
+    def log_warn(cls, message: str) -> None:
+        cls.lines.append(("warn", message))
+
+    @classmethod
+    def log_error(cls, message: str) -> None:
+        cls.lines.append(("error", message))
+
+    @classmethod
+    def log_verbose(cls, message: str) -> None:
+        cls.lines.append(("verbose", message))
+
+
+class FakeModel:
+    """A model whose ``generate`` answers a fixed text, or raises for the batches ``fails`` picks."""
+
+    def __init__(self, processor: Any, answer: str, fails: Callable[[int], BaseException | None]) -> None:
+        from transformers import GenerationConfig
+
+        self.generation_config = GenerationConfig(eos_token_id=[392, 0], pad_token_id=0)
+        self.config = type("Config", (), {})()
+        self.answer_ids = processor.tokenizer(answer)["input_ids"]
+        self.fails = fails
+        self.batch_sizes: list[int] = []
+
+    def eval(self) -> FakeModel:
+        return self
+
+    def generate(self, input_ids: torch.Tensor, **kwargs: Any) -> torch.Tensor:
+        self.batch_sizes.append(input_ids.shape[0])
+        failure = self.fails(input_ids.shape[0])
+        if failure is not None:
+            raise failure
+        answer = torch.tensor([[*self.answer_ids, 392]] * input_ids.shape[0])
+        return torch.cat([input_ids, answer], dim=1)
+
+
+@pytest.fixture()
+def stub_types(backend: ModuleType, monkeypatch: pytest.MonkeyPatch) -> type[FakeLogger]:
+    """Install the stand-ins for what the stub adds to triton_python_backend_utils; returns the logger."""
+    FakeLogger.lines = []
+    for name, fake in (
+        ("TritonError", FakeTritonError),
+        ("Tensor", FakeTensor),
+        ("InferenceResponse", FakeResponse),
+        ("Logger", FakeLogger),
+    ):
+        monkeypatch.setattr(backend.pb_utils, name, fake, raising=False)
+    return FakeLogger
+
+
+Served = Callable[..., tuple[Any, FakeModel]]
+
+
+@pytest.fixture()
+def served(
+    backend: ModuleType,
+    stub_types: type[FakeLogger],
+    tiny_checkpoint: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> Served:
+    """``served(fails=..., **params)``: a TritonPythonModel initialized as the stub does, over a fake model."""
+
+    def start(fails: Callable[[int], BaseException | None] = lambda size: None, **params: Any) -> tuple[Any, FakeModel]:
+        (tmp_path / "1").symlink_to(tiny_checkpoint)
+        fakes: list[FakeModel] = []
+
+        def load(folder: Path, device: str, dtype: str) -> FakeModel:
+            from transformers import AutoProcessor
+
+            fakes.append(FakeModel(AutoProcessor.from_pretrained(folder), "red", fails))
+            return fakes[0]
+
+        monkeypatch.setattr(backend, "load_model", load)
+        model = backend.TritonPythonModel()
+        model.initialize(
+            {
+                "model_config": json.dumps(
+                    _as_triton_passes_it(render_config("qwen3-vl-v1", 1, serving_params(**params)))
+                ),
+                "model_version": "1",
+                "model_repository": str(tmp_path),
+                "model_instance_kind": "CPU",
+                "model_instance_device_id": "0",
+            }
+        )
+        return model, fakes[0]
+
+    return start
+
+
+def _ask(index: int) -> list[dict[str, Any]]:
+    sample = shapes.sample(7, index)
+    return [
+        {
+            "role": "user",
+            "content": [
+                {"type": "image_url", "image_url": {"url": data_url(png_bytes(sample.image))}},
+                {"type": "text", "text": sample.question},
+            ],
+        }
+    ]
+
+
+def test_a_failed_batch_is_logged_freed_and_answered_one_by_one(
+    served: Served, stub_types: type[FakeLogger], backend: ModuleType, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    model, fake = served(
+        fails=lambda size: (
+            torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB") if size > 1 else None
+        )
+    )
+    collections: list[int] = []
+    collect = backend.gc.collect
+    monkeypatch.setattr(backend.gc, "collect", lambda *args: collections.append(1) or collect(*args))
+
+    responses = model.execute([FakeRequest(_ask(i)) for i in range(3)])
+
+    assert len(responses) == 3
+    assert [response.has_error() for response in responses] == [False, False, False]
+    assert [response.text() for response in responses] == ["red"] * 3
+    assert fake.batch_sizes == [3, 1, 1, 1]
+    assert collections, "memory was not freed after the batch failed"
+    warnings = [message for level, message in stub_types.lines if level == "warn"]
+    assert len(warnings) == 1
+    assert "a batch of 3 requests" in warnings[0]
+    assert "OutOfMemoryError: CUDA out of memory" in warnings[0]
+
+
+def test_only_the_request_that_fails_alone_gets_an_error(served: Served, stub_types: type[FakeLogger]) -> None:
+    calls = iter(range(100))
+    # The batch fails, then the second request fails on its own too: only it gets the error.
+    model, _ = served(fails=lambda size: RuntimeError("device lost") if size > 1 or next(calls) == 1 else None)
+
+    responses = model.execute([FakeRequest(_ask(i)) for i in range(3)])
+
+    assert [response.has_error() for response in responses] == [False, True, False]
+    error = responses[1].error()
+    assert error.code() == FakeTritonError.INTERNAL
+    assert "generation failed: RuntimeError: device lost" in error.message()
+    assert ("error", "generate failed for a single request: RuntimeError: device lost") in stub_types.lines
+
+
+def test_every_request_is_answered_once_even_when_execute_itself_breaks(
+    served: Served, stub_types: type[FakeLogger], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    model, _ = served()
+    requests = [FakeRequest(_ask(0)), FakeRequest(b"not json"), FakeRequest(_ask(1))]
+    monkeypatch.setattr(model, "_generate_isolated", lambda batch: 1 / 0)
+
+    responses = model.execute(requests)
+
+    assert len(responses) == 3
+    assert [response.error().code() for response in responses] == [
+        FakeTritonError.INTERNAL,
+        FakeTritonError.INVALID_ARG,
+        FakeTritonError.INTERNAL,
+    ]
+    assert any(level == "error" and "ZeroDivisionError" in message for level, message in stub_types.lines)
+
+
+@pytest.mark.parametrize(
+    ("params", "request_", "problem"),
+    [
+        (
+            {"max_images": 1},
+            lambda: FakeRequest([_ask(0)[0], {"role": "assistant", "content": "ok"}, *_ask(1)]),
+            r"holds 2 images \(after dropping old turns\), over MAX_IMAGES=1",
+        ),
+        (
+            {"max_image_pixels": 1000},
+            lambda: FakeRequest(_ask(0)),
+            r"message 0 part 0: the image is 64x64 \(4096 pixels\), over MAX_IMAGE_PIXELS=1000",
+        ),
+        ({"max_prompt_tokens": 20}, lambda: FakeRequest(_ask(0)), "the prompt is 31 tokens, over MAX_PROMPT_TOKENS=20"),
+        (
+            {"max_new_tokens": 4},
+            lambda: FakeRequest(_ask(0), max_tokens=np.array([[5]], dtype=np.int32)),
+            "from 1 to MAX_NEW_TOKENS=4, got 5",
+        ),
+    ],
+    ids=["images", "pixels", "prompt-tokens", "new-tokens"],
+)
+def test_each_limit_is_a_400_that_names_it(
+    served: Served, params: dict[str, int], request_: Callable[[], FakeRequest], problem: str
+) -> None:
+    model, fake = served(**params)
+
+    # The neighbour is within every limit: text only, and short.
+    (refused, answered) = model.execute([request_(), FakeRequest([{"role": "user", "content": "hi"}])])
+
+    assert refused.error().code() == FakeTritonError.INVALID_ARG
+    assert re.search(problem, refused.error().message()), refused.error().message()
+    assert answered.text() == "red"
+    assert fake.batch_sizes == [1]
+
+
+def test_history_dropped_before_counting_images(served: Served) -> None:
+    model, _ = served(max_images=1, max_history=0)
+    conversation = [_ask(0)[0], {"role": "assistant", "content": "ok"}, *_ask(1)]
+
+    (response,) = model.execute([FakeRequest(conversation)])
+
+    assert response.text() == "red"
+
+
+def test_memory_is_returned_to_the_gpu_after_a_failure(backend: ModuleType, monkeypatch: pytest.MonkeyPatch) -> None:
+    emptied: list[int] = []
+    monkeypatch.setattr(backend.torch.cuda, "empty_cache", lambda: emptied.append(1))
+    model = backend.TritonPythonModel()
+    model.device = torch.device("cpu")
+    model._free_memory()
+    assert emptied == []
+
+    model.device = torch.device("cuda", 0)
+    model._free_memory()
+
+    assert emptied == [1]
+
+
+@pytest.fixture(scope="module")
+def nf4_bfloat16_checkpoint(tiny_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny checkpoint through the quantize stage's code as a GPU build would be: nf4, computing in bfloat16."""
+    from pipelines.quantize import QuantizeParams, quantize_checkpoint
+
+    folder = tmp_path_factory.mktemp("quantized") / "bnb-nf4"
+    params = QuantizeParams(method="bnb-nf4", skip_modules=["model.visual", "lm_head"])
+    quantize_checkpoint(tiny_checkpoint, folder, params, "cpu", "bfloat16")
+    return folder
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_compute_dtype_rules_a_4bit_checkpoint_saved_in_another(
+    backend: ModuleType, nf4_bfloat16_checkpoint: Path, dtype: str
+) -> None:
+    import bitsandbytes as bnb
+    from transformers import AutoProcessor
+
+    saved = json.loads((nf4_bfloat16_checkpoint / "config.json").read_text())["quantization_config"]
+    assert saved["bnb_4bit_compute_dtype"] == "bfloat16"
+
+    model = backend.load_model(nf4_bfloat16_checkpoint, "cpu", dtype)
+
+    wanted = getattr(torch, dtype)
+    packed = [module for module in model.modules() if isinstance(module, bnb.nn.Linear4bit)]
+    assert packed and {module.compute_dtype for module in packed} == {wanted}
+    assert {p.dtype for p in model.parameters() if p.is_floating_point()} == {wanted}
+    # The vision tower (kept unquantized, saved in bfloat16) and the 4-bit text layers must work together.
+    processor = AutoProcessor.from_pretrained(nf4_bfloat16_checkpoint)
+    sample = shapes.sample(7, 0)
+    conversation = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": sample.question}]}]
+    prompt = processor.apply_chat_template(conversation, add_generation_prompt=True, tokenize=False)
+    inputs = processor(text=[prompt], images=[sample.image.convert("RGB")], return_tensors="pt")
+    with torch.inference_mode():
+        output = model.generate(**inputs, max_new_tokens=2, do_sample=False)
+    assert output.shape[1] > inputs["input_ids"].shape[1]
+
+
+def test_compute_dtype_rules_a_plain_checkpoint(backend: ModuleType, tiny_checkpoint: Path) -> None:
+    model = backend.load_model(tiny_checkpoint, "cpu", "bfloat16")
+
+    assert {p.dtype for p in model.parameters()} == {torch.bfloat16}

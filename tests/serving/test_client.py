@@ -3,13 +3,20 @@
 from __future__ import annotations
 
 import base64
+import re
 import socket
 import time
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
+from tritonclient.utils import InferenceServerException
 
+from serving.triton import client as client_module
 from serving.triton.client import (
+    ModelNotFoundError,
+    ModelNotReadyError,
+    OverloadedError,
     RequestTimeoutError,
     ServerUnavailableError,
     TritonChatClient,
@@ -80,3 +87,89 @@ def test_a_server_that_never_answers_times_out(silent_server: int, protocol: Wir
 def test_bad_options_are_refused(kwargs: dict[str, object]) -> None:
     with pytest.raises(ValueError, match=r"protocol|timeout_s"):
         TritonChatClient("127.0.0.1:1", "m", **kwargs)  # type: ignore[arg-type]
+
+
+class RefusingServer:
+    """The part of a tritonclient client the transports call; every ``infer`` fails with ``error``."""
+
+    def __init__(self, error: InferenceServerException) -> None:
+        self.error = error
+        self.calls = 0
+
+    def infer(self, model_name: str, inputs: list[Any], **kwargs: Any) -> Any:
+        self.calls += 1
+        raise self.error
+
+    def close(self) -> None:
+        pass
+
+
+def _refused(protocol: WireProtocol, error: InferenceServerException) -> tuple[TritonChatClient, RefusingServer]:
+    server = RefusingServer(error)
+    client = TritonChatClient("127.0.0.1:1", "m", protocol=protocol, connect_retries=2, retry_backoff_s=0.01)
+    transport = (
+        client_module._HttpTransport(server, "m")
+        if protocol == "http"
+        else client_module._GrpcTransport(server, "m", 1.0)
+    )
+    client._connect = lambda: transport  # type: ignore[method-assign]
+    return client, server
+
+
+_STATUS = {"http": "503", "grpc": "StatusCode.UNAVAILABLE"}
+
+
+@pytest.mark.parametrize("protocol", ["http", "grpc"])
+@pytest.mark.parametrize(
+    ("message", "reason"),
+    [
+        # Triton's own words (core scheduler_utils.cc, dynamic_batch_scheduler.cc), as seen from 2.51.
+        ("[request id: <id_unknown>] Exceeds maximum queue size", "queue_full"),
+        ("Request timeout expired", "queue_timeout"),
+    ],
+)
+def test_queue_rejections_are_overloaded_errors_sent_once(protocol: WireProtocol, message: str, reason: str) -> None:
+    client, server = _refused(protocol, InferenceServerException(msg=message, status=_STATUS[protocol]))
+
+    with pytest.raises(OverloadedError, match=re.escape(message)) as caught:
+        client.chat("hello")
+
+    assert caught.value.reason == reason
+    # Sending it again at once would only add to the overload: the caller decides when to retry.
+    assert server.calls == 1
+
+
+@pytest.mark.parametrize(
+    ("protocol", "status", "message", "error", "calls"),
+    [
+        ("http", "503", "Server not ready", ServerUnavailableError, 1),
+        ("http", "404", "Request for unknown model: 'm' is not found", ModelNotFoundError, 1),
+        # Known to Triton, but its load failed (or it was unloaded).
+        ("http", "400", "Request for unknown model: 'm' has no available versions", ModelNotReadyError, 1),
+        (
+            "grpc",
+            "StatusCode.NOT_FOUND",
+            "Request for unknown model: 'm' has no available versions",
+            ModelNotReadyError,
+            1,
+        ),
+        (
+            "grpc",
+            "StatusCode.UNAVAILABLE",
+            "Request for unknown model: 'm' version 1 is not at ready state",
+            ModelNotReadyError,
+            1,
+        ),
+        # A refused gRPC connection is UNAVAILABLE too, and is worth the bounded retries.
+        ("grpc", "StatusCode.UNAVAILABLE", "failed to connect to all addresses", ServerUnavailableError, 3),
+    ],
+)
+def test_other_refusals_keep_their_errors(
+    protocol: WireProtocol, status: str, message: str, error: type[Exception], calls: int
+) -> None:
+    client, server = _refused(protocol, InferenceServerException(msg=message, status=status))
+
+    with pytest.raises(error):
+        client.chat("hello")
+
+    assert server.calls == calls

@@ -104,15 +104,40 @@ def _control(tensor: str, kind: str, values: str) -> str:
     return f'{{ name: "{tensor}" control [{{ kind: {kind} {values} }}] }}'
 
 
+def _state(initial: str) -> str:
+    """One implicit state S_IN/S_OUT (FP32 [4]) with the given ``initial_state`` entries."""
+    return (
+        'sequence_batching { state [{ input_name: "S_IN" output_name: "S_OUT" data_type: TYPE_FP32 dims: [4] '
+        f"initial_state [{initial}] }}] }}"
+    )
+
+
+def _initial(data_type: str = "TYPE_FP32", dims: str = "4", data: str = "zero_data: true", name: str = "i") -> str:
+    named = f'name: "{name}" ' if name else ""
+    return f"{{ {named}data_type: {data_type} dims: [{dims}] {data} }}"
+
+
+def _strategy(path: str) -> str:
+    return f'parameters {{ key: "TRITON_BATCH_STRATEGY_PATH" value: {{ string_value: "{path}" }} }}'
+
+
 START, END, READY, CORRID = (f"CONTROL_SEQUENCE_{k}" for k in ("START", "END", "READY", "CORRID"))
 ECHO = step("echo", {"INPUT0": "INPUT0"}, {"OUTPUT0": "OUTPUT0"})
 WARM_OK = WARMUP % (1, "INPUT0", "TYPE_FP32", "4", "zero_data: true")
+IO_OUT2 = IO + '\noutput [{ name: "OUT2" data_type: TYPE_FP32 dims: [4] }]'
 
 # Composing models the ensemble cases refer to; loaded by Triton as dependencies, not tested alone.
 HELPERS = [
     model("echo", WARM_OK),
     model("echo2in", io=IO_TWO),
     ensemble("ens_cycle_b", [step("ens_cycle_a", {"INPUT0": "INPUT0"}, {"OUTPUT0": "OUTPUT0"})]),
+    model("echo_decoupled", "model_transaction_policy { decoupled: true }"),
+    model("echo_two_outputs", WARM_OK, io=IO + '\noutput [{ name: "OUTPUT0" data_type: TYPE_FP32 dims: [4] }]'),
+    # Each fails alone, and so fails the ensemble that uses it: at load, at poll, for want of a version.
+    model("step_gpu_only", WARM_OK + "\ninstance_group [{ kind: KIND_GPU }]"),
+    model("step_bad_dims", WARM_OK, io=IO.replace("dims: [4]", "dims: [0]", 1)),
+    model("step_no_version", WARM_OK, versions=()),
+    ensemble("ens_inner_missing", [step("nope", {"INPUT0": "INPUT0"}, {"OUTPUT0": "OUTPUT0"})]),
 ]
 
 CASES = [
@@ -186,6 +211,17 @@ CASES = [
         ],
     ),
     ensemble("ens_not_batching", [ECHO], max_batch_size=0, io=IO.replace("dims: [4]", "dims: [-1, 4]")),
+    model("state_initial_ok", _state(_initial())),
+    model("version_not_a_number", "version_policy { all {} }", versions=("1", "abc"), warnings=("version-folder",)),
+    model("version_folder_configs_skipped", versions=("1", "configs")),
+    # A decoupled step may feed later steps, as long as no step mixes its outputs with others.
+    ensemble(
+        "ens_decoupled_chain",
+        [
+            step("echo_decoupled", {"INPUT0": "INPUT0"}, {"OUTPUT0": "mid"}),
+            step("echo", {"INPUT0": "mid"}, {"OUTPUT0": "OUTPUT0"}),
+        ],
+    ),
     # Refused by Triton; the checker says why in Triton's words.
     Case("name_folder", model("other").config, "directory name must equal model name", "fail"),
     model("no_backend", phrase="Could not determine backend for model 'no_backend'", backend="", model_py=False),
@@ -248,6 +284,11 @@ CASES = [
         "shape_tensor",
         phrase="shape tensors are only supported for TensorRT platform",
         io=IO.replace("dims: [4] }]\noutput", "dims: [4] is_shape_tensor: true }]\noutput"),
+    ),
+    model(
+        "non_linear_io",
+        phrase="Non-linear IO format is only supported for the TensorRT platform for non_linear_io",
+        io=IO.replace("dims: [4] }]\noutput", "dims: [4] is_non_linear_format_io: true }]\noutput"),
     ),
     model(
         "preferred_too_big",
@@ -567,6 +608,24 @@ CASES = [
     ),
     ensemble("ens_no_steps", [], phrase="must specify 'step' for ensemble 'ens_no_steps'"),
     ensemble(
+        "ens_no_output_map",
+        [step("echo", {"INPUT0": "INPUT0"}, {})],
+        phrase="must specify 'output_map' in step 0 of ensemble 'ens_no_output_map'",
+    ),
+    ensemble(
+        "ens_optimization",
+        [ECHO],
+        extra="optimization { }",
+        phrase="optimization should not be specified for ensemble 'ens_optimization'",
+    ),
+    ensemble(
+        "ens_output_not_written",
+        [ECHO, step("echo", {"INPUT0": "ghost"}, {"OUTPUT0": "OUT2"})],
+        io=IO_OUT2,
+        phrase="output 'OUT2' for ensemble 'ens_output_not_written' is not written: at least one of its depending "
+        "tensors, 'ghost', is not connected",
+    ),
+    ensemble(
         "ens_unmapped_input",
         [step("echo2in", {"INPUT0": "INPUT0"}, {"OUTPUT0": "OUTPUT0"})],
         phrase="input INPUT1 in model echo2in is not mapped to any ensemble tensors",
@@ -592,6 +651,153 @@ CASES = [
         f"ensemble_scheduling {{ step [ {ECHO} ] }}",
         backend=f"{ENSEMBLE}\n{PYTHON}",
         phrase="must have platform type 'ensemble' and empty backend type",
+    ),
+    model(
+        "gpu_id_negative",
+        "instance_group [{ kind: KIND_GPU gpus: [-1] }]",
+        phrase="specifies invalid or unsupported gpu id -1. GPUs with at least the minimum required CUDA compute "
+        "compatibility of 6.000000 are: ",
+    ),
+    model(
+        "auto_kind_negative_gpu",
+        "instance_group [{ gpus: [-1] }]",
+        phrase="instance group auto_kind_negative_gpu_0 of model auto_kind_negative_gpu has kind KIND_CPU but "
+        "specifies one or more GPUs",
+    ),
+    model(
+        "instance_kind_unknown",
+        "instance_group [{ kind: 7 }]",
+        phrase="instance group instance_kind_unknown_0 of model instance_kind_unknown has unexpected kind KIND_AUTO",
+    ),
+    model(
+        "batch_input_kind_unknown",
+        'batch_input [{ kind: 99 target_name: "BI" data_type: TYPE_INT32 source_input: "INPUT0" }]',
+        phrase="unknown batch input kind '' for batch_input_kind_unknown",
+    ),
+    model(
+        "batch_output_kind_unknown",
+        'batch_output [{ kind: 99 target_name: "OUTPUT0" source_input: "INPUT0" }]',
+        phrase="unknown batch output kind '' for batch_output_kind_unknown",
+    ),
+    model(
+        "state_initial_type",
+        _state(_initial(data_type="TYPE_INT32")),
+        phrase="The data type used for 'initial_state' field of state 'S_IN' does not match the state data type.",
+    ),
+    model(
+        "state_initial_no_name",
+        _state(_initial(name="")),
+        phrase="Field 'name' must be set when using initial_state for state input 'S_IN'.",
+    ),
+    model(
+        "state_initial_rank",
+        _state(_initial(dims="4, 1")),
+        phrase="Number of dimensions in 'initial_state' doesn't match the size of 'state' dimensions for state input "
+        "'S_IN'. 2 != 1",
+    ),
+    model(
+        "state_initial_variable",
+        _state(_initial(dims="-1")),
+        phrase="'initial_state' field for state input name 'S_IN' contains variable dimensions.",
+    ),
+    model(
+        "state_initial_dim",
+        _state(_initial(dims="5")),
+        phrase="'initial_state' dim for input name 'S_IN' doesn't match 'state' dim description. 5 != 4",
+    ),
+    model(
+        "state_initial_no_data",
+        _state(_initial(data="")),
+        phrase="initial_state setting expects state'S_IN' to have state_data set",
+    ),
+    model(
+        "state_initial_file_missing",
+        _state(_initial(data='data_file: "nope.bin"')),
+        phrase="state_initial_file_missing/initial_state/nope.bin: No such file or directory",
+    ),
+    model(
+        "state_initial_file_short",
+        _state(_initial(data='data_file: "short.bin"')),
+        files={"initial_state/short.bin": "abc"},
+        phrase="initial_state setting expects 16 bytes, but the data provided from short.binonly has 3 bytes.",
+    ),
+    model(
+        "state_initial_two",
+        _state(f"{_initial()}, {_initial(name='j')}"),
+        phrase="initial_state field for state input 'S_IN' must contain exactly one or zero element. Found '2' "
+        "elements.",
+    ),
+    model(
+        "state_input_twice",
+        'sequence_batching { state [{ input_name: "S" output_name: "O1" data_type: TYPE_FP32 dims: [4] '
+        f'initial_state [{_initial()}] }}, {{ input_name: "S" output_name: "O2" data_type: TYPE_FP32 dims: [4] '
+        f"initial_state [{_initial()}] }}] }}",
+        phrase="State input name 'S' specified more than once.",
+    ),
+    # After refusing this one, Triton 2.51 crashed (SIGSEGV) on the next model whose initial_state it
+    # refused; so it comes after the initial_state cases.
+    model(
+        "strategy_with_sequence",
+        "sequence_batching {}\n" + _strategy("/nonexistent/libbatch.so"),
+        phrase="TRITON_BATCH_STRATEGY_PATH cannot be specified with sequence batcher, using default batching strategy",
+    ),
+    model(
+        "strategy_missing",
+        "dynamic_batching {}\n" + _strategy("/nonexistent/libbatch.so"),
+        phrase="Batching library path not found: /nonexistent/libbatch.so",
+    ),
+    ensemble(
+        "ens_decoupled_mix",
+        [
+            step("echo_decoupled", {"INPUT0": "INPUT0"}, {"OUTPUT0": "mid"}),
+            step("echo2in", {"INPUT0": "mid", "INPUT1": "INPUT1"}, {"OUTPUT0": "mid2"}),
+            step("echo", {"INPUT0": "mid2"}, {"OUTPUT0": "OUTPUT0"}),
+        ],
+        io=IO_TWO,
+        phrase="in ensemble ens_decoupled_mix, step of model 'echo2in' receives inputs originated from different "
+        "decoupled models",
+    ),
+    ensemble(
+        "ens_decoupled_outputs",
+        [
+            step("echo_decoupled", {"INPUT0": "INPUT0"}, {"OUTPUT0": "OUTPUT0"}),
+            step("echo", {"INPUT0": "INPUT0"}, {"OUTPUT0": "OUT2"}),
+        ],
+        io=IO_OUT2,
+        # The ensemble's outputs meet in one sink that Triton names after the ensemble.
+        phrase="in ensemble ens_decoupled_outputs, step of model 'ens_decoupled_outputs' receives inputs originated "
+        "from different decoupled models",
+    ),
+    ensemble(
+        "ens_duplicate_output",
+        [step("echo_two_outputs", {"INPUT0": "INPUT0"}, {"OUTPUT0": "OUTPUT0"})],
+        phrase="in ensemble ens_duplicate_output, multiple outputs in model echo_two_outputs are mapped to the same "
+        "ensemble tensor OUTPUT0",
+    ),
+    ensemble(
+        "ens_step_fails_load",
+        [step("step_gpu_only", {"INPUT0": "INPUT0"}, {"OUTPUT0": "OUTPUT0"})],
+        phrase="ensemble 'ens_step_fails_load' depends on 'step_gpu_only' which has no loaded version. Model "
+        "'step_gpu_only' loading failed with error: ",
+    ),
+    ensemble(
+        "ens_step_without_version",
+        [step("step_no_version", {"INPUT0": "INPUT0"}, {"OUTPUT0": "OUTPUT0"})],
+        phrase="ensemble 'ens_step_without_version' depends on 'step_no_version' which has no loaded version. Model "
+        "'step_no_version' loading failed with error: at least one version must be available under the version "
+        "policy of model 'step_no_version'",
+    ),
+    ensemble(
+        "ens_step_fails_poll",
+        [step("step_bad_dims", {"INPUT0": "INPUT0"}, {"OUTPUT0": "OUTPUT0"})],
+        phrase="ensemble ens_step_fails_poll contains models that are not available or ambiguous: step_bad_dims",
+    ),
+    ensemble(
+        "ens_step_invalid",
+        [step("ens_inner_missing", {"INPUT0": "INPUT0"}, {"OUTPUT0": "OUTPUT0"})],
+        phrase="ensemble 'ens_step_invalid' depends on 'ens_inner_missing' which is not valid. Model "
+        "'ens_inner_missing' failed with error: ensemble ens_inner_missing contains models that are not available "
+        "or ambiguous: nope",
     ),
     # Triton 2.51 never finishes loading these: the checker is the only early warning.
     model("model_py_missing", phrase="Python model file not found in", triton="hang", model_py=False),

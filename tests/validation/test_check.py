@@ -62,6 +62,52 @@ def test_repository_folder_without_config_is_an_error(make_model: MakeModel) -> 
     assert len(errors(good.parent)) == 1
 
 
+def test_folder_without_any_config_is_an_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    stray = tmp_path / "stray"
+    (stray / ".git").mkdir(parents=True)
+    (stray / "README.md").write_text("not a model")
+    (stray / "notes").mkdir()
+    for folder in (empty, stray):
+        [finding] = check_paths([folder])
+        assert (finding.rule, finding.severity) == ("path", Severity.ERROR)
+        assert finding.message == (
+            "no config.pbtxt in this folder or under it; expected a config.pbtxt file, a model folder that holds "
+            "one, or a model repository whose model folders hold theirs"
+        )
+    assert main(["check-config", str(empty)]) == 1
+    assert capsys.readouterr().out == f"{empty}: error: {check_paths([empty])[0].message} [path]\n"
+    assert main(["check-config", str(tmp_path / "nowhere")]) == 1
+    assert capsys.readouterr().out == (
+        f"{tmp_path / 'nowhere'}: error: no such file or folder; expected a config.pbtxt file, a model folder or a "
+        "model repository [path]\n"
+    )
+
+
+def test_model_folder_without_its_config_is_reported_as_triton_would(tmp_path: Path) -> None:
+    folder = tmp_path / "m"
+    (folder / "1").mkdir(parents=True)
+    [finding] = check_paths([folder])
+    assert finding.rule == "config-missing"
+    assert finding.message == f"failed to open text file for read {folder / 'config.pbtxt'}: No such file or directory"
+
+
+def test_relative_paths_keep_the_model_name_and_print_as_given(
+    make_model: MakeModel, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    folder = make_model("m", WARM)
+    make_model(
+        "ens", f"ensemble_scheduling {{ step [{step_text('m', {'INPUT0': 'INPUT0'}, {'OUTPUT0': 'OUTPUT0'})}] }}",
+        backend='platform: "ensemble"', model_py=False,
+    )  # fmt: skip
+    monkeypatch.chdir(folder)
+    assert errors(Path("config.pbtxt")) == []  # the folder's name is the model's, even when "." is the folder
+    monkeypatch.chdir(folder.parent.parent)
+    # "ens" comes first and checks its step "m" on the way; m's findings still print under the path as given.
+    assert {str(f.path) for f in check_paths([Path("repo")])} == {"repo/m/config.pbtxt"}
+
+
 def test_gpu_rules_apply_only_when_the_target_gpu_count_is_known(make_model: MakeModel) -> None:
     folder = make_model("m", WARM + "\ninstance_group [{ kind: KIND_GPU gpus: [1] }]")
     assert errors(folder) == []
