@@ -124,8 +124,6 @@ def test_stage_lists_every_module_it_imports(stage: str) -> None:
     deps = [ROOT / str(dep) for dep in spec["deps"]]  # type: ignore[attr-defined]
     needed = {path for path in _closure(match.group(1)) if not _only_a_docstring(path)}
     missing = sorted(
-        str(path.relative_to(ROOT))
-        for path in needed
-        if not any(path == dep or dep in path.parents for dep in deps)
+        str(path.relative_to(ROOT)) for path in needed if not any(path == dep or dep in path.parents for dep in deps)
     )
     assert not missing, f"dvc.yaml stage {stage} imports these project modules but does not list them: {missing}"

@@ -8,11 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from core.golden import check_golden
-from pipelines.golden import GoldenParams
+from core.golden import ROWS_FILE, check_golden, read_rows
 from core.stage import StageError
-from core.golden import ROWS_FILE, read_rows
-from pipelines.golden import build_golden, generate_rows
+from pipelines.golden import GoldenParams, build_golden, generate_rows
 from tiny_model import GENERATOR_FILE
 from tiny_model.shapes import CATEGORIES, TRAIN_SEED, sample
 

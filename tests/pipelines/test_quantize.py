@@ -9,10 +9,9 @@ import pytest
 
 from core import checkpoint
 from core.evaluate import generate_answers, score
-from pipelines.quantize import QuantizeParams
-from core.stage import StageError
 from core.golden import load_questions
-from pipelines.quantize import quantization_config, quantize_checkpoint
+from core.stage import StageError
+from pipelines.quantize import QuantizeParams, quantization_config, quantize_checkpoint
 
 SKIP = ["model.visual", "lm_head"]
 
