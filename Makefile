@@ -19,7 +19,7 @@ export TRANSFORMERS_NO_ADVISORY_WARNINGS := 1
 export MLFLOW_DISABLE_TELEMETRY := true
 export DO_NOT_TRACK := true
 
-.PHONY: help install lock tiny-model demo test lint typecheck pytest clean mlflow registry-status serving-repo metrics-diff triton bench-triton check-config check-load up down status install-registry audit
+.PHONY: help install lock tiny-model demo test lint typecheck pytest clean mlflow registry-status serving-repo metrics-diff triton bench-triton check-config check-load up down status install-registry audit deploy-check render-k8s images gpu-smoke
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -64,7 +64,7 @@ lint: $(STAMP) ## ruff
 	ruff format --check .
 
 typecheck: $(STAMP) ## mypy on the packages
-	mypy core tiny_model pipelines registry serving validation demo bench
+	mypy core tiny_model pipelines registry serving validation demo bench deploy
 
 pytest: $(STAMP) ## pytest only
 	pytest
@@ -120,3 +120,20 @@ audit: ## pip-audit of requirements.lock against PyPI's advisory data (needs pyp
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	@$(PY) -m pip show --quiet pip-audit >/dev/null 2>&1 || $(PY) -m pip install --quiet --disable-pip-version-check -c requirements.lock pip-audit
 	$(PY) -m pip_audit --strict --no-deps --disable-pip --progress-spinner off -r requirements.lock
+
+DEPLOY_SETTINGS ?= deploy/settings.example.yaml
+DEPLOY_OUT ?= rendered
+IMAGE_REGISTRY ?= qwen3-vl
+IMAGE_TAG ?= dev
+
+deploy-check: $(STAMP) ## Offline checks of docker/ and deploy/ (hadolint, compose schema, pins, strict Kubernetes/KServe validation)
+	pytest -p no:cacheprovider tests/deploy
+
+render-k8s: $(STAMP) ## Kubernetes and KServe manifests from DEPLOY_SETTINGS into DEPLOY_OUT
+	$(PY) -m deploy.render --settings $(DEPLOY_SETTINGS) --out $(DEPLOY_OUT)
+
+images: ## Build the four images (needs a Docker engine); IMAGE_REGISTRY, IMAGE_TAG
+	for image in gateway triton mlflow edge; do docker build -f docker/$$image.Dockerfile -t $(IMAGE_REGISTRY)/$$image:$(IMAGE_TAG) .; done
+
+gpu-smoke: $(STAMP) ## Prove the GPU path on one NVIDIA GPU (~10 min; QWEN3_VL_CHECKPOINT for a real model)
+	bash scripts/gpu_smoke.sh

@@ -8,11 +8,12 @@ know cannot be rendered at all.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, cast
 
 from google.protobuf import text_format
-from pydantic import Field, PositiveInt, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PositiveInt, field_validator, model_validator
 from tritonclient.grpc import model_config_pb2 as pb
 
 from core.params import ParamsGroup
@@ -124,10 +125,149 @@ class ServingParams(ParamsGroup):
         return self.compute_dtype
 
 
+# -- Triton's vLLM backend (``package.engine: vllm``) -------------------------------------------------
+# The vLLM backend has a tensor contract of its own (see vllm_backend's ``auto_complete_config``): a
+# prompt string already rendered with the model's chat template, images as base64 strings, sampling
+# parameters as one JSON string, and a decoupled (streaming-capable) response. Triton runs with
+# auto-complete disabled here, so the config names every tensor a client may send.
+VLLM_BACKEND = "vllm"
+#: The file the vLLM backend reads its engine arguments from, in the version folder.
+VLLM_ENGINE_ARGS_FILE = "model.json"
+VLLM_INPUT_TEXT = "text_input"
+VLLM_INPUT_IMAGE = "image"
+VLLM_INPUT_STREAM = "stream"
+VLLM_INPUT_SAMPLING_PARAMETERS = "sampling_parameters"
+VLLM_INPUT_EXCLUDE_INPUT = "exclude_input_in_output"
+VLLM_INPUT_RETURN_NUM_INPUT_TOKENS = "return_num_input_tokens"
+VLLM_INPUT_RETURN_NUM_OUTPUT_TOKENS = "return_num_output_tokens"
+VLLM_OUTPUT_TEXT = "text_output"
+VLLM_OUTPUT_NUM_INPUT_TOKENS = "num_input_tokens"
+VLLM_OUTPUT_NUM_OUTPUT_TOKENS = "num_output_tokens"
+
+VLLM_INPUTS: tuple[TensorSpec, ...] = (
+    TensorSpec(VLLM_INPUT_TEXT, "TYPE_STRING"),
+    # Each element one base64-encoded image; the prompt holds one image placeholder per image.
+    TensorSpec(VLLM_INPUT_IMAGE, "TYPE_STRING", dims=(-1,), optional=True),
+    TensorSpec(VLLM_INPUT_STREAM, "TYPE_BOOL", optional=True),
+    TensorSpec(VLLM_INPUT_SAMPLING_PARAMETERS, "TYPE_STRING", optional=True),
+    TensorSpec(VLLM_INPUT_EXCLUDE_INPUT, "TYPE_BOOL", optional=True),
+    TensorSpec(VLLM_INPUT_RETURN_NUM_INPUT_TOKENS, "TYPE_BOOL", optional=True),
+    TensorSpec(VLLM_INPUT_RETURN_NUM_OUTPUT_TOKENS, "TYPE_BOOL", optional=True),
+)
+VLLM_OUTPUTS: tuple[TensorSpec, ...] = (
+    TensorSpec(VLLM_OUTPUT_TEXT, "TYPE_STRING", dims=(-1,)),
+    TensorSpec(VLLM_OUTPUT_NUM_INPUT_TOKENS, "TYPE_UINT32"),
+    TensorSpec(VLLM_OUTPUT_NUM_OUTPUT_TOKENS, "TYPE_UINT32", dims=(-1,)),
+)
+#: The ``parameters`` a vLLM-served model carries: the request-side defaults and limits a client (the
+#: gateway) applies before it calls; the engine's own settings live in ``model.json``, never here.
+VLLM_PARAMETERS = (
+    PARAM_MAX_NEW_TOKENS,
+    PARAM_TEMPERATURE,
+    PARAM_TOP_P,
+    PARAM_MAX_HISTORY,
+    PARAM_MAX_IMAGES,
+    PARAM_MAX_IMAGE_PIXELS,
+    PARAM_MAX_PROMPT_TOKENS,
+)
+
+Engine = Literal["transformers", "vllm"]
+VllmQuantization = Literal["fp8", "bitsandbytes", "awq", "gptq"]
+VllmDtype = Literal["auto", "bfloat16", "float16", "float32"]
+
+
+def _absolute_posix_path(value: str, what: str) -> str:
+    # The path is read inside a Linux container; a relative one would depend on Triton's working folder.
+    if not value.startswith("/") or ".." in value.split("/"):
+        raise ValueError(f"{what} {value!r} must be an absolute path without '..' (as the Triton container sees it)")
+    return value
+
+
+class VllmParams(ParamsGroup):
+    """``package.vllm``: what only Triton's vLLM backend needs (read when ``package.engine`` is ``vllm``)."""
+
+    # Where the Triton containers see the checkpoint. vLLM loads it by path (nothing is downloaded),
+    # so it lives on the serving volume, not in the version folder.
+    model_path: str
+    gpu_memory_utilization: float = Field(gt=0.0, le=1.0)
+    tensor_parallel_size: PositiveInt
+    # CUDA graphs off: a faster start and less memory, at some throughput.
+    enforce_eager: bool
+    # None: whatever the checkpoint's own quantization_config says (or none).
+    quantization: VllmQuantization | None
+
+    @field_validator("model_path")
+    @classmethod
+    def _absolute(cls, value: str) -> str:
+        return _absolute_posix_path(value, "package.vllm.model_path")
+
+
+class VllmEngineArgs(BaseModel):
+    """The vLLM engine arguments this project writes into ``<version>/model.json`` (``AsyncEngineArgs`` keys).
+
+    Known keys only, with their types and ranges, so a typo or a value vLLM would refuse fails here,
+    offline, instead of when a GPU server loads the model.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+
+    model: str
+    dtype: VllmDtype
+    gpu_memory_utilization: float = Field(gt=0.0, le=1.0)
+    max_model_len: PositiveInt
+    max_num_seqs: PositiveInt
+    tensor_parallel_size: PositiveInt
+    limit_mm_per_prompt: dict[Literal["image", "video"], int]
+    enforce_eager: bool
+    trust_remote_code: bool
+    quantization: VllmQuantization | None = None
+    # Optional knobs a person may add by hand; the package stage does not write them.
+    max_num_batched_tokens: PositiveInt | None = None
+    kv_cache_dtype: Literal["auto", "fp8", "fp8_e4m3", "fp8_e5m2"] | None = None
+    enable_prefix_caching: bool | None = None
+    seed: int | None = Field(default=None, ge=0)
+    disable_log_stats: bool | None = None
+
+    @field_validator("model")
+    @classmethod
+    def _absolute(cls, value: str) -> str:
+        return _absolute_posix_path(value, "model")
+
+    @field_validator("limit_mm_per_prompt")
+    @classmethod
+    def _counts(cls, value: dict[str, int]) -> dict[str, int]:
+        if any(count < 0 for count in value.values()):
+            raise ValueError(f"limit_mm_per_prompt counts must be 0 or more, got {value}")
+        return value
+
+
 class PackageParams(ServingParams):
     """The ``package`` group of params.yaml: the serving config plus the build's version number."""
 
     version: PositiveInt
+    # transformers: the Python backend (serving/backend/model.py) with the weights in the version
+    # folder. vllm: Triton's vLLM backend, engine arguments in <version>/model.json (another tensor
+    # contract: see the VLLM_* names above).
+    engine: Engine = "transformers"
+    vllm: VllmParams | None = None
+
+    @model_validator(mode="after")
+    def _engine_settings(self) -> PackageParams:
+        if self.engine != "vllm":
+            return self
+        if self.vllm is None:
+            raise ValueError("engine 'vllm' needs the package.vllm group (model_path, gpu_memory_utilization, ...)")
+        if self.instance_kind != "gpu":
+            raise ValueError("engine 'vllm' runs on GPUs only: set package.instance_kind to gpu")
+        if self.vllm.tensor_parallel_size > 1 and self.instance_count != 1:
+            raise ValueError("a multi-GPU vLLM engine (tensor_parallel_size > 1) is one instance: set instance_count 1")
+        # KIND_GPU puts instance_count engines on every GPU, each taking its share of that GPU's memory.
+        if self.vllm.tensor_parallel_size == 1 and self.instance_count * self.vllm.gpu_memory_utilization > 1.0:
+            raise ValueError(
+                f"instance_count {self.instance_count} x vllm.gpu_memory_utilization "
+                f"{self.vllm.gpu_memory_utilization} is over one GPU's memory"
+            )
+        return self
 
 
 def render_config(model_name: str, version: int, params: ServingParams, *, warmup: bool = True) -> str:
@@ -177,3 +317,62 @@ def render_config(model_name: str, version: int, params: ServingParams, *, warmu
 def parse_config(text: str) -> pb.ModelConfig:
     """Parse ``config.pbtxt`` text back into the protobuf (raises ``text_format.ParseError``)."""
     return text_format.Parse(text, pb.ModelConfig())
+
+
+def vllm_engine_args(params: PackageParams) -> VllmEngineArgs:
+    """The engine arguments of a vLLM-served build, derived from the same params as the Python backend's."""
+    if params.vllm is None:
+        raise ValueError("engine 'vllm' needs the package.vllm group")
+    return VllmEngineArgs(
+        model=params.vllm.model_path,
+        dtype=cast(VllmDtype, params.resolved_dtype()),
+        gpu_memory_utilization=params.vllm.gpu_memory_utilization,
+        # A whole conversation: the longest prompt model.py accepts plus the longest answer.
+        max_model_len=params.max_prompt_tokens + params.max_new_tokens,
+        # vLLM batches continuously; Triton's batcher stays off (max_batch_size 0).
+        max_num_seqs=params.max_batch_size,
+        tensor_parallel_size=params.vllm.tensor_parallel_size,
+        limit_mm_per_prompt={"image": params.max_images},
+        enforce_eager=params.vllm.enforce_eager,
+        trust_remote_code=False,  # Qwen3-VL is in vLLM itself; never run code shipped with a checkpoint
+        quantization=params.vllm.quantization,
+    )
+
+
+def render_engine_args(args: VllmEngineArgs) -> str:
+    """``model.json`` text: sorted keys, unset optional keys left out."""
+    return json.dumps(args.model_dump(exclude_none=True), indent=2, sort_keys=True) + "\n"
+
+
+def render_vllm_config(model_name: str, version: int, params: PackageParams) -> str:
+    """``config.pbtxt`` of a build served by Triton's vLLM backend (``package.engine: vllm``)."""
+    if params.vllm is None:
+        raise ValueError("engine 'vllm' needs the package.vllm group")
+    # vLLM schedules and batches requests itself: Triton's batcher is off and responses are decoupled.
+    config = pb.ModelConfig(name=model_name, backend=VLLM_BACKEND, max_batch_size=0)
+    config.model_transaction_policy.decoupled = True
+    for spec in VLLM_INPUTS:
+        config.input.add(
+            name=spec.name, data_type=pb.DataType.Value(spec.data_type), dims=spec.dims, optional=spec.optional
+        )
+    for spec in VLLM_OUTPUTS:
+        config.output.add(name=spec.name, data_type=pb.DataType.Value(spec.data_type), dims=spec.dims)
+    config.version_policy.specific.versions.append(version)
+    if params.vllm.tensor_parallel_size == 1:
+        config.instance_group.add(count=params.instance_count, kind=pb.ModelInstanceGroup.KIND_GPU)
+    else:
+        # The backend refuses KIND_GPU for a multi-GPU engine: KIND_MODEL leaves placement to vLLM.
+        config.instance_group.add(count=1, kind=pb.ModelInstanceGroup.KIND_MODEL)
+    values = {
+        PARAM_MAX_NEW_TOKENS: params.max_new_tokens,
+        PARAM_TEMPERATURE: params.temperature,
+        PARAM_TOP_P: params.top_p,
+        PARAM_MAX_HISTORY: params.max_history,
+        PARAM_MAX_IMAGES: params.max_images,
+        PARAM_MAX_IMAGE_PIXELS: params.max_image_pixels,
+        PARAM_MAX_PROMPT_TOKENS: params.max_prompt_tokens,
+    }
+    for key in VLLM_PARAMETERS:
+        config.parameters[key].string_value = str(values[key])
+    body: str = text_format.MessageToString(config)
+    return "# Generated by the package stage from params.yaml (engine: vllm); do not edit.\n" + body

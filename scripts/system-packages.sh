@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The Debian packages the tests and `make up` use: nginx (the edge), chromium + chromedriver (the
-# status-page test), postgresql (the shared-registry tests), wrk and hyperfine (benchmarks).
+# status-page test), postgresql (the shared-registry tests), wrk and hyperfine (benchmarks),
+# shellcheck (the GPU smoke script's lint).
 # Installs what is missing when run as root; otherwise names what to install and fails.
 set -euo pipefail
 declare -A needs=(
@@ -10,6 +11,7 @@ declare -A needs=(
   [postgresql]=/usr/lib/postgresql
   [wrk]=/usr/bin/wrk
   [hyperfine]=/usr/bin/hyperfine
+  [shellcheck]=/usr/bin/shellcheck
 )
 missing=()
 for package in "${!needs[@]}"; do

@@ -30,7 +30,10 @@ def _run_check_config(args: argparse.Namespace) -> int:
 
     backends = frozenset(args.backends.split(",")) if args.backends else STANDARD_BACKENDS
     started = time.perf_counter()
+    from validation.vllm_config import check_vllm_paths
+
     findings = check_paths(args.paths, Target(backends=backends, gpus=args.gpus))
+    findings = sorted([*findings, *check_vllm_paths(args.paths)], key=lambda f: (str(f.path), f.line, f.column))
     logging.getLogger(__name__).debug("checked in %.1f ms", (time.perf_counter() - started) * 1000)
     _print_findings(findings, show_warnings=not args.errors_only)
     return exit_code(findings)

@@ -21,7 +21,17 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict
 
 from core.checkpoint import missing_parts
-from core.contract import CONFIG_FILE, WARMUP_DIR, WARMUP_MESSAGES_FILE, PackageParams, render_config
+from core.contract import (
+    CONFIG_FILE,
+    VLLM_ENGINE_ARGS_FILE,
+    WARMUP_DIR,
+    WARMUP_MESSAGES_FILE,
+    PackageParams,
+    render_config,
+    render_engine_args,
+    render_vllm_config,
+    vllm_engine_args,
+)
 from core.files import atomic_dir
 from core.names import served_model_name
 from core.stage import StageError
@@ -48,7 +58,12 @@ class PackageResult(BaseModel):
 
 
 def package(checkpoint: Path, backend: Path, repository: Path, model: str, params: PackageParams) -> PackageResult:
-    """Write ``<repository>/<model>-v<version>/`` for ``checkpoint``; return what was written."""
+    """Write ``<repository>/<model>-v<version>/`` for ``checkpoint``; return what was written.
+
+    With ``params.engine`` ``vllm`` the folder is Triton's vLLM backend's instead (see ``package_vllm``).
+    """
+    if params.engine == "vllm":
+        return package_vllm(repository, model, params)
     if parts := missing_parts(checkpoint):
         raise StageError(
             f"package input {checkpoint} is not a Qwen3-VL checkpoint: missing {'; '.join(parts)}; "
@@ -76,6 +91,39 @@ def package(checkpoint: Path, backend: Path, repository: Path, model: str, param
             files=len(files),
         )
     logger.info("packaged %s: %d files, %d bytes", name, result.files, result.bytes)
+    return result
+
+
+def package_vllm(repository: Path, model: str, params: PackageParams) -> PackageResult:
+    """Write ``<repository>/<model>-v<version>/`` for Triton's vLLM backend: config.pbtxt + <version>/model.json.
+
+    vLLM loads the checkpoint from ``package.vllm.model_path``, a path on the serving machines: the
+    backend passes ``model.json`` to vLLM as is, and a version folder is renamed when it is served
+    (``<model>-v<MLflow version>``), so a path inside it could not be written down here.
+    """
+    name = served_model_name(model, params.version)
+    try:
+        config = render_vllm_config(name, params.version, params)
+        engine_args = render_engine_args(vllm_engine_args(params))
+    except ValueError as exc:
+        raise StageError(f"package: {exc}; see package.engine and package.vllm in params.yaml") from exc
+    with atomic_dir(repository / name) as staging:
+        version_dir = staging / str(params.version)
+        version_dir.mkdir()
+        (version_dir / VLLM_ENGINE_ARGS_FILE).write_text(engine_args)
+        (staging / CONFIG_FILE).write_text(config)
+        _make_readable(staging)
+        files = [path for path in version_dir.rglob("*") if path.is_file()]
+        result = PackageResult(
+            model=model,
+            triton_model=name,
+            version=params.version,
+            bytes=sum(path.stat().st_size for path in files),
+            files=len(files),
+        )
+    logger.info(
+        "packaged %s for the vLLM backend (weights at %s)", name, params.vllm.model_path if params.vllm else "-"
+    )
     return result
 
 
