@@ -81,6 +81,7 @@ def cli_env(settings: RegistrySettings) -> dict[str, str]:
         USER="cli-tester",
         MLFLOW_HTTP_REQUEST_MAX_RETRIES="2",
         MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR="1",
+        MLFLOW_DISABLE_TELEMETRY="true",
     )
     return env
 
