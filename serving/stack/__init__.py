@@ -164,7 +164,7 @@ def services(run_dir: Path, ports: Ports = Ports(), store_dir: Path | None = Non
                 {
                     **base,
                     "GATEWAY_PORT": str(port),
-                    "GATEWAY_TRITON_URL": f"127.0.0.1:{ports.triton_grpc}",
+                    "GATEWAY_TRITON_URL": f"http://127.0.0.1:{ports.triton_http}",
                     "GATEWAY_ADMIN_TOKEN": token,
                 },
                 _http_ok(f"http://127.0.0.1:{port}/healthz"),
