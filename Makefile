@@ -19,7 +19,7 @@ export TRANSFORMERS_NO_ADVISORY_WARNINGS := 1
 export MLFLOW_DISABLE_TELEMETRY := true
 export DO_NOT_TRACK := true
 
-.PHONY: help install lock tiny-model demo test lint typecheck pytest clean mlflow registry-status serving-repo metrics-diff triton bench-triton check-config check-load up down status install-registry audit deploy-check render-k8s images gpu-smoke
+.PHONY: help install lock tiny-model demo test lint typecheck pytest clean mlflow registry-status serving-repo metrics-diff triton bench-triton check-config check-load up down status install-registry audit deploy-check render-k8s images gpu-smoke gateway bench-gateway
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -137,3 +137,9 @@ images: ## Build the four images (needs a Docker engine); IMAGE_REGISTRY, IMAGE_
 
 gpu-smoke: $(STAMP) ## Prove the GPU path on one NVIDIA GPU (~10 min; QWEN3_VL_CHECKPOINT for a real model)
 	bash scripts/gpu_smoke.sh
+
+gateway: $(STAMP) ## Serve the OpenAI-compatible canary gateway (GATEWAY_PORT, default 8000), foreground
+	$(PY) -m serving.gateway
+
+bench-gateway: $(STAMP) ## Upstream-client and gateway-hop cost against a zero-work Triton model (~80 s)
+	$(PY) -m serving.gateway.bench

@@ -20,15 +20,18 @@ UPSTREAM_REQUESTS = "gateway_upstream_requests_total"
 UPSTREAM_LATENCY = "gateway_upstream_latency_seconds"
 #: Client-facing requests by route and status code (what users saw).
 REQUESTS = "gateway_requests_total"
-#: Canary failures answered by the champion instead.
+#: Canary failures answered by the champion instead (no labels).
 RETRIES = "gateway_retries_total"
-#: Shadow traffic: mirrored requests per candidate version, and whether its answer matched the champion's.
+#: Shadow traffic: mirrored requests per candidate version ({version, outcome=ok|error}), and how many of
+#: its answers matched the champion's ({version}). Shadow attempts never appear in the upstream series.
 SHADOW_REQUESTS = "gateway_shadow_requests_total"
 SHADOW_AGREEMENT = "gateway_shadow_agreement_total"
 
 LABEL_VERSION = "version"
 LABEL_OUTCOME = "outcome"
-OUTCOME_OK, OUTCOME_ERROR = "ok", "error"
+#: ok: answered; error: a failure that counts against the version (5xx, timeout, connection, injected
+#: fault); rejected: the model refused the request as invalid (a 400), which says nothing of its health.
+OUTCOME_OK, OUTCOME_ERROR, OUTCOME_REJECTED = "ok", "error", "rejected"
 
 #: Histogram buckets (seconds): fine enough around a tiny model's 10-100 ms and a real model's seconds.
 LATENCY_BUCKETS: tuple[float, ...] = (

@@ -1,0 +1,1 @@
+"""OpenAI-compatible canary gateway: weighted sticky routing of chat requests to Triton-served versions."""
