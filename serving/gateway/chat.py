@@ -37,12 +37,12 @@ from serving.gateway.errors import (
 )
 from serving.gateway.faults import Faults
 from serving.gateway.images import ImageInfo, RemoteImages, check_data_uri, check_limits
-from serving.gateway.metrics import OUTCOME_REJECTED, Metrics
+from serving.gateway.metrics import Metrics
 from serving.gateway.reconcile import Reconciler, VersionConfig, View
 from serving.gateway.routing import Route, choose, parse_pin
 from serving.gateway.shadow import Shadow
 from serving.gateway.upstream import Inference, Upstream
-from serving.telemetry import OUTCOME_ERROR, OUTCOME_OK
+from serving.telemetry import OUTCOME_ERROR, OUTCOME_OK, OUTCOME_REJECTED
 
 log = logging.getLogger(__name__)
 

@@ -31,7 +31,6 @@ from serving.telemetry import (
     LATENCY_BUCKETS,
     OUTCOME_ERROR,
     OUTCOME_OK,
-    OUTCOME_REJECTED,
     REQUESTS,
     RETRIES,
     SHADOW_AGREEMENT,
