@@ -18,6 +18,7 @@ export TRANSFORMERS_NO_ADVISORY_WARNINGS := 1
 # No tool phones home (MLflow writes an installation id and sends usage events by default).
 export MLFLOW_DISABLE_TELEMETRY := true
 export DO_NOT_TRACK := true
+export MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT := true
 
 .PHONY: help install lock tiny-model demo test lint typecheck pytest clean mlflow registry-status serving-repo metrics-diff triton bench-triton check-config check-load up down status install-registry audit deploy-check render-k8s images gpu-smoke gateway bench-gateway
 

@@ -1,6 +1,8 @@
 """Synthetic users: golden-set questions with their images, sent through the public endpoint.
 
-Several sessions (``X-Session-Id``), each a closed loop at a modest pace, like people using an app.
+Several concurrent users, each a closed loop at a modest pace, like people using an app; every
+user starts a new conversation (a new ``X-Session-Id``) every few requests, so the sessions spread
+over the whole hash range and a canary at 5% gets its share (six fixed sessions might all miss it).
 Every answer is checked: its status, the version that answered (``X-Model-Version``) and whether
 the answer was right. A client-visible error is any non-200 or transport failure. Used by the demo,
 the benchmarks and the fault tests.
@@ -62,13 +64,18 @@ class Tally:
 class Traffic:
     """Runs ``sessions`` closed-loop users against ``url`` in a background thread until ``stop()``."""
 
-    def __init__(self, url: str, *, sessions: int = 6, pause_s: float = 0.05, questions: int = 60) -> None:
+    def __init__(
+        self, url: str, *, sessions: int = 6, pause_s: float = 0.05, questions: int = 60, turns: int = 5
+    ) -> None:
         self.url = url.rstrip("/") + "/v1/chat/completions"
         self.sessions = sessions
         self.pause_s = pause_s
+        self.turns = turns
         self.tally = Tally()
         self._bodies = [_question(i) for i in range(questions)]
         self._stop = threading.Event()
+        self._go = threading.Event()
+        self._go.set()
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
 
@@ -77,8 +84,16 @@ class Traffic:
         self._thread.start()
         return self
 
+    def pause(self) -> None:
+        """Users finish their current request and wait (a build needs the CPU more than they do)."""
+        self._go.clear()
+
+    def resume(self) -> None:
+        self._go.set()
+
     def stop(self) -> Tally:
         self._stop.set()
+        self._go.set()
         if self._thread is not None:
             self._thread.join(timeout=60)
         return self.tally
@@ -89,9 +104,15 @@ class Traffic:
         async with aiohttp.ClientSession(timeout=timeout, connector=connector) as client:
             await asyncio.gather(*(self._user(client, f"user-{n}") for n in range(self.sessions)))
 
-    async def _user(self, client: aiohttp.ClientSession, session: str) -> None:
-        rng = random.Random(session)
+    async def _user(self, client: aiohttp.ClientSession, user: str) -> None:
+        rng = random.Random(user)
+        sent = 0
         while not self._stop.is_set():
+            if not self._go.is_set():
+                await asyncio.sleep(0.1)
+                continue
+            session = f"{user}-conversation-{sent // self.turns}"
+            sent += 1
             body, expected = rng.choice(self._bodies)
             started = time.perf_counter()
             status, version, detail, answer = 0, "", "", ""

@@ -99,7 +99,10 @@ http {{
             proxy_read_timeout {settings.read_timeout_s}s;
             proxy_send_timeout {settings.read_timeout_s}s;
             # A replica that dies mid-request: send it to the next one (safe, chat changes nothing).
-            proxy_next_upstream error timeout http_502 http_503 non_idempotent;
+            # Not on a gateway's own 502/503: those say Triton or MLflow is down or overloaded, which
+            # every replica shares; retrying them would mark each healthy replica failed (max_fails)
+            # and turn the gateway's 503 + Retry-After into nginx's "no gateway replica answered".
+            proxy_next_upstream error timeout non_idempotent;
             proxy_next_upstream_tries {len(settings.upstreams)};
             # Server-sent events pass through unbuffered when the gateway says so (X-Accel-Buffering).
             proxy_buffering on;

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import ipaddress
 import re
+from typing import Annotated
 
 from pydantic import Field, field_validator, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 _SIZE = re.compile(r"^[1-9][0-9]*[kmKM]?$")
 _HOST_PORT = re.compile(r"^[A-Za-z0-9.-]+:[0-9]{1,5}$")
@@ -20,7 +21,9 @@ class EdgeSettings(BaseSettings):
     host: str = "127.0.0.1"
     port: int = Field(8080, ge=1, le=65535)
     # The gateway replicas (host:port), comma-separated in the environment.
-    upstreams: list[str] = Field(default_factory=lambda: ["127.0.0.1:8000", "127.0.0.1:8010"], min_length=1)
+    upstreams: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: ["127.0.0.1:8000", "127.0.0.1:8010"], min_length=1
+    )
     # Idle keep-alive connections nginx keeps open to the gateways (per worker).
     upstream_keepalive: int = Field(32, ge=1)
     worker_processes: int = Field(1, ge=1)

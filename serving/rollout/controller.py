@@ -126,14 +126,16 @@ class Controller:
 
     def tick(self) -> None:
         """One step: hold the lease, read the registry, reconcile Triton, judge the canary."""
-        if not (self.lease.renew() if self.lease.held else self.lease.acquire()):
-            self._set_phase("standby")
-            return
         try:
-            state = read_state(self.store)
+            # The lease lives in MLflow too: when MLflow is down, this is the first call to fail.
+            holding = self.lease.renew() if self.lease.held else self.lease.acquire()
+            state = read_state(self.store) if holding else None
         except Exception as exc:  # MLflow down: change nothing, gateways keep the last split
             self._set_phase("registry unreachable")
             log.warning("registry unreachable (%s); holding the current split", exc)
+            return
+        if state is None:
+            self._set_phase("standby")
             return
         self._reconcile_triton(state)
         self._judge(state)
@@ -179,9 +181,11 @@ class Controller:
         name = self._name(version)
         self._set_phase(f"loading v{version}")
         try:
-            folder = materialize.materialize_version(self.store, version, self.settings.cache_dir / str(version))
-            place(ServedModel(name, version, folder, "version"), self.settings.triton_repository)
-            self.triton.load(name)
+            # Downloading, verifying and loading a real model takes longer than the lease: keep it.
+            with self.lease.renewing():
+                folder = materialize.materialize_version(self.store, version, self.settings.cache_dir / str(version))
+                place(ServedModel(name, version, folder, "version"), self.settings.triton_repository)
+                self.triton.load(name)
         except (RegistryError, RepositoryError, OSError) as exc:
             self.served.failed[version] = str(exc)
             log.error("v%d cannot be served: %s", version, exc)

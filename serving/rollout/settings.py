@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Annotated
 
 from pydantic import Field, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 
 class ControllerSettings(BaseSettings):
@@ -14,7 +15,7 @@ class ControllerSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="CONTROLLER_", extra="forbid")
 
     # Every gateway replica's metrics endpoint (comma-separated in the environment).
-    gateways: list[str] = Field(
+    gateways: Annotated[list[str], NoDecode] = Field(
         default_factory=lambda: ["http://127.0.0.1:8000/metrics", "http://127.0.0.1:8010/metrics"], min_length=1
     )
     triton_http_url: str = "http://127.0.0.1:8001"

@@ -197,3 +197,9 @@ def test_reload_under_load_fails_no_request(replicas: dict[str, Replica], tmp_pa
 
     assert len(codes) > 50
     assert set(codes) == {200}, f"{len([c for c in codes if c != 200])} of {len(codes)} requests failed"
+
+
+def test_upstreams_come_from_the_environment_comma_separated(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("EDGE_UPSTREAMS", "127.0.0.1:8000,127.0.0.1:8010, 10.0.0.2:8000")
+
+    assert EdgeSettings().upstreams == ["127.0.0.1:8000", "127.0.0.1:8010", "10.0.0.2:8000"]
