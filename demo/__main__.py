@@ -9,7 +9,8 @@ import sys
 import time
 from pathlib import Path
 
-from demo.journey import JourneyError, run
+from demo.journey import run
+from demo.scratch import ScratchError
 from serving.stack import ROOT, StackError
 
 
@@ -23,7 +24,7 @@ def main(argv: list[str] | None = None) -> int:
     started = time.monotonic()
     try:
         result = run(args.run_dir.resolve())
-    except (JourneyError, StackError) as exc:
+    except (ScratchError, StackError) as exc:
         print(f"make demo: {exc}\n(logs: {args.run_dir}/logs/)", file=sys.stderr)
         return 1
     summary = {**result["summary"], "journey_s": round(time.monotonic() - started, 1)}

@@ -18,10 +18,6 @@ count (which must be 0), and last a one-line JSON summary.
 from __future__ import annotations
 
 import logging
-import os
-import shutil
-import subprocess
-import sys
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -29,23 +25,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import httpx
-
+from demo.scratch import Scratch, ScratchError, scratch_stack
+from demo.scratch import run as run_command
 from demo.traffic import Traffic
 from registry import events, rollout
 from registry.events import Actor
-from registry.settings import RegistrySettings
 from registry.state import RolloutState, read_state
 from registry.store import Store
-from serving.stack import ROOT, Ports, admin_token, down, services, start
-from serving.triton.launcher import free_ports
 
 log = logging.getLogger("demo")
 
 ACTOR = Actor(name="make demo")
 
 
-class JourneyError(Exception):
+class JourneyError(ScratchError):
     """A step of the journey did not happen in time; the message says which and where to look."""
 
 
@@ -95,159 +88,87 @@ class Journey:
         )  # fmt: skip
 
 
-def _wait(what: str, check: Callable[[], bool], timeout_s: float, poll_s: float = 0.25) -> float:
-    started = time.monotonic()
-    while not check():
-        if time.monotonic() - started > timeout_s:
-            raise JourneyError(f"timed out after {timeout_s:.0f} s waiting for {what}")
-        time.sleep(poll_s)
-    return time.monotonic() - started
-
-
-def _run(command: list[str], env: dict[str, str], what: str) -> str:
-    log.info("$ %s", " ".join(command))
-    done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, check=False)
-    if done.returncode != 0:
-        raise JourneyError(f"{what} failed ({done.returncode}):\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}")
-    return done.stdout + done.stderr
-
-
-def _register_build_1(env: dict[str, str], run_dir: Path) -> None:
-    """Register what `dvc repro` validated, with the register stage's own command, into the scratch store."""
-    _run(
-        [
-            sys.executable, "-m", "pipelines.register", "--params", "params.yaml", "--lock", "dvc.lock",
-            "--validate", "metrics/validate.json", "--package", "metrics/package.json",
-            "--quantize", "metrics/quantize.json", "--metrics", "metrics/base_model.json",
-            "--triton-repo", "triton-models", "--out", str(run_dir / "register-build-1.json"),
-        ],
-        env,
-        "registering build 1",
-    )  # fmt: skip
-
-
 def _build(env: dict[str, str], overrides: list[str], what: str) -> None:
     """Another build through the real pipeline (a temporary DVC experiment), registered as candidate."""
     command = ["dvc", "exp", "run", "--temp", *(arg for o in overrides for arg in ("-S", o))]
-    _run(command, env, what)
-
-
-def _ready(url: str) -> bool:
-    try:
-        return httpx.get(f"{url}/readyz", timeout=2).status_code == 200
-    except httpx.HTTPError:
-        return False
+    run_command(command, env, what)
 
 
 def run(run_dir: Path) -> dict[str, Any]:
-    """The whole journey; returns the summary. Leaves nothing running."""
-    shutil.rmtree(run_dir, ignore_errors=True)
-    (run_dir / "triton-repo").mkdir(parents=True)
-    http, grpc, metrics, mlflow, edge, gw1, gw2 = free_ports(7)
-    ports = Ports(
-        edge=edge, gateways=(gw1, gw2), triton_http=http, triton_grpc=grpc, triton_metrics=metrics, mlflow=mlflow
-    )
-    store_dir = run_dir / "mlflow"
-    stack = services(run_dir, ports, store_dir=store_dir)
+    """The whole journey; returns the steps and the summary. Leaves nothing running."""
     journey = Journey(run_dir)
-    mlflow_url = f"http://127.0.0.1:{ports.mlflow}"
-    env = {
-        **os.environ,
-        "PYTHONPATH": str(ROOT),
-        "MLFLOW_TRACKING_URI": mlflow_url,
-        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
-    }
-    store = Store(RegistrySettings(tracking_uri=mlflow_url))
-    token = admin_token(run_dir)
-    gateways = [f"http://127.0.0.1:{port}" for port in ports.gateways]
-    edge_url = f"http://127.0.0.1:{ports.edge}"
     traffic: Traffic | None = None
-    summary: dict[str, Any] = {}
-    try:
-        t0 = time.monotonic()
-        for service in stack:
-            start(service, run_dir)
-        journey.timings["stack_up_s"] = round(time.monotonic() - t0, 1)
-
-        t0 = time.monotonic()
-        _register_build_1(env, run_dir)
-        rollout.promote_to_champion(store, ACTOR)
-        journey.record("build 1 registered, promoted to champion", read_state(store), None)
-        _wait("the gateways to serve the champion", lambda: all(_ready(url) for url in gateways), 120)
-        journey.timings["champion_serving_s"] = round(time.monotonic() - t0, 1)
-
-        traffic = Traffic(edge_url).start()
-        time.sleep(2)
-        journey.record("synthetic users start (6 sessions, via nginx)", read_state(store), traffic)
-
-        t0 = time.monotonic()
-        traffic.pause()  # two cores: the build's validation needs them more than the synthetic users
-        _build(env, ["quantize.method=none", "package.version=2"], "build 2 (full precision)")
-        journey.timings["build_2_s"] = round(time.monotonic() - t0, 1)
-        traffic.resume()
-        journey.record("build 2 (full precision) validated, candidate", read_state(store), traffic)
-        rollout.promote_to_canary(store, ACTOR, reason="make demo: build 2")
-        second = read_state(store).version_of("canary")
-        journey.record(f"v{second} promoted to canary", read_state(store), traffic)
-        t0 = time.monotonic()
-        _follow(store, journey, traffic, until=lambda s: s.version_of("canary") is None, timeout_s=180)
-        journey.timings["canary_to_champion_s"] = round(time.monotonic() - t0, 1)
-        promoted = read_state(store).version_of("champion")
-        if promoted != second:
-            reason = next((e.reason for e in events.history(store, 5) if e.action.startswith("rollback")), None)
-            raise JourneyError(f"build 2 (v{second}) was expected to become champion, but it was rolled back: {reason}")
-
-        t0 = time.monotonic()
-        traffic.pause()
-        _build(
-            env,
-            ["quantize.method=none", "package.version=3", "package.max_queue_delay_us=2000"],
-            "build 3 (serving-config change)",
-        )
-        journey.timings["build_3_s"] = round(time.monotonic() - t0, 1)
-        traffic.resume()
-        journey.record("build 3 (queue delay 2 ms) validated, candidate", read_state(store), traffic)
-        rollout.promote_to_canary(store, ACTOR, reason="make demo: build 3")
-        canary = read_state(store).version_of("canary")
-        journey.record(f"v{canary} promoted to canary", read_state(store), traffic)
-        _follow(store, journey, traffic, until=lambda s: s.canary_weight > 0, timeout_s=120)
-        onset = time.monotonic()
-        for url in gateways:
-            response = httpx.post(
-                f"{url}/admin/faults",
-                json={"version": canary, "error_percent": 100},
-                headers={"Authorization": f"Bearer {token}"},
-                timeout=5,
-            )
-            response.raise_for_status()
-        journey.record(f"fault injected into v{canary}: every answer fails", read_state(store), traffic)
-        _follow(store, journey, traffic, until=lambda s: s.canary_weight == 0 or s.version_of("canary") is None,
-                timeout_s=60, poll_s=0.1)  # fmt: skip
-        rollback_s = round(time.monotonic() - onset, 2)
-        _follow(store, journey, traffic, until=lambda s: s.version_of("canary") is None, timeout_s=30)
-        time.sleep(1)
-        tally = traffic.stop()
-        final = read_state(store)
-        reason = next((e.reason for e in events.history(store, 10) if e.action.startswith("rollback")), None)
-        journey.record("traffic stops", final, traffic, decision=f"rolled back: {reason}" if reason else "")
-        summary = {
-            "champion": final.version_of("champion"),
-            "promoted": promoted,
-            "rolled_back": canary if final.version_of("canary") is None else None,
-            "rollback_s": rollback_s,
-            "client_errors": tally.errors,
-            "requests": tally.requests,
-            "correct": tally.correct,
-            "by_version": dict(tally.by_version),
-            **journey.timings,
-        }
-        if tally.error_samples:
-            log.warning("client-visible errors: %s", tally.error_samples)
-    finally:
-        if traffic is not None:
-            traffic.stop()
-        down(run_dir, stack)
+    with scratch_stack(run_dir, ACTOR, journey.timings) as stack:
+        try:
+            store = stack.store
+            journey.record("build 1 registered, promoted to champion", read_state(store), None)
+            traffic = Traffic(stack.edge_url).start()
+            time.sleep(2)
+            journey.record("synthetic users start (6 at a time, via nginx)", read_state(store), traffic)
+            summary = _canary_then_regression(stack, journey, traffic)
+        finally:
+            if traffic is not None:
+                traffic.stop()
     return {"steps": [step.__dict__ for step in journey.steps], "summary": summary}
+
+
+def _canary_then_regression(stack: Scratch, journey: Journey, traffic: Traffic) -> dict[str, Any]:
+    store, env = stack.store, stack.env
+    t0 = time.monotonic()
+    traffic.pause()  # two cores: the build's validation needs them more than the synthetic users
+    _build(env, ["quantize.method=none", "package.version=2"], "build 2 (full precision)")
+    journey.timings["build_2_s"] = round(time.monotonic() - t0, 1)
+    traffic.resume()
+    journey.record("build 2 (full precision) validated, candidate", read_state(store), traffic)
+    rollout.promote_to_canary(store, ACTOR, reason="make demo: build 2")
+    second = read_state(store).version_of("canary")
+    journey.record(f"v{second} promoted to canary", read_state(store), traffic)
+    t0 = time.monotonic()
+    _follow(store, journey, traffic, until=lambda s: s.version_of("canary") is None, timeout_s=180)
+    journey.timings["canary_to_champion_s"] = round(time.monotonic() - t0, 1)
+    promoted = read_state(store).version_of("champion")
+    if promoted != second:
+        reason = next((e.reason for e in events.history(store, 5) if e.action.startswith("rollback")), None)
+        raise JourneyError(f"build 2 (v{second}) was expected to become champion, but it was rolled back: {reason}")
+
+    t0 = time.monotonic()
+    traffic.pause()
+    _build(
+        env,
+        ["quantize.method=none", "package.version=3", "package.max_queue_delay_us=2000"],
+        "build 3 (serving-config change)",
+    )
+    journey.timings["build_3_s"] = round(time.monotonic() - t0, 1)
+    traffic.resume()
+    journey.record("build 3 (queue delay 2 ms) validated, candidate", read_state(store), traffic)
+    rollout.promote_to_canary(store, ACTOR, reason="make demo: build 3")
+    canary = read_state(store).version_of("canary")
+    journey.record(f"v{canary} promoted to canary", read_state(store), traffic)
+    _follow(store, journey, traffic, until=lambda s: s.canary_weight > 0, timeout_s=120)
+    onset = time.monotonic()
+    stack.admin("POST", "/admin/faults", {"version": canary, "error_percent": 100})
+    journey.record(f"fault injected into v{canary}: every answer fails", read_state(store), traffic)
+    _follow(store, journey, traffic, until=lambda s: s.canary_weight == 0 or s.version_of("canary") is None,
+            timeout_s=60, poll_s=0.1)  # fmt: skip
+    rollback_s = round(time.monotonic() - onset, 2)
+    _follow(store, journey, traffic, until=lambda s: s.version_of("canary") is None, timeout_s=30)
+    time.sleep(1)
+    tally = traffic.stop()
+    final = read_state(store)
+    journey.record("traffic stops", final, traffic)
+    if tally.error_samples:
+        log.warning("client-visible errors: %s", tally.error_samples)
+    return {
+        "champion": final.version_of("champion"),
+        "promoted": promoted,
+        "rolled_back": canary if final.version_of("canary") is None else None,
+        "rollback_s": rollback_s,
+        "client_errors": tally.errors,
+        "requests": tally.requests,
+        "correct": tally.correct,
+        "by_version": dict(tally.by_version),
+        **journey.timings,
+    }
 
 
 def _follow(
