@@ -53,7 +53,7 @@ def load(url: str, body: bytes, *, connections: int, seconds: float, threads: in
         script.write_text(_SCRIPT)
         payload.write_bytes(body)
         done = subprocess.run(
-            ["wrk", f"-t{threads}", f"-c{connections}", f"-d{seconds}s", "--latency", "--timeout", "30s",
+            ["wrk", f"-t{threads}", f"-c{connections}", f"-d{max(1, round(seconds))}s", "--latency", "--timeout", "30s",
              "-s", str(script), url],
             env={"WRK_BODY": str(payload), "PATH": "/usr/bin:/bin"},
             capture_output=True, text=True, check=True, timeout=seconds + 60,

@@ -148,21 +148,21 @@ class Controller:
 
     def _reconcile_triton(self, state: RolloutState) -> None:
         wanted = {v for v in (state.version_of("champion"), state.version_of("canary")) if v is not None}
+        try:
+            loaded = {name for name in self.triton.loaded() if name.startswith(f"{self.store.model}-v")}
+        except Exception as exc:  # Triton down: nothing to load or unload now; retry next tick
+            log.warning("cannot list Triton's models: %s", exc)
+            self.served.ready.clear()
+            return
+        # What Triton serves is ready (a version back in a role within the unload grace is still
+        # loaded: no reload); a version Triton lost (a restart) is loaded again.
+        self.served.ready = {v for v in wanted if self._name(v) in loaded}
         for version in sorted(wanted - self.served.ready):
             if version in self.served.failed and state.version_of("canary") != version:
                 continue
             self._load(state, version)
-        self.served.ready &= wanted
         now = self.clock()
         names = {self._name(v) for v in wanted}
-        try:
-            loaded = {name for name in self.triton.loaded() if name.startswith(f"{self.store.model}-v")}
-        except Exception as exc:  # Triton down: nothing to unload now
-            log.warning("cannot list Triton's models: %s", exc)
-            self.served.ready.clear()
-            return
-        # A version Triton lost (restart) must be loaded again.
-        self.served.ready = {v for v in self.served.ready if self._name(v) in loaded}
         for name in sorted(loaded - names):
             since = self.served.retired_since.setdefault(name, now)
             if now - since >= self.settings.unload_grace_s:
