@@ -65,4 +65,7 @@ def parse_config(path: Path) -> ParsedConfig | Finding:
             path, exc.GetLine() or 0, exc.GetColumn() or 0, Severity.ERROR, "syntax",
             f"failed to read text proto from {path}: {detail}",
         )  # fmt: skip
+    except ValueError as exc:
+        # protobuf's parser lets this one out bare: an enum field given a number beyond 32 bits.
+        return Finding(path, 0, 0, Severity.ERROR, "syntax", f"failed to read text proto from {path}: {exc}")
     return ParsedConfig(path, config, Locator(text))

@@ -62,8 +62,8 @@ def check_vllm_model(model_dir: Path) -> list[Finding]:
     config_path = model_dir / CONFIG_FILE
     try:
         config = parse_config(config_path.read_text())
-    except (OSError, text_format.ParseError):
-        return []  # check-config reports a missing or unparsable config
+    except (OSError, ValueError, text_format.ParseError):  # ValueError: not UTF-8, or a bare protobuf refusal
+        return []  # check-config reports a missing, unreadable or unparsable config
     if config.backend != VLLM_BACKEND:
         return []
     findings = _check_config(config_path, config)

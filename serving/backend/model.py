@@ -59,6 +59,8 @@ _PARAMETERS = (
 _BACKEND_PARAMETERS = ("EXECUTION_ENV_PATH", "FORCE_CPU_ONLY_INPUT_TENSORS")
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 _ROLES = ("system", "user", "assistant")
+#: Temperatures below this sample greedily (see ``_PerRowSampling``).
+_GREEDY_BELOW = 1e-5
 
 
 class BadRequestError(ValueError):
@@ -232,7 +234,9 @@ class _PerRowSampling(LogitsProcessor):
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
         temperatures = self.temperatures.to(scores.device)
-        greedy = (temperatures <= 0).unsqueeze(1)
+        # A temperature this small is greedy in all but exact ties, and dividing by it can overflow
+        # float32 (1e-40: inf logits, NaN probabilities, a failed generate): take the argmax instead.
+        greedy = (temperatures < _GREEDY_BELOW).unsqueeze(1)
         scaled = scores / torch.where(greedy, torch.ones_like(temperatures.unsqueeze(1)), temperatures.unsqueeze(1))
         ordered, order = torch.sort(scaled, descending=True, dim=-1)
         probabilities = ordered.softmax(dim=-1)

@@ -13,10 +13,13 @@ import asyncio
 import hashlib
 import hmac
 import re
+from collections.abc import Callable, Coroutine
 from typing import Any, Literal
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Request
+from fastapi.routing import APIRoute
 from pydantic import BaseModel, ConfigDict, Field
+from starlette.responses import Response
 
 from registry.events import Actor
 from serving.gateway.errors import UnauthorizedError
@@ -83,7 +86,18 @@ def make_router(token: bytes | None, registry: RegistryPort, reconciler: Reconci
         if not (hmac.compare_digest(digest, expected) and scheme.lower() == "bearer"):
             raise UnauthorizedError("the admin API needs `Authorization: Bearer <GATEWAY_ADMIN_TOKEN>`")
 
-    router = APIRouter(prefix="/admin", dependencies=[Depends(authorize)])
+    class AuthorizedRoute(APIRoute):
+        # Before FastAPI reads the body: without the token, even malformed JSON is a 401, never a 400.
+        def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+            handler = super().get_route_handler()
+
+            async def checked(request: Request) -> Response:
+                authorize(request)
+                return await handler(request)
+
+            return checked
+
+    router = APIRouter(prefix="/admin", route_class=AuthorizedRoute)
 
     async def act(request: Request, action: Action) -> dict[str, Any]:
         claimed = request.headers.get("x-actor", "admin")

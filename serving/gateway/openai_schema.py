@@ -26,7 +26,9 @@ from serving.gateway.upstream import Inference
 
 
 class _Lenient(BaseModel):
-    model_config = ConfigDict(extra="ignore", frozen=True)
+    # Lenient about fields it does not know, as OpenAI-compatible servers are; strict about the types of
+    # those it does, as OpenAI is (`"temperature": false` or `"max_tokens": "5"` is a 400, not 0 or 5).
+    model_config = ConfigDict(extra="ignore", frozen=True, strict=True)
 
 
 class TextPart(_Lenient):
