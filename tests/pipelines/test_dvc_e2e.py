@@ -99,6 +99,25 @@ def test_method_change_reruns_only_quantize_onwards(repo: Path) -> None:
     assert json.loads((repo / "artifacts/register.json").read_text())["version"] == 2
 
 
+def test_switching_back_registers_again_instead_of_restoring_a_stale_answer(repo: Path) -> None:
+    """DVC's run cache could restore register's output without registering; persist keeps it from that."""
+    out = _run(["dvc", "exp", "run", "-S", "quantize.method=bnb-nf4"], repo)
+
+    assert "Running stage 'register'" in out  # not "Restored stage 'register' from run-cache"
+    register = json.loads((repo / "artifacts/register.json").read_text())
+    # The same build as the first repro: register finds v1 again and makes it the candidate.
+    assert (register["version"], register["alias"]) == (1, "candidate")
+    status = subprocess.run(
+        [sys.executable, "-m", "registry", "status", "--json"],
+        cwd=repo,
+        env=os.environ | {"PYTHONPATH": str(repo)},
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert json.loads(status.stdout)["candidate"]["version"] == 1
+
+
 def test_strict_accuracy_gate_fails_with_the_rule_named(repo: Path) -> None:
     env = os.environ | {"PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
     proc = subprocess.run(
