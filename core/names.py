@@ -9,6 +9,9 @@ named ``<model>-v<N>``.
 from __future__ import annotations
 
 import re
+from typing import Annotated
+
+from pydantic import AfterValidator
 
 MODEL_NAME_RULE = "a letter or digit, then letters, digits, '_', '.' or '-' (at most 64 characters)"
 _MODEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
@@ -41,3 +44,11 @@ def parse_served_name(name: str) -> tuple[str, int] | None:
     if match is None or not is_model_name(match["model"]):
         return None
     return match["model"], int(match["version"])
+
+
+def _plain(name: str) -> str:
+    return check_model_name(name, "name")
+
+
+#: A pydantic field type for any name that follows the rule (registered models, experiments, Triton models).
+PlainName = Annotated[str, AfterValidator(_plain)]

@@ -6,9 +6,9 @@ from pathlib import Path
 from typing import Literal, TypeVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from core.names import check_model_name
+from core.names import PlainName
 from core.stage import StageError
 
 PARAMS_FILE = Path("params.yaml")
@@ -52,15 +52,5 @@ def load_group(group: str, model: type[G], path: Path = PARAMS_FILE) -> G:
 class RegistryParams(ParamsGroup):
     """The ``registry`` group: the names every room shares (Triton models, MLflow model and experiment)."""
 
-    model_name: str
-    experiment: str
-
-    @field_validator("model_name")
-    @classmethod
-    def _plain_name(cls, value: str) -> str:
-        return check_model_name(value, "registry.model_name")
-
-    @field_validator("experiment")
-    @classmethod
-    def _experiment(cls, value: str) -> str:
-        return check_model_name(value, "registry.experiment")
+    model_name: PlainName
+    experiment: PlainName

@@ -12,7 +12,7 @@ import yaml
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from core.names import check_model_name
+from core.names import PlainName
 from registry.errors import RegistryError
 
 _LOOPBACK = ("127.0.0.1", "localhost", "::1")
@@ -40,8 +40,8 @@ class RegistrySettings(BaseSettings):
     allow_public_bind: bool = False
     port: int = Field(default=5000, ge=1, le=65535)
     # Default: the `registry` group of the project's params.yaml, the one place these names live.
-    model_name: str
-    experiment: str
+    model_name: PlainName
+    experiment: PlainName
     health_attempts: int = Field(default=60, ge=1)
     health_interval_s: float = Field(default=0.5, gt=0)
     # Seconds a rollout action's lock outlives its last renewal (renewed every third of it): how long
@@ -59,16 +59,6 @@ class RegistrySettings(BaseSettings):
         except (OSError, yaml.YAMLError):
             group = {}
         return {**{k: v for k, v in group.items() if k in ("model_name", "experiment")}, **data}
-
-    @field_validator("model_name")
-    @classmethod
-    def _model_name_is_valid(cls, value: str) -> str:
-        return check_model_name(value, "registered model name")
-
-    @field_validator("experiment")
-    @classmethod
-    def _experiment_is_valid(cls, value: str) -> str:
-        return check_model_name(value, "experiment name")
 
     @model_validator(mode="after")
     def _loopback_unless_allowed(self) -> RegistrySettings:
