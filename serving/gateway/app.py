@@ -26,7 +26,7 @@ from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from registry.settings import RegistrySettings
-from serving.gateway import admin, errors, status
+from serving.gateway import admin, errors, openapi_doc, status
 from serving.gateway import openai_schema as wire
 from serving.gateway.chat import ChatService
 from serving.gateway.faults import Faults
@@ -131,6 +131,9 @@ def create_app(
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await upstream.start()
+        # Listen only once the split is known: a replica that takes requests before its first
+        # reconcile answers them 503 (no champion known), and the edge does not retry a 503.
+        await reconciler.sync()
         tasks = [asyncio.create_task(reconciler.run()), asyncio.create_task(_snapshots(window))]
         try:
             yield
@@ -176,6 +179,7 @@ def create_app(
 
     app.include_router(admin.make_router(token, registry, reconciler, faults))
     app.include_router(status.make_router(reconciler, metrics, window, faults))
+    app.openapi = lambda: openapi_doc.document(app)  # type: ignore[method-assign]
     paths.update(str(route.path) for route in app.routes if hasattr(route, "path"))
     return app
 

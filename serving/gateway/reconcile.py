@@ -123,6 +123,11 @@ class Reconciler:
     async def run(self) -> None:
         await asyncio.gather(self._registry_loop(), self._triton_loop())
 
+    async def sync(self) -> None:
+        """One registry read and one Triton read, now: what a replica does before it takes traffic."""
+        await self._guarded(self.sync_registry, "registry")
+        await self._guarded(self.sync_triton, "Triton")
+
     def mark_not_ready(self, version: int) -> None:
         """A request found ``version`` not ready: stop routing to it until Triton says otherwise."""
         if version in self.view.ready:

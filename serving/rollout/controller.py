@@ -189,6 +189,12 @@ class Controller:
         except (RegistryError, RepositoryError, OSError) as exc:
             self.served.failed[version] = str(exc)
             log.error("v%d cannot be served: %s", version, exc)
+            # Nothing Triton refused stays in its repository: a Triton (re)started over it with every
+            # model loaded (`--load-model=*`, as `make up` does) would refuse to start at all.
+            try:
+                remove(self.settings.triton_repository, name)
+            except OSError as removal:
+                log.warning("could not remove %s from Triton's repository: %s", name, removal)
             if state.version_of("canary") == version:
                 self._rollback(version, f"canary v{version} cannot be served, so the rollout is refused: {exc}", {})
             return
