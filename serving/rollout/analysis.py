@@ -47,6 +47,8 @@ class Verdict:
     decision: Decision
     reasons: list[str]
     figures: dict[str, float] = field(default_factory=dict)
+    # The hard floors breached ("errors", "p95"), for a caller that treats them differently.
+    floors: tuple[str, ...] = ()
 
     def summary(self) -> str:
         return f"{self.decision}: " + ("; ".join(self.reasons) if self.reasons else "no regression")
@@ -92,14 +94,16 @@ def mann_whitney_greater(canary: VersionStats, champion: VersionStats) -> float:
     return float(mannwhitneyu(x, y, alternative="greater", method="asymptotic").pvalue)
 
 
-def judge(champion: VersionStats, canary: VersionStats, params: RolloutParams) -> Verdict:
-    """The verdict on one window of traffic."""
+def judge(champion: VersionStats, canary: VersionStats, params: RolloutParams, *, floors: bool = True) -> Verdict:
+    """The verdict on one window of traffic; ``floors=False`` leaves the hard floors to the caller."""
     figures = _figures(champion, canary)
     reasons: list[str] = []
+    breached: list[str] = []
     canary_n, champion_n = int(canary.requests), int(champion.requests)
-    if canary_n >= params.floor_min_requests:
+    if floors and canary_n >= params.floor_min_requests:
         increase = figures["canary_error_rate"] - figures["champion_error_rate"]
         if increase > params.max_error_rate_increase:
+            breached.append("errors")
             reasons.append(
                 f"canary error rate {figures['canary_error_rate']:.1%} is {increase:.1%} above the champion's "
                 f"{figures['champion_error_rate']:.1%} (floor: rollout.max_error_rate_increase "
@@ -108,12 +112,13 @@ def judge(champion: VersionStats, canary: VersionStats, params: RolloutParams) -
         ratio = figures.get("p95_ratio")
         # A p95 needs more samples than an error rate: judge it only once the window is full enough.
         if ratio is not None and ratio > params.max_p95_ratio and canary_n >= params.min_requests:
+            breached.append("p95")
             reasons.append(
                 f"canary p95 {figures['canary_p95_ms']:.0f} ms is {ratio:.2f}x the champion's "
                 f"{figures['champion_p95_ms']:.0f} ms (floor: rollout.max_p95_ratio {params.max_p95_ratio})"
             )
         if reasons:
-            return Verdict(Decision.ABORT, reasons, figures)
+            return Verdict(Decision.ABORT, reasons, figures, tuple(breached))
     if canary_n < params.min_requests or champion_n < params.min_requests:
         return Verdict(
             Decision.WAIT,

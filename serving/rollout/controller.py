@@ -49,6 +49,8 @@ class _Progress:
     failed_checks: int = 0
     verdict: Verdict | None = None
     window_started: float = 0.0
+    # When the canary's p95 first breached its floor in the current run of breaches.
+    slow_since: float | None = None
 
 
 @dataclass
@@ -137,9 +139,11 @@ class Controller:
         if state is None:
             self._set_phase("standby")
             return
-        self._reconcile_triton(state)
-        self._judge(state)
-        self._publish(state)
+        # A tick that loads or unloads a model can outlast the lease: keep it renewed meanwhile.
+        with self.lease.renewing():
+            self._reconcile_triton(state)
+            self._judge(state)
+            self._publish(state)
 
     # -- Triton ---------------------------------------------------------------------------------
 
@@ -181,11 +185,9 @@ class Controller:
         name = self._name(version)
         self._set_phase(f"loading v{version}")
         try:
-            # Downloading, verifying and loading a real model takes longer than the lease: keep it.
-            with self.lease.renewing():
-                folder = materialize.materialize_version(self.store, version, self.settings.cache_dir / str(version))
-                place(ServedModel(name, version, folder, "version"), self.settings.triton_repository)
-                self.triton.load(name)
+            folder = materialize.materialize_version(self.store, version, self.settings.cache_dir / str(version))
+            place(ServedModel(name, version, folder, "version"), self.settings.triton_repository)
+            self.triton.load(name)
         except (RegistryError, RepositoryError, OSError) as exc:
             self.served.failed[version] = str(exc)
             log.error("v%d cannot be served: %s", version, exc)
@@ -214,6 +216,7 @@ class Controller:
             progress.canary, progress.weight = canary, state.canary_weight
             progress.judged_at = progress.window_started = self.clock()
             progress.verdict = None
+            progress.slow_since = None
             self.windows.reset()
         if canary is None or champion is None:
             self._set_phase("idle")
@@ -235,9 +238,18 @@ class Controller:
             return
         self._set_phase(f"analysing v{canary} at {state.canary_weight}%")
         now = self.clock()
-        # Hard floors: on the last interval only, every tick, so a fault shows within seconds.
+        # Hard floors: on the last interval only, every tick, so a fault shows within seconds. An
+        # error-rate breach aborts at once; a p95 breach must last a whole interval, so the first
+        # slow requests of a freshly loaded canary (cold caches, lazy imports) do not roll it back.
         recent, _ = self.windows.last(self.params.interval_s)
         floor = judge(recent.get(champion, VersionStats()), recent.get(canary, VersionStats()), self.params)
+        if floor.decision is Decision.ABORT and "errors" not in floor.floors:
+            if progress.slow_since is None:
+                progress.slow_since = now
+            if now - progress.slow_since < self.params.interval_s:
+                floor = Verdict(Decision.WAIT, floor.reasons, floor.figures, floor.floors)
+        elif floor.decision is not Decision.ABORT:
+            progress.slow_since = None
         if floor.decision is Decision.ABORT:
             progress.verdict = floor
             self._rollback(canary, "; ".join(floor.reasons), _details(floor))
@@ -249,7 +261,10 @@ class Controller:
         window, span = self.windows.last(now - progress.window_started)
         if span < 0.8 * self.params.interval_s:
             return
-        verdict = judge(window.get(champion, VersionStats()), window.get(canary, VersionStats()), self.params)
+        # The floors were judged on the recent interval above; here only the statistics.
+        verdict = judge(
+            window.get(champion, VersionStats()), window.get(canary, VersionStats()), self.params, floors=False
+        )
         if state.canary_weight >= 100 and verdict.decision is Decision.WAIT:
             # At 100% the champion gets no traffic to compare with: the floors (checked above) and
             # enough canary requests decide; the statistics were done at the lower steps.

@@ -225,3 +225,35 @@ def test_one_controller_acts_and_a_restarted_one_resumes(
     actors = {e.actor for e in events.history(store, 20) if e.action in ("step", "promote-champion")}
     assert second.actor.name in actors
     second.close()
+
+
+def test_a_slow_start_is_forgiven_but_a_slow_canary_is_rolled_back(
+    store: Store, actor: Actor, register: Register, tmp_path: Path
+) -> None:
+    v1 = register(b"one")
+    rollout.promote_to_champion(store, actor, v1)
+    v2 = register(b"cold")
+    rollout.promote_to_canary(store, actor, v2)
+    triton, gateways, clock = FakeTriton(), Gateways(store), Clock()
+    controller = _controller(store, tmp_path, triton, gateways, clock)
+    _ticks(controller, clock, 3, until=lambda: read_state(store).canary_weight >= 5)
+    gateways.latency_s[v2] = 0.4  # cold caches: 20x the champion's p95, for two ticks
+    _ticks(controller, clock, 2)
+    assert read_state(store).version_of("canary") == v2  # not rolled back for a cold start
+    gateways.latency_s[v2] = 0.02
+    _ticks(controller, clock, 60, until=lambda: read_state(store).version_of("canary") is None)
+    assert read_state(store).version_of("champion") == v2
+
+    v3 = register(b"slow")
+    rollout.promote_to_canary(store, actor, v3)
+    gateways.latency_s[v3] = 0.4
+    _ticks(controller, clock, 40, until=lambda: read_state(store).version_of("canary") is None)
+
+    state = read_state(store)
+    assert state.version_of("champion") == v2 and state.version_of("canary") is None
+    back = events.history(store, 3)[0]
+    # Whichever sees it first: the p95 floor once the breach has lasted an interval, or the rank test.
+    reason = back.reason or ""
+    assert back.action.startswith("rollback") and ("rollout.max_p95_ratio" in reason or "slower than" in reason)
+    assert back.details["p95_ratio"] > PARAMS.max_p95_ratio
+    controller.close()
