@@ -36,7 +36,7 @@ def ingress_annotations() -> dict[str, str]:
         "nginx.ingress.kubernetes.io/proxy-read-timeout": str(_edge_default("read_timeout_s")),
         "nginx.ingress.kubernetes.io/proxy-send-timeout": str(_edge_default("read_timeout_s")),
         # A replica that dies mid-request: the next one answers (a chat completion changes nothing).
-        "nginx.ingress.kubernetes.io/proxy-next-upstream": "error timeout http_502 http_503 non_idempotent",
+        "nginx.ingress.kubernetes.io/proxy-next-upstream": "error timeout non_idempotent",
         "nginx.ingress.kubernetes.io/proxy-next-upstream-tries": "2",
         "nginx.ingress.kubernetes.io/proxy-buffering": "on",
     }

@@ -54,7 +54,8 @@ class _ValidateMetrics(BaseModel):
     model_config = ConfigDict(extra="allow")
     model: str
     version: int
-    served_digest: str
+    # Absent from a failed verdict written before anything was served (a config error, say).
+    served_digest: str | None = None
     accuracy: float
     reference_accuracy: float
     drop: float

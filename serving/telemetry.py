@@ -102,3 +102,21 @@ def combine(replicas: Iterable[Mapping[int, VersionStats]]) -> dict[int, Version
         for version, entry in replica.items():
             total[version] = total.get(version, VersionStats()).plus(entry)
     return total
+
+
+def quantile(stats: VersionStats, q: float) -> float | None:
+    """The ``q`` quantile of the latency histogram in seconds, interpolated within its bucket."""
+    counts = stats.bucket_counts()
+    total = sum(count for _, count in counts)
+    if total <= 0:
+        return None
+    rank, seen, lower = q * total, 0.0, 0.0
+    finite = [le for le, _ in counts if le != float("inf")]
+    for le, count in counts:
+        if count > 0 and seen + count >= rank:
+            if le == float("inf"):
+                return finite[-1] if finite else None
+            return lower + (le - lower) * (rank - seen) / count
+        seen += count
+        lower = le if le != float("inf") else lower
+    return finite[-1] if finite else None

@@ -30,9 +30,14 @@ def _error_body(status: int, limit: str) -> str:
     return json.dumps(body, separators=(",", ":"))
 
 
-def render(settings: EdgeSettings, run_dir: Path, *, user: str | None = None) -> str:
-    """The whole nginx.conf: paths under ``run_dir`` so it runs beside any system nginx."""
+def render(settings: EdgeSettings, run_dir: Path, *, user: str | None = None, temp_dir: Path | None = None) -> str:
+    """The whole nginx.conf: paths under ``run_dir`` so it runs beside any system nginx.
+
+    ``temp_dir`` (default ``run_dir/tmp``) holds request bodies and buffered responses; nginx's
+    workers must be able to reach it.
+    """
     run = run_dir.resolve()
+    temp = (temp_dir or run_dir / "tmp").resolve()
     servers = "\n".join(
         f"        server {upstream} max_fails=1 fail_timeout={settings.fail_timeout_s}s;"
         for upstream in settings.upstreams
@@ -60,11 +65,11 @@ events {{
 http {{
     access_log off;
     server_tokens off;
-    client_body_temp_path {run}/tmp/body;
-    proxy_temp_path {run}/tmp/proxy;
-    fastcgi_temp_path {run}/tmp/fastcgi;
-    uwsgi_temp_path {run}/tmp/uwsgi;
-    scgi_temp_path {run}/tmp/scgi;
+    client_body_temp_path {temp}/body;
+    proxy_temp_path {temp}/proxy;
+    fastcgi_temp_path {temp}/fastcgi;
+    uwsgi_temp_path {temp}/uwsgi;
+    scgi_temp_path {temp}/scgi;
 
     log_format json escape=json '{{"time":"$time_iso8601","client":"$remote_addr","method":"$request_method",'
         '"uri":"$uri","status":$status,"bytes":$body_bytes_sent,"request_time":$request_time,'

@@ -6,6 +6,7 @@ nginx runs in the foreground as a managed process group, waited for with bounded
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import pwd
@@ -13,6 +14,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import tempfile
 import time
 from pathlib import Path
 from types import TracebackType
@@ -51,20 +53,36 @@ def _worker_user() -> str | None:
     return None
 
 
+def _reachable_by_others(folder: Path) -> bool:
+    """True when every folder above ``folder`` lets other users through (o+x)."""
+    return all(parent.stat().st_mode & 0o001 for parent in folder.resolve().parents)
+
+
+def temp_folder(run_dir: Path, user: str | None) -> Path:
+    """Where nginx's workers buffer bodies: under ``run_dir``, unless the workers (another user, when
+    nginx starts as root) cannot reach it there, say inside /root; then a folder of its own in /tmp."""
+    if user is None or _reachable_by_others(run_dir):
+        return run_dir / "tmp"
+    digest = hashlib.sha256(str(run_dir.resolve()).encode()).hexdigest()[:12]
+    return Path(tempfile.gettempdir()) / f"qwen3-vl-edge-{digest}"
+
+
 def write_config(settings: EdgeSettings, run_dir: Path) -> Path:
     """Render nginx.conf into ``run_dir`` (with its temp folders) and check it with ``nginx -t``."""
     run_dir.mkdir(parents=True, exist_ok=True)
     run_dir.chmod(0o755)
     user = _worker_user()
+    temp = temp_folder(run_dir, user)
+    temp.mkdir(parents=True, exist_ok=True)
+    temp.chmod(0o755)
     for name in _TEMP_DIRS:
-        folder = run_dir / "tmp" / name
+        folder = temp / name
         folder.mkdir(parents=True, exist_ok=True)
         if user is not None:
             entry = pwd.getpwnam(user)
             os.chown(folder, entry.pw_uid, entry.pw_gid)
-    (run_dir / "tmp").chmod(0o755)
     candidate = run_dir / "nginx.conf.new"
-    candidate.write_text(render(settings, run_dir, user=user))
+    candidate.write_text(render(settings, run_dir, user=user, temp_dir=temp))
     check = subprocess.run(
         [nginx_binary(), "-t", "-q", "-p", str(run_dir), "-c", str(candidate)],
         capture_output=True,

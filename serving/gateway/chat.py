@@ -42,7 +42,7 @@ from serving.gateway.reconcile import Reconciler, VersionConfig, View
 from serving.gateway.routing import Route, choose, parse_pin
 from serving.gateway.shadow import Shadow
 from serving.gateway.upstream import Inference, Upstream
-from serving.telemetry import OUTCOME_ERROR, OUTCOME_OK, OUTCOME_REJECTED
+from serving.telemetry import OUTCOME_ERROR, OUTCOME_OK, OUTCOME_REJECTED, quantile
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +67,8 @@ class ChatService:
         max_image_bytes: int,
         shadow_percent: float,
         shadow_concurrency: int,
+        canary_timeout_factor: float = 5.0,
+        canary_timeout_min_s: float = 2.0,
         draw: Callable[[], float] = random.random,
     ) -> None:
         self.model = model
@@ -76,6 +78,9 @@ class ChatService:
         self.faults = faults
         self.images = images
         self.timeout_s = timeout_s
+        self.canary_timeout_factor = canary_timeout_factor
+        self.canary_timeout_min_s = canary_timeout_min_s
+        self._canary_timeout: tuple[float, float] = (0.0, timeout_s)  # (computed at, seconds)
         self.max_body_bytes = max_body_bytes
         self.max_image_bytes = max_image_bytes
         self.shadow = Shadow(shadow_percent, shadow_concurrency, self.call, metrics)
@@ -117,28 +122,41 @@ class ChatService:
             return Response(b"".join(events), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
         return Response(wire.completion(request_id, created, self.model, answer, cap), media_type="application/json")
 
-    async def call(self, version: int, messages: bytes, max_tokens: int | None, temperature: float | None) -> Inference:
+    async def call(
+        self,
+        version: int,
+        messages: bytes,
+        max_tokens: int | None,
+        temperature: float | None,
+        timeout_s: float | None = None,
+    ) -> Inference:
         """One attempt on ``version`` (injected faults first), bounded by the upstream timeout; no metrics."""
         name = self._names.get(version)
         if name is None:
             name = self._names[version] = served_model_name(self.model, version)
+        limit = self.timeout_s if timeout_s is None else timeout_s
         try:
-            async with asyncio.timeout(self.timeout_s):
+            async with asyncio.timeout(limit):
                 await self.faults.apply(version)
                 return await self.upstream.infer(name, messages, max_tokens, temperature)
         except TimeoutError as exc:
-            raise UpstreamTimeoutError(f"v{version} did not answer within {self.timeout_s:g} s", version) from exc
+            raise UpstreamTimeoutError(f"v{version} did not answer within {limit:g} s", version) from exc
         except UpstreamError as exc:
             exc.version = version
             raise
 
     async def attempt(
-        self, version: int, messages: bytes, max_tokens: int | None, temperature: float | None
+        self,
+        version: int,
+        messages: bytes,
+        max_tokens: int | None,
+        temperature: float | None,
+        timeout_s: float | None = None,
     ) -> Inference:
         """``call`` with the per-version counters the rollout controller reads."""
         started = time.perf_counter()
         try:
-            answer = await self.call(version, messages, max_tokens, temperature)
+            answer = await self.call(version, messages, max_tokens, temperature, timeout_s)
         except UpstreamRejectedError:
             self.metrics.attempt(version, OUTCOME_REJECTED)
             raise
@@ -150,6 +168,22 @@ class ChatService:
         self.metrics.attempt(version, OUTCOME_OK, time.perf_counter() - started)
         return answer
 
+    def canary_timeout_s(self, champion: int) -> float:
+        """The timeout of a canary attempt: ``factor`` x the champion's p99 so far, within the bounds.
+
+        Recomputed at most once a second (it reads the histogram), so the hot path stays cheap.
+        """
+        computed_at, seconds = self._canary_timeout
+        now = time.monotonic()
+        if now - computed_at < 1.0:
+            return seconds
+        stats = self.metrics.version_stats().get(champion)
+        p99 = quantile(stats, 0.99) if stats is not None else None
+        seconds = self.timeout_s if p99 is None else p99 * self.canary_timeout_factor
+        seconds = min(self.timeout_s, max(self.canary_timeout_min_s, seconds))
+        self._canary_timeout = (now, seconds)
+        return seconds
+
     async def _answer(
         self,
         request: Request,
@@ -160,8 +194,9 @@ class ChatService:
         images: list[tuple[str, ImageInfo]],
     ) -> tuple[Inference, int, int | None]:
         cap = self._prepare(view, route.version, chat, images)
+        limit = None if route.fallback is None else self.canary_timeout_s(route.fallback)
         try:
-            return await self.attempt(route.version, messages, cap, chat.temperature), route.version, cap
+            return await self.attempt(route.version, messages, cap, chat.temperature, limit), route.version, cap
         except UpstreamError as exc:
             if not exc.retryable or route.fallback is None:
                 raise

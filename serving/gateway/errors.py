@@ -9,6 +9,7 @@ outer middleware).
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import orjson
@@ -16,6 +17,8 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
+
+log = logging.getLogger(__name__)
 
 
 class GatewayError(Exception):
@@ -158,15 +161,24 @@ def error_body(message: str, kind: str, param: str | None = None, code: str | No
     return orjson.dumps({"error": {"message": message, "type": kind, "param": param, "code": code}})
 
 
+#: What a client is told when Triton cannot be reached; the details (its address, the socket error)
+#: stay in the gateway's log: they tell an outsider about the inside and do not help the client.
+PUBLIC_UNAVAILABLE = "the model server is unavailable; retry shortly"
+
+
 def error_response(exc: GatewayError, headers: dict[str, str] | None = None) -> Response:
     """The HTTP answer for ``exc``: OpenAI's error JSON, Retry-After on 503, a Bearer challenge on 401."""
     status, kind = status_of(exc)
+    message = exc.message
+    if isinstance(exc, UpstreamUnavailableError):
+        log.warning("upstream unavailable: %s", exc.message)
+        message = PUBLIC_UNAVAILABLE
     extra = dict(headers or {})
     if status == 503:
         extra["Retry-After"] = str(RETRY_AFTER_S)
     if status == 401:
         extra["WWW-Authenticate"] = "Bearer"
-    body = error_body(exc.message, kind, exc.param, exc.code)
+    body = error_body(message, kind, exc.param, exc.code)
     return Response(body, status_code=status, media_type="application/json", headers=extra)
 
 

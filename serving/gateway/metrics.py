@@ -39,6 +39,7 @@ from serving.telemetry import (
     UPSTREAM_REQUESTS,
     VersionStats,
     parse_version_stats,
+    quantile,
 )
 
 #: An attempt the model refused as invalid (HTTP 400 from Triton): neither a success nor the version's fault.
@@ -120,24 +121,6 @@ class VersionWindow(BaseModel):
     error_rate: float | None
     p50_ms: float | None
     p95_ms: float | None
-
-
-def quantile(stats: VersionStats, q: float) -> float | None:
-    """The ``q`` quantile of the latency histogram in seconds, interpolated within its bucket."""
-    counts = stats.bucket_counts()
-    total = sum(count for _, count in counts)
-    if total <= 0:
-        return None
-    rank, seen, lower = q * total, 0.0, 0.0
-    finite = [le for le, _ in counts if le != float("inf")]
-    for le, count in counts:
-        if count > 0 and seen + count >= rank:
-            if le == float("inf"):
-                return finite[-1] if finite else None
-            return lower + (le - lower) * (rank - seen) / count
-        seen += count
-        lower = le if le != float("inf") else lower
-    return finite[-1] if finite else None
 
 
 def summarize(stats: VersionStats) -> VersionWindow:

@@ -10,14 +10,13 @@ at once whatever the statistics say. Every verdict carries its p-values and effe
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from enum import StrEnum
 
 from pydantic import Field
 
 from core.params import ParamsGroup
-from serving.telemetry import VersionStats
+from serving.telemetry import VersionStats, quantile
 
 
 class RolloutParams(ParamsGroup):
@@ -52,23 +51,6 @@ class Verdict:
 
     def summary(self) -> str:
         return f"{self.decision}: " + ("; ".join(self.reasons) if self.reasons else "no regression")
-
-
-def percentile(stats: VersionStats, q: float) -> float | None:
-    """The ``q`` quantile (0..1) of a latency histogram, interpolated within its bucket (seconds)."""
-    counts = stats.bucket_counts()
-    total = sum(count for _, count in counts)
-    if total <= 0:
-        return None
-    rank, seen, lower = q * total, 0.0, 0.0
-    for upper, count in counts:
-        if count > 0 and seen + count >= rank:
-            if math.isinf(upper):
-                return lower
-            return lower + (upper - lower) * ((rank - seen) / count)
-        seen += count
-        lower = upper if not math.isinf(upper) else lower
-    return lower
 
 
 def fisher_greater(canary_errors: int, canary_ok: int, champion_errors: int, champion_ok: int) -> float:
@@ -154,7 +136,7 @@ def _figures(champion: VersionStats, canary: VersionStats) -> dict[str, float]:
     }
     for name, stats in (("canary", canary), ("champion", champion)):
         for label, q in (("p50", 0.5), ("p95", 0.95)):
-            value = percentile(stats, q)
+            value = quantile(stats, q)
             if value is not None:
                 figures[f"{name}_{label}_ms"] = round(value * 1000, 2)
     for label in ("p50", "p95"):

@@ -7,6 +7,7 @@ import json
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -203,3 +204,18 @@ def test_upstreams_come_from_the_environment_comma_separated(monkeypatch: pytest
     monkeypatch.setenv("EDGE_UPSTREAMS", "127.0.0.1:8000,127.0.0.1:8010, 10.0.0.2:8000")
 
     assert EdgeSettings().upstreams == ["127.0.0.1:8000", "127.0.0.1:8010", "10.0.0.2:8000"]
+
+
+def test_bodies_buffer_where_the_workers_can_reach_them(tmp_path: Path) -> None:
+    from serving.edge.launcher import temp_folder
+
+    hidden = tmp_path / "private"  # pytest's own temp root is 0700: nobody else gets through it
+    hidden.mkdir(mode=0o700)
+    open_ = Path(tempfile.mkdtemp(prefix="edge-open-"))
+    open_.chmod(0o755)
+
+    assert temp_folder(open_ / "run", "www-data") == open_ / "run" / "tmp"
+    open_.rmdir()
+    elsewhere = temp_folder(hidden / "run", "www-data")
+    assert not elsewhere.is_relative_to(hidden) and elsewhere.parent == Path(tempfile.gettempdir())
+    assert temp_folder(hidden / "run", None) == hidden / "run" / "tmp"  # not root: nginx's workers are us

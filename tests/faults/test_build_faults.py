@@ -168,11 +168,6 @@ def test_a_full_disk_fails_the_stage_clearly_and_keeps_the_previous_output(
     assert sorted(p.name for p in (disk / "triton-models").iterdir()) == [output.name]  # no half-written copy
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="run_stage maps only StageError to a one-line message: a full disk ends in a traceback and a "
-    "shutil.Error listing every file copytree could not write",
-)
 def test_a_full_disk_is_reported_in_the_stages_own_words(tmp_path: Path) -> None:
     disk = tmp_path / "disk"
     disk.mkdir()
@@ -182,7 +177,9 @@ def test_a_full_disk_is_reported_in_the_stages_own_words(tmp_path: Path) -> None
 
     assert failed.returncode == 1
     assert "Traceback" not in failed.stderr
-    assert failed.stderr.strip().splitlines()[-1].startswith("package: error:")
+    last = failed.stderr.strip().splitlines()[-1]
+    assert last.startswith("package: error: cannot ") and "No space left on device" in last
+    assert last.endswith("the previous output is untouched")
 
 
 def test_the_packaged_tiny_model_fits_the_disk_once_but_not_twice(tmp_path: Path) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -141,3 +142,17 @@ def test_an_injected_delay_past_the_timeout_is_a_canary_timeout(harness: Build) 
     response = h.client.post("/v1/chat/completions", json=chat_body())
     assert (response.status_code, response.headers["x-model-version"]) == (200, "1")
     wait_for(lambda: "gateway_retries_total 1.0" in h.client.get("/metrics").text, what="the retry count")
+
+
+def test_a_hanging_canary_costs_a_few_champion_latencies_not_the_upstream_timeout(harness: Build) -> None:
+    # The upstream timeout is a minute (a long real answer); a canary gets 5x the champion's p99, at least 0.3 s.
+    h = harness(weight=100, upstream_timeout_s=60.0, canary_timeout_min_s=0.3)
+    h.client.post("/v1/chat/completions", json=chat_body(), headers={"X-Model-Version": "1"})  # a champion sample
+    admin(h, "POST", "/admin/faults", {"version": 2, "delay_ms": 30000})
+
+    started = time.monotonic()
+    response = h.client.post("/v1/chat/completions", json=chat_body())
+    elapsed = time.monotonic() - started
+
+    assert (response.status_code, response.headers["x-model-version"]) == (200, "1")
+    assert elapsed < 5.0, f"a hanging canary held the client {elapsed:.1f} s"

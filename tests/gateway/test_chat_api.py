@@ -265,8 +265,9 @@ def test_triton_down_for_good_is_503_without_touching_it(harness: Build) -> None
     wait_for(lambda: not h.app.state.reconciler.view.ready, what="the Triton poll to notice")
     h.upstream.calls.clear()
     response = h.client.post("/v1/chat/completions", json=chat_body())
-    error = assert_openai_error(response, 503, None, "Triton is unreachable")
+    error = assert_openai_error(response, 503, None, "the model server is unavailable")
     assert error["code"] == "upstream_unavailable"
+    assert "127.0.0.1" not in error["message"] and "Triton" not in error["message"]  # nothing about the inside
     assert response.headers["retry-after"] == "1"
     assert h.client.get("/readyz").status_code == 503
     h.upstream.down = False

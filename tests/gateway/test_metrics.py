@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from serving.gateway.metrics import Metrics, Window, quantile, summarize
-from serving.telemetry import LATENCY_BUCKETS, OUTCOME_REJECTED, VersionStats, parse_version_stats
+from serving.gateway.metrics import Metrics, Window, summarize
+from serving.telemetry import LATENCY_BUCKETS, OUTCOME_REJECTED, VersionStats, parse_version_stats, quantile
 
 
 class Clock:

@@ -6,8 +6,9 @@ import random
 
 import pytest
 
-from serving.rollout.analysis import Decision, RolloutParams, judge, percentile
+from serving.rollout.analysis import Decision, RolloutParams, judge
 from serving.telemetry import LATENCY_BUCKETS, VersionStats
+from serving.telemetry import quantile as percentile
 
 PARAMS = RolloutParams(
     steps=[5, 25, 50, 100],
