@@ -71,6 +71,18 @@ def test_repro_runs_every_stage_and_reproduces_the_committed_lock(repo: Path) ->
     assert register["alias"] == "candidate" and register["version"] == 1
 
 
+def test_the_demo_journey_promotes_a_canary_and_rolls_back_a_bad_one(repo: Path) -> None:
+    """`make demo`'s second half, on the repro above: champion, canary promoted, a faulty one rolled back."""
+    out = _run([sys.executable, "-m", "demo", "--run-dir", str(repo / ".run" / "demo")], repo)
+
+    summary = json.loads(out.strip().splitlines()[-1])
+    assert summary["client_errors"] == 0, out
+    assert (summary["promoted"], summary["champion"], summary["rolled_back"]) == (2, 2, 3)
+    assert summary["rollback_s"] <= 10
+    assert summary["requests"] > 100 and set(summary["by_version"]) == {"1", "2"}
+    assert "canary v2 stepped 50% -> 100%" in out and "canary v3 rolled back" in out
+
+
 def test_lint_and_imports_still_work_after_a_demo(repo: Path) -> None:
     # The local MLflow store must not shadow the `mlflow` package (it once lived in `mlflow/`).
     _run([sys.executable, "-m", "ruff", "check", "."], repo)
