@@ -75,7 +75,7 @@ def test_the_demo_journey_promotes_a_canary_and_rolls_back_a_bad_one(repo: Path)
     """`make demo`'s second half, on the repro above: champion, canary promoted, a faulty one rolled back."""
     out = _run([sys.executable, "-m", "demo", "--run-dir", str(repo / ".run" / "demo")], repo)
 
-    summary = json.loads(out.strip().splitlines()[-1])
+    summary = json.loads(next(line for line in reversed(out.splitlines()) if line.startswith('{"')))
     assert summary["client_errors"] == 0, out
     assert (summary["promoted"], summary["champion"], summary["rolled_back"]) == (2, 2, 3)
     assert summary["rollback_s"] <= 10
