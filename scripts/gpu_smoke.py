@@ -17,8 +17,6 @@ import json
 import statistics
 import subprocess
 import sys
-import threading
-import time
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +32,6 @@ GPU_TEXT = {
 }
 GPU_MROPE_SECTION = [24, 20, 20]  # sums to head_dim / 2
 GPU_VISION = {"depth": 4, "hidden_size": 512, "intermediate_size": 1536, "num_heads": 8}
-_SAMPLES = 16
 
 
 def gpu_config(tokenizer: Any) -> Any:
@@ -86,40 +83,8 @@ def gpu_memory_mib() -> list[int]:
     return [int(line) for line in result.stdout.split()]
 
 
-def _conversations() -> list[list[dict[str, Any]]]:
-    from serving.triton.client import user_message
-    from tiny_model import shapes
-
-    samples = [shapes.sample(7, index) for index in range(_SAMPLES)]
-    return [[user_message(sample.question, [sample.image])] for sample in samples]
-
-
-def _closed_loop(client: Any, conversations: list[Any], concurrency: int, seconds: float) -> float:
-    """Requests per second of ``concurrency`` clients, each sending again as soon as it is answered."""
-    counts = [0] * concurrency
-    errors: list[BaseException] = []
-    deadline = time.perf_counter() + seconds
-
-    def worker(slot: int) -> None:
-        try:
-            while time.perf_counter() < deadline:
-                client.chat(conversations[(slot + counts[slot] * concurrency) % len(conversations)])
-                counts[slot] += 1
-        except BaseException as exc:  # surfaced below: a silent thread would fake a low rate
-            errors.append(exc)
-
-    started = time.perf_counter()
-    threads = [threading.Thread(target=worker, args=(slot,)) for slot in range(concurrency)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    if errors:
-        raise RuntimeError(f"failed under load at concurrency {concurrency}: {errors[0]!r}") from errors[0]
-    return sum(counts) / (time.perf_counter() - started)
-
-
 def bench(repository: Path, model: str, *, requests: int, seconds: float, run_dir: Path) -> dict[str, Any]:
+    from serving.triton.bench import closed_loop, conversations
     from serving.triton.client import TritonChatClient
     from serving.triton.launcher import TritonServer, free_ports
     from serving.triton.settings import TritonSettings
@@ -132,12 +97,14 @@ def bench(repository: Path, model: str, *, requests: int, seconds: float, run_di
         TritonChatClient(server.grpc_url, model, protocol="grpc", timeout_s=120) as client,
     ):
         loaded = gpu_memory_mib()
-        conversations = _conversations()
-        for conversation in conversations[:4]:
+        asked = conversations()
+        for conversation in asked[:4]:
             client.chat(conversation)
-        latencies = [client.chat(conversations[i % len(conversations)]).latency_s * 1000 for i in range(requests)]
-        rps_c1 = _closed_loop(client, conversations, 1, seconds)
-        rps_c8 = _closed_loop(client, conversations, 8, seconds)
+        latencies = [client.chat(asked[i % len(asked)]).latency_s * 1000 for i in range(requests)]
+        done, took = closed_loop(client, asked, 1, seconds)
+        rps_c1 = done / took
+        done, took = closed_loop(client, asked, 8, seconds)
+        rps_c8 = done / took
         under_load = gpu_memory_mib()
     return {
         "model": model,

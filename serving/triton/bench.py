@@ -56,14 +56,16 @@ def _params(batched: bool, concurrency: int, queue_delay_us: int) -> PackagePara
     )
 
 
-def _conversations() -> list[list[dict[str, Any]]]:
+def conversations() -> list[list[dict[str, Any]]]:
+    """Held-out questions with their images, varied so no two consecutive requests are the same."""
     samples = [shapes.sample(_SEED, index) for index in range(_SAMPLES)]
     return [[user_message(sample.question, [sample.image])] for sample in samples]
 
 
-def _throughput(client: TritonChatClient, model: str, concurrency: int, seconds: float) -> tuple[int, float]:
+def closed_loop(
+    client: TritonChatClient, asked: list[list[dict[str, Any]]], concurrency: int, seconds: float
+) -> tuple[int, float]:
     """Requests completed by ``concurrency`` closed-loop clients in about ``seconds``, and the time taken."""
-    conversations = _conversations()
     counts = [0] * concurrency
     errors: list[BaseException] = []
     deadline = time.perf_counter() + seconds
@@ -71,7 +73,7 @@ def _throughput(client: TritonChatClient, model: str, concurrency: int, seconds:
     def worker(slot: int) -> None:
         try:
             while time.perf_counter() < deadline:
-                client.chat(conversations[(slot + counts[slot] * concurrency) % len(conversations)])
+                client.chat(asked[(slot + counts[slot] * concurrency) % len(asked)])
                 counts[slot] += 1
         except BaseException as exc:  # surfaced below; a silent thread would fake a low rate
             errors.append(exc)
@@ -83,7 +85,7 @@ def _throughput(client: TritonChatClient, model: str, concurrency: int, seconds:
     for thread in threads:
         thread.join()
     if errors:
-        raise RuntimeError(f"{model} failed under load: {errors[0]!r}") from errors[0]
+        raise RuntimeError(f"{client.model_name} failed under load: {errors[0]!r}") from errors[0]
     return sum(counts), time.perf_counter() - started
 
 
@@ -112,14 +114,12 @@ def run(
             for name in (BATCHED, UNBATCHED)
         }
         try:
-            conversations = _conversations()
+            asked = conversations()
             for client in clients.values():
-                for conversation in conversations[:4]:
+                for conversation in asked[:4]:
                     client.chat(conversation)
             # Single requests go to the model without a batcher: a queue delay is not their latency.
-            latencies = [
-                clients[UNBATCHED].chat(conversations[i % len(conversations)]).latency_s for i in range(requests)
-            ]
+            latencies = [clients[UNBATCHED].chat(asked[i % len(asked)]).latency_s for i in range(requests)]
             batches_before = _batch_counts(server, BATCHED)
             totals = {"c1": [0, 0.0], "c8_batched": [0, 0.0], "c8_unbatched": [0, 0.0]}
             for round_number in range(1, rounds + 1):
@@ -128,7 +128,7 @@ def run(
                     ("c8_batched", clients[BATCHED], concurrency),
                     ("c8_unbatched", clients[UNBATCHED], concurrency),
                 ):
-                    done, took = _throughput(client, client.model_name, clients_now, seconds)
+                    done, took = closed_loop(client, asked, clients_now, seconds)
                     totals[key][0] += done
                     totals[key][1] += took
                     _say(f"round {round_number} {key}: {done / took:.1f} req/s")
