@@ -142,10 +142,11 @@ class ManagedProcess:
         log_file: Path | None = None,
         cwd: Path | None = None,
         grace_s: float = 10.0,
+        inherit_output: bool = False,
     ) -> None:
         self.command = list(command)
         self.grace_s = grace_s
-        output: IO[bytes] | int = subprocess.DEVNULL
+        output: IO[bytes] | int | None = None if inherit_output else subprocess.DEVNULL
         handle = None
         if log_file is not None:
             log_file.parent.mkdir(parents=True, exist_ok=True)
@@ -181,6 +182,10 @@ class ManagedProcess:
     def is_running(self) -> bool:
         return self.process.poll() is None
 
+    def wait(self) -> int:
+        """Block until the leader exits (the watchdog still guards the group)."""
+        return self.process.wait()
+
     def signal(self, sig: int) -> None:
         """Send ``sig`` to the server's whole group (e.g. SIGHUP for a reload)."""
         kill_group(self.process.pid, sig)
@@ -202,4 +207,8 @@ class ManagedProcess:
         kill_group(self.process.pid)
         with contextlib.suppress(subprocess.TimeoutExpired):
             self.process.wait(timeout=10)
+        # A killed member takes a moment to go (and to free its port): return once it has.
+        deadline = time.monotonic() + 10
+        while group_members(self.process.pid) and time.monotonic() < deadline:
+            time.sleep(0.05)
         return self.process.returncode

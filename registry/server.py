@@ -8,7 +8,6 @@ a worker thread keeps running after that thread ends (``PR_SET_PDEATHSIG`` would
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import signal
@@ -17,12 +16,11 @@ import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
 
-from core.processes import GroupWatchdog, group_members, kill_group
+from core.processes import ManagedProcess
 from registry.errors import ServerError
 from registry.settings import RegistrySettings
 
@@ -92,49 +90,31 @@ def _prepare_dirs(settings: RegistrySettings) -> None:
 STOP_TIMEOUT_S = 15.0
 
 
-@dataclass
-class ServerProcess:
-    """A started ``mlflow server``: the leader of its own process group, and the watchdog that guards it."""
-
-    process: subprocess.Popen[bytes]
-    watchdog: GroupWatchdog | None
-
-    @property
-    def pid(self) -> int:
-        """The server's pid, also its process group id."""
-        return self.process.pid
-
-    def wait(self) -> int:
-        return self.process.wait()
+#: A started ``mlflow server``: the leader of its own process group, guarded by a watchdog.
+ServerProcess = ManagedProcess
 
 
 def start(settings: RegistrySettings, log_path: Path | None = None) -> ServerProcess:
-    """Start the server in the background and return once it is healthy."""
+    """Start the server in the background and return once it is healthy.
+
+    Its own process group: stop() and the watchdog signal the CLI and its uvicorn worker together, and
+    Ctrl-C in a terminal reaches only the parent, which stops the server gracefully.
+    """
     _prepare_dirs(settings)
-    output = log_path.open("ab") if log_path is not None else None
     try:
-        process = subprocess.Popen(
+        server = ManagedProcess(
             server_command(settings),
             env=server_env(),
-            stdout=output,
-            stderr=subprocess.STDOUT if output is not None else None,
-            stdin=subprocess.DEVNULL,
-            # A group of its own: stop() and the watchdog signal the CLI and its uvicorn together, and
-            # Ctrl-C in a terminal reaches only the parent, which stops the server gracefully.
-            process_group=0,
+            log_file=log_path,
+            grace_s=STOP_TIMEOUT_S,
+            inherit_output=log_path is None,
         )
-    finally:
-        if output is not None:
-            output.close()
-    try:
-        watchdog = GroupWatchdog(process.pid, STOP_TIMEOUT_S)
     except (OSError, subprocess.SubprocessError) as exc:
-        kill_group(process.pid)
-        process.wait()
-        raise ServerError(f"cannot start the watchdog that stops MLflow with this process: {exc}") from exc
-    server = ServerProcess(process, watchdog)
+        raise ServerError(
+            f"cannot start mlflow server (or the watchdog that stops it with this process): {exc}"
+        ) from exc
     try:
-        wait_healthy(settings.server_url, settings.health_attempts, settings.health_interval_s, process)
+        wait_healthy(settings.server_url, settings.health_attempts, settings.health_interval_s, server.process)
     except BaseException:
         stop(server)
         raise
@@ -142,29 +122,9 @@ def start(settings: RegistrySettings, log_path: Path | None = None) -> ServerPro
 
 
 def stop(server: ServerProcess, timeout_s: float = STOP_TIMEOUT_S) -> None:
-    """SIGTERM the server's process group, SIGKILL it after ``timeout_s``; leaves nothing of it running."""
-    process = server.process
-    # From here on stop() is in charge: the watchdog would kill uvicorn as soon as the CLI exits.
-    if server.watchdog is not None:
-        server.watchdog.release()
-        server.watchdog = None
-    if process.poll() is None:
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(process.pid, signal.SIGTERM)
-        # The CLI exits at once; its uvicorn finishes its requests and shuts down: wait for both.
-        deadline = time.monotonic() + timeout_s
-        while process.poll() is None or group_members(process.pid):
-            if time.monotonic() >= deadline:
-                log.warning("mlflow server (pid %d) ignored SIGTERM for %.0f s; killing it", process.pid, timeout_s)
-                break
-            time.sleep(0.1)
-    if group_members(process.pid):
-        kill_group(process.pid)
-    process.wait()
-    # A killed worker takes a moment to go (and to free the port): return once it has.
-    deadline = time.monotonic() + 10
-    while group_members(process.pid) and time.monotonic() < deadline:
-        time.sleep(0.05)
+    """SIGTERM the server's process group (the CLI exits at once; its uvicorn finishes its requests),
+    SIGKILL it after ``timeout_s``; returns once nothing of it runs."""
+    server.stop(timeout_s)
 
 
 @contextmanager

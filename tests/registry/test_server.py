@@ -17,6 +17,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from core.processes import group_members
 from registry import server
 from registry.settings import RegistrySettings
 from tests.conftest import ROOT
@@ -84,13 +85,13 @@ def test_mlflow_dies_with_the_process_that_started_it(tmp_path: Path) -> None:
     try:
         group = json.loads(parent.stdout.readline())["pid"]  # type: ignore[union-attr]
         # The CLI, the uvicorn it spawned, and the watchdog.
-        assert len(server.group_members(group)) == 3
+        assert len(group_members(group)) == 3
         assert httpx.get(f"http://127.0.0.1:{port}/health", timeout=10).status_code == 200
     finally:
         parent.kill()
         parent.wait(timeout=30)
 
-    _wait_until(lambda: not server.group_members(group), 30)
+    _wait_until(lambda: not group_members(group), 30)
     _wait_until(lambda: _port_free(port), 10)
 
 
@@ -108,14 +109,14 @@ def test_ctrl_c_stops_make_mlflow_and_everything_it_started(tmp_path: Path) -> N
     try:
         _wait_until(lambda: _healthy(port) or cli.poll() is not None, 120)
         (group,) = _child_groups(cli.pid)
-        assert server.group_members(group)
+        assert group_members(group)
     finally:
         # What a terminal's Ctrl-C does: the server has a group of its own, so only the CLI gets SIGINT.
         cli.send_signal(signal.SIGINT)
         code = cli.wait(timeout=60)
 
     assert code == 0
-    assert not server.group_members(group)
+    assert not group_members(group)
     assert _port_free(port)
 
 
@@ -164,7 +165,7 @@ def test_mlflow_started_from_a_worker_thread_outlives_the_thread(tmp_path: Path)
     finally:
         server.stop(running)
 
-    assert not server.group_members(running.pid)
+    assert not group_members(running.pid)
     assert _port_free(settings.port)
     # Stopped gracefully: uvicorn finished its shutdown rather than being killed in it.
     assert "Application shutdown complete" in (tmp_path / "server.log").read_text()
