@@ -1,4 +1,4 @@
-"""Atomic outputs: write to a temp sibling, then rename, so no stage leaves half an output."""
+"""Atomic outputs: write to a temp sibling, then swap it in, so no stage leaves half an output."""
 
 from __future__ import annotations
 
@@ -14,7 +14,12 @@ from typing import Any
 
 @contextmanager
 def atomic_dir(target: Path) -> Iterator[Path]:
-    """Yield a temp folder that replaces ``target`` only if the block succeeds."""
+    """Yield a temp folder that replaces ``target`` only if the block succeeds.
+
+    The swap is one step, so a reader finds the old tree or the new one, never none; the old tree is
+    kept as ``.<name>.previous`` until the next swap, so a reader still inside it (a server loading
+    the model it holds open) can finish.
+    """
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
     tmp.chmod(0o755)  # mkdtemp's 0700 would hide the output from a server running as another user
@@ -23,11 +28,37 @@ def atomic_dir(target: Path) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    old = target.with_name(f".{target.name}.old-{os.getpid()}")
-    if target.exists():
-        target.rename(old)
-    tmp.rename(target)
-    shutil.rmtree(old, ignore_errors=True)
+    if not target.exists() and not target.is_symlink():
+        tmp.rename(target)
+        return
+    previous = target.with_name(f".{target.name}.previous")
+    shutil.rmtree(previous, ignore_errors=True)
+    try:
+        exchange(tmp, target)
+    except BaseException:
+        # The old tree is still in place, whole: drop the new one and report why.
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    tmp.rename(previous)  # the old tree, now under the temp name
+
+
+_RENAME_EXCHANGE = 2  # linux/fs.h
+_AT_FDCWD = -100
+
+
+def exchange(a: Path, b: Path) -> None:
+    """Swap two paths in one step (Linux ``renameat2(RENAME_EXCHANGE)``): a reader of either path
+    sees the old entry or the new one, never none. ``OSError`` where the system cannot do it."""
+    import ctypes
+    import errno
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    renameat2 = getattr(libc, "renameat2", None)
+    if renameat2 is None:
+        raise OSError(errno.ENOSYS, "renameat2 is not available here", str(b))
+    if renameat2(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE) != 0:
+        code = ctypes.get_errno()
+        raise OSError(code, f"cannot swap {a} and {b} in one step: {os.strerror(code)}", str(b))
 
 
 def write_bytes(path: Path, data: bytes) -> None:
