@@ -52,7 +52,7 @@ lock: ## Re-resolve requirements.in into requirements.lock in one resolver run
 	  .lock-venv/bin/pip freeze --exclude-editable; } > requirements.lock
 	rm -rf .lock-venv
 
-tiny-model: $(STAMP) ## Rebuild and retrain the embedded tiny Qwen3-VL (about 10 min of CPU)
+tiny-model: $(STAMP) ## Rebuild and retrain the embedded tiny Qwen3-VL (about 13 min of CPU on 2 cores)
 	$(PY) -m tiny_model
 
 demo: $(STAMP) ## The journey: dvc repro, then champion, a canary promoted and a bad one rolled back (~4 min)
