@@ -42,7 +42,7 @@ def machine() -> dict[str, Any]:
 
 def _quantized_builds(workdir: Path) -> dict[str, Path]:
     """The tiny checkpoint through the quantize stage's own code, once per method (for served latency)."""
-    from pipelines.quantize import QuantizeParams, quantize_checkpoint
+    from core.quantization import QuantizeParams, quantize_checkpoint
     from tiny_model import CHECKPOINT_DIR
 
     builds = {}

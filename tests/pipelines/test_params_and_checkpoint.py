@@ -9,8 +9,8 @@ import pytest
 
 from core.checkpoint import resolve_source
 from core.params import load_group
+from core.quantization import QuantizeParams
 from core.stage import StageError
-from pipelines.quantize import QuantizeParams
 
 
 def test_unknown_quantize_method_lists_the_valid_ones(tmp_path: Path) -> None:

@@ -10,8 +10,8 @@ import pytest
 from core import checkpoint
 from core.evaluate import generate_answers, score
 from core.golden import load_questions
+from core.quantization import QuantizeParams, quantization_config, quantize_checkpoint
 from core.stage import StageError
-from pipelines.quantize import QuantizeParams, quantization_config, quantize_checkpoint
 
 SKIP = ["model.visual", "lm_head"]
 

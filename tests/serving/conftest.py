@@ -51,7 +51,7 @@ def serving_params(**overrides: Any) -> PackageParams:
 @pytest.fixture(scope="session")
 def int8_checkpoint(tiny_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """``tiny_checkpoint`` through the quantize stage's own code: bitsandbytes int8, vision tower and head kept."""
-    from pipelines.quantize import QuantizeParams, quantize_checkpoint
+    from core.quantization import QuantizeParams, quantize_checkpoint
 
     folder = tmp_path_factory.mktemp("quantized") / "bnb-int8"
     params = QuantizeParams(method="bnb-int8", skip_modules=["model.visual", "lm_head"])

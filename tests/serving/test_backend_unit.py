@@ -568,7 +568,7 @@ def test_memory_is_returned_to_the_gpu_after_a_failure(backend: ModuleType, monk
 @pytest.fixture(scope="module")
 def nf4_bfloat16_checkpoint(tiny_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The tiny checkpoint through the quantize stage's code as a GPU build would be: nf4, computing in bfloat16."""
-    from pipelines.quantize import QuantizeParams, quantize_checkpoint
+    from core.quantization import QuantizeParams, quantize_checkpoint
 
     folder = tmp_path_factory.mktemp("quantized") / "bnb-nf4"
     params = QuantizeParams(method="bnb-nf4", skip_modules=["model.visual", "lm_head"])
