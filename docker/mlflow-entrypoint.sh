@@ -21,7 +21,8 @@ if [ -z "$password" ]; then
     exit 1
 fi
 user=$(python -c 'import sys, urllib.parse; print(urllib.parse.quote(sys.argv[1], safe=""))' "$MLFLOW_DB_USER")
-MLFLOW_BACKEND_STORE_URI="postgresql://${user}:${password}@${MLFLOW_DB_HOST}:${MLFLOW_DB_PORT}/${MLFLOW_DB_NAME}"
+# psycopg2 named: SQLAlchemy 2.1 reads a plain postgresql:// as psycopg 3, which the image does not hold.
+MLFLOW_BACKEND_STORE_URI="postgresql+psycopg2://${user}:${password}@${MLFLOW_DB_HOST}:${MLFLOW_DB_PORT}/${MLFLOW_DB_NAME}"
 export MLFLOW_BACKEND_STORE_URI
 unset password
 

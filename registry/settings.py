@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import itertools
 from collections.abc import Sequence
 from pathlib import Path
@@ -28,7 +29,11 @@ def _project_dir() -> Path:
 class RegistrySettings(BaseSettings):
     """MLflow location and names. Environment: ``REGISTRY_*``, plus ``MLFLOW_TRACKING_URI``."""
 
-    model_config = SettingsConfigDict(env_prefix="REGISTRY_", extra="ignore", populate_by_name=True)
+    # hide_input_in_errors: a store or tracking URI may carry a database password, and some callers print
+    # the whole ValidationError.
+    model_config = SettingsConfigDict(
+        env_prefix="REGISTRY_", extra="ignore", populate_by_name=True, hide_input_in_errors=True
+    )
 
     tracking_uri: str | None = Field(
         default=None, validation_alias=AliasChoices("MLFLOW_TRACKING_URI", "REGISTRY_TRACKING_URI")
@@ -59,6 +64,18 @@ class RegistrySettings(BaseSettings):
         except (OSError, yaml.YAMLError):
             group = {}
         return {**{k: v for k, v in group.items() if k in ("model_name", "experiment")}, **data}
+
+    @field_validator("tracking_uri", "backend_store_uri")
+    @classmethod
+    def _postgresql_driver_installed(cls, value: str | None) -> str | None:
+        # SQLAlchemy 2.1 reads a bare postgresql:// as psycopg 3; the project installs psycopg2, so the
+        # server would die at start with "No module named 'psycopg'". (The URI may hold a password: not echoed.)
+        if value and urlparse(value).scheme == "postgresql" and importlib.util.find_spec("psycopg") is None:
+            raise ValueError(
+                "a postgresql:// URI makes SQLAlchemy load the psycopg (3) driver, which is not installed; "
+                "name the installed driver instead: postgresql+psycopg2://USER:PASSWORD@HOST:5432/DATABASE"
+            )
+        return value
 
     @model_validator(mode="after")
     def _loopback_unless_allowed(self) -> RegistrySettings:

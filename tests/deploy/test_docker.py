@@ -377,7 +377,7 @@ def test_entrypoint_builds_the_uri_from_the_secret_file(fake_mlflow: Path, tmp_p
     result = _entrypoint(fake_mlflow, MLFLOW_DB_PASSWORD_FILE=str(secret))
 
     assert result.returncode == 0, result.stderr
-    assert (tmp_path / "uri").read_text() == "postgresql://mlflow:p%40ss%3Aw%2Frd%25@postgres:5432/mlflow"
+    assert (tmp_path / "uri").read_text() == "postgresql+psycopg2://mlflow:p%40ss%3Aw%2Frd%25@postgres:5432/mlflow"
     assert (tmp_path / "argv").read_text().split() == ["server", "--workers", "1"]
     assert "p@ss" not in result.stdout + result.stderr
 

@@ -1,7 +1,14 @@
-"""One real MLflow server per test session (tmp sqlite + artifacts); each test gets its own model name."""
+"""One real MLflow server per test session and backend; each test gets its own model name.
+
+The server runs on each backend store a team uses: ``sqlite`` (a file in the session's temp folder, the
+one-machine default) and ``postgresql`` (a database of a throwaway cluster, what several replicas
+share), with artifacts in a temp folder either way. Every test that uses the server runs once per
+backend (``[sqlite]``, ``[postgresql]``); the PostgreSQL half is marked ``slow``.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
@@ -18,6 +25,7 @@ from registry import server
 from registry.events import Actor
 from registry.settings import RegistrySettings
 from registry.store import Store
+from tests.registry import postgres
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -38,14 +46,44 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-@pytest.fixture(scope="session")
-def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RegistrySettings]:
-    """A real ``mlflow server`` (one worker) on a free port; settings point at it."""
-    root = tmp_path_factory.mktemp("mlflow-server")
+_CLUSTER = pytest.StashKey[postgres.Cluster]()
+
+
+def postgres_cluster(config: pytest.Config) -> postgres.Cluster:
+    """The session's PostgreSQL cluster, started on first use and stopped when the session ends.
+
+    Kept on the config rather than in a fixture so that every conftest that reuses ``mlflow_server``
+    shares one cluster; its cleanup runs after every fixture's teardown, so the servers on it stop first.
+    """
+    if _CLUSTER not in config.stash:
+        try:
+            postgres.bin_dir()
+        except postgres.PostgresError as exc:
+            pytest.fail(str(exc), pytrace=False)  # CI installs it: a missing server is an error, never a skip
+        stack = contextlib.ExitStack()
+        config.stash[_CLUSTER] = stack.enter_context(postgres.cluster())
+        config.add_cleanup(stack.close)
+    return config.stash[_CLUSTER]
+
+
+BACKENDS = ["sqlite", pytest.param("postgresql", marks=pytest.mark.slow)]
+
+
+@pytest.fixture(scope="session", params=BACKENDS)
+def mlflow_server(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[RegistrySettings]:
+    """A real ``mlflow server`` (one worker) on a free port over the backend store of ``request.param``;
+    settings point at it."""
+    root = tmp_path_factory.mktemp(f"mlflow-server-{request.param}")
+    store_uri = None  # sqlite in ``root``: RegistrySettings' own default
+    if request.param == "postgresql":
+        store_uri = postgres_cluster(request.config).create_database(f"mlflow_{uuid.uuid4().hex[:8]}")
     base = RegistrySettings(
         project_dir=root,
         port=_free_port(),
         tracking_uri=None,
+        backend_store_uri=store_uri,
         health_attempts=120,
         model_name="qwen3-vl",
         experiment="qwen3-vl-pipeline",

@@ -221,11 +221,11 @@ def test_a_version_that_failed_validation_is_refused_and_nothing_is_registered(
 def test_embedded_store_is_the_store_make_mlflow_serves(
     mlflow_server: RegistrySettings, make_project: Callable[..., RegisterInputs], tmp_path: Path
 ) -> None:
-    """Registered with no server (sqlite + artifacts folder), then read and served through the server."""
+    """Registered with no server (the store itself + the artifacts folder), then read through the server."""
     embedded = mlflow_server.model_copy(
         update={"tracking_uri": None, "model_name": "embedded-model", "experiment": "embedded-pipeline"}
     )
-    assert embedded.effective_tracking_uri.startswith("sqlite:///")
+    assert embedded.effective_tracking_uri == mlflow_server.store_uri  # the store the server serves
     registration = stage.register(make_project(), embedded, Actor(name="offline"))
     assert registration.source.startswith("mlflow-artifacts:/embedded-pipeline/")
     on_disk = mlflow_server.artifacts_dir / "embedded-pipeline" / str(registration.run_id) / "artifacts"
