@@ -181,26 +181,27 @@ def _follow(
 ) -> None:
     """Record every rollout move (weight, aliases) with the controller's reason until ``until`` holds."""
     started = time.monotonic()
-    last = read_state(store)
     seen = {e.run_id for e in events.history(store, 50)}
+    recorded = read_state(store).generation  # the newest generation whose event is in the table
+
+    def catch_up(state: RolloutState) -> None:
+        nonlocal recorded
+        fresh = [e for e in reversed(events.history(store, 20)) if e.run_id not in seen]
+        seen.update(e.run_id for e in fresh)
+        for event in fresh:
+            journey.record(event.summary, state, traffic, decision=event.reason or "")
+            recorded = max(recorded, event.generation)
+
     while True:
         state = read_state(store)
-        if state.generation != last.generation:
-            fresh = [e for e in reversed(events.history(store, 20)) if e.run_id not in seen]
-            seen |= {e.run_id for e in fresh}
-            for event in fresh:
-                journey.record(event.summary, state, traffic, decision=event.reason or "")
-            last = state
+        if state.generation > recorded:
+            catch_up(state)
         if until(state):
-            # The audit run of the last move may land a moment after its aliases: show it too.
+            # The audit run of a move lands a moment after its aliases: wait for it, so every move shows.
             deadline = time.monotonic() + 5
-            while time.monotonic() < deadline:
-                fresh = [e for e in reversed(events.history(store, 20)) if e.run_id not in seen]
-                if fresh or state.generation == last.generation:
-                    for event in fresh:
-                        journey.record(event.summary, state, traffic, decision=event.reason or "")
-                    break
+            while state.generation > recorded and time.monotonic() < deadline:
                 time.sleep(0.2)
+                catch_up(state)
             return
         if time.monotonic() - started > timeout_s:
             raise JourneyError(f"the rollout did not move as expected within {timeout_s:.0f} s: {state.describe()}")

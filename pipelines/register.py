@@ -122,6 +122,19 @@ def split_metrics(stage: str, data: dict[str, Any]) -> tuple[dict[str, float], d
     return numbers, others
 
 
+def params_digest(path: Path) -> str:
+    """sha256 of the params' values (parsed, keys sorted): the same settings give the same digest
+    however the file is laid out (``dvc exp run -S`` rewrites it without its comments)."""
+    try:
+        values = yaml.safe_load(path.read_text()) or {}
+    except FileNotFoundError as exc:
+        raise StageError(f"{path}: not found; run the pipeline with `dvc repro`, which writes it") from exc
+    except yaml.YAMLError as exc:
+        raise StageError(f"{path}: not valid YAML ({exc})") from exc
+    canonical = json.dumps(values, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
 def sha256_of(path: Path) -> str:
     try:
         return hashlib.sha256(path.read_bytes()).hexdigest()
@@ -202,7 +215,7 @@ def build_candidate(inputs: RegisterInputs) -> Candidate:
             commit=commit,
             dirty=dirty,
             dvc_lock_sha256=sha256_of(inputs.lock),
-            params_sha256=sha256_of(inputs.params),
+            params_sha256=params_digest(inputs.params),
         ),
         validation=Validation(passed=True, accuracy=validate.accuracy, drop=validate.drop, reason="passed"),
         params=params,

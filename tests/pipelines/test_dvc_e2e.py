@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -80,7 +81,11 @@ def test_the_demo_journey_promotes_a_canary_and_rolls_back_a_bad_one(repo: Path)
     assert (summary["promoted"], summary["champion"], summary["rolled_back"]) == (2, 2, 3)
     assert summary["rollback_s"] <= 10
     assert summary["requests"] > 100 and set(summary["by_version"]) == {"1", "2"}
-    assert "canary v2 stepped 50% -> 100%" in out and "canary v3 rolled back" in out
+    steps = json.loads((repo / ".run" / "demo" / "journey.json").read_text())["steps"]
+    moves = [step["what"] for step in steps]
+    stepped = [int(m.group(1)) for what in moves if (m := re.match(r"canary v2 stepped \d+% -> (\d+)%", what))]
+    assert stepped == [25, 50, 100], moves
+    assert any(what.startswith("canary v3 rolled back") for what in moves), moves
 
 
 def test_lint_and_imports_still_work_after_a_demo(repo: Path) -> None:

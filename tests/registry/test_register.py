@@ -77,7 +77,7 @@ def test_register_records_run_version_tags_manifest_and_candidate_alias(
     assert run.data.metrics["base_model.accuracy"] == pytest.approx(0.92)
     lock_digest = hashlib.sha256(inputs.lock.read_bytes()).hexdigest()
     assert run.data.tags["dvc.lock.sha256"] == lock_digest
-    assert run.data.tags["params.sha256"] == hashlib.sha256(inputs.params.read_bytes()).hexdigest()
+    assert run.data.tags["params.sha256"] == stage.params_digest(inputs.params)
     assert len(run.data.tags["git.commit"]) == 40
     assert run.data.tags["git.dirty"] == "false"
     assert run.data.tags["package.model"] == "qwen3-vl-v1"
