@@ -60,6 +60,8 @@ class Journey:
     started: float = field(default_factory=time.monotonic)
     steps: list[Step] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)
+    #: Audit events already shown (or older than the journey): a move is shown once, however fast it came.
+    events_seen: set[str] = field(default_factory=set)
     _seen: Counter[str] = field(default_factory=Counter)
 
     def record(self, what: str, state: RolloutState, traffic: Traffic | None, decision: str = "") -> None:
@@ -101,6 +103,7 @@ def run(run_dir: Path) -> dict[str, Any]:
     with scratch_stack(run_dir, ACTOR, journey.timings) as stack:
         try:
             store = stack.store
+            journey.events_seen.update(e.run_id for e in events.history(store, 50) if e.run_id)
             journey.record("build 1 registered, promoted to champion", read_state(store), None)
             traffic = Traffic(stack.edge_url).start()
             time.sleep(2)
@@ -179,17 +182,22 @@ def _follow(
     timeout_s: float,
     poll_s: float = 0.5,
 ) -> None:
-    """Record every rollout move (weight, aliases) with the controller's reason until ``until`` holds."""
+    """Record every rollout move (weight, aliases) with the controller's reason until ``until`` holds.
+
+    Moves are read from the audit events, so one that landed before this call (a rollback can take
+    under a second) is shown too; the journey's own moves (actor ``make demo``) it has shown itself.
+    """
     started = time.monotonic()
-    seen = {e.run_id for e in events.history(store, 50)}
-    recorded = read_state(store).generation  # the newest generation whose event is in the table
+    seen = journey.events_seen
+    recorded = -1  # the newest generation whose event has been read
 
     def catch_up(state: RolloutState) -> None:
         nonlocal recorded
-        fresh = [e for e in reversed(events.history(store, 20)) if e.run_id not in seen]
-        seen.update(e.run_id for e in fresh)
+        fresh = [e for e in reversed(events.history(store, 20)) if e.run_id and e.run_id not in seen]
+        seen.update(e.run_id for e in fresh if e.run_id)
         for event in fresh:
-            journey.record(event.summary, state, traffic, decision=event.reason or "")
+            if event.actor != ACTOR.name:
+                journey.record(event.summary, state, traffic, decision=event.reason or "")
             recorded = max(recorded, event.generation)
 
     while True:

@@ -23,7 +23,7 @@ from typing import Any
 from core.contract import CONFIG_FILE
 from core.evaluate import Answer, Question, describe_drop
 from core.files import atomic_dir, write_json
-from core.golden import load_questions, read_answers
+from core.golden import load_questions, read_answers, write_answers
 from core.manifest import manifest_digest, model_digests
 from core.params import load_group
 from core.stage import StageError, run_stage
@@ -88,11 +88,13 @@ def validate_version(
     base_answers: Sequence[Answer],
     params: GateParams,
     report_dir: Path,
+    answers_path: Path | None = None,
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """Run the config check and the served golden set, paired with ``base_answers`` question by question.
 
-    Writes the results table, power table and report to ``report_dir``; returns the verdict's metrics
-    (the same on every machine) and the latency figures (not).
+    Writes the results table, power table and report to ``report_dir`` and the served answers
+    (``id``, ``answer``, ``correct``: the same on every machine) to ``answers_path``; returns the
+    verdict's metrics (the same on every machine) and the latency figures (not).
     """
     from serving.triton.launcher import TritonError, TritonServer, free_ports
     from serving.triton.repository import ServedModel, place
@@ -122,6 +124,8 @@ def validate_version(
     if manifest_digest(model_digests(model_dir, str(version))) != served_digest:
         raise StageError(f"{model_dir} changed while it was being validated; rerun `dvc repro`")
     rows = pair_rows(rows, base_answers)
+    if answers_path is not None:
+        write_answers(answers_path, [Answer(id=r.id, answer=r.answer, correct=r.correct) for r in rows])
     summary = summarize(rows)
     paired = compare(rows, params.confidence)
     verdict = decide(summary, paired, len(errors), check_results(rows, params), params)
@@ -164,6 +168,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--report", type=Path, required=True, help="folder for results.jsonl, report.html, latency.json (untracked)"
     )
+    parser.add_argument(
+        "--answers", type=Path, required=True, help="the served model's per-question answers JSONL to write"
+    )
     parser.add_argument("--metrics", type=Path, required=True, help="metrics JSON to write")
     args = parser.parse_args(argv)
 
@@ -175,8 +182,9 @@ def main(argv: list[str] | None = None) -> int:
             base = read_answers(args.base_answers)
             reference = round(sum(a.correct for a in base) / len(base), 4) if base else 0.0
             failed |= {"reference_accuracy": reference, "drop": reference}
+            gate = load_group("validate", GateParams)
             metrics, latency = validate_version(
-                args.repository, model, version, args.golden, base, load_group("validate", GateParams), args.report
+                args.repository, model, version, args.golden, base, gate, args.report, args.answers
             )
         except StageError as exc:
             # Still record the verdict, so `register` refuses this version by reading it.

@@ -13,6 +13,7 @@ import pytest
 
 from core.contract import PackageParams
 from core.evaluate import Answer
+from core.golden import read_answers
 from core.manifest import manifest_digest, model_digests
 from core.params import EvalParams, ModelParams, load_group
 from core.stage import StageError
@@ -71,8 +72,16 @@ def test_gate_passes_a_good_version(
     repo = tmp_path / "repo"
     _package(tiny_checkpoint, repo, version=3)
     served = {p.relative_to(repo): p.read_bytes() for p in repo.rglob("*") if p.is_file()}
-    metrics, latency = validate_version(repo, "qwen3-vl-v3", 3, small_golden, base_answers, GATE, tmp_path / "out")
+    answers = tmp_path / "answers.jsonl"
+    metrics, latency = validate_version(
+        repo, "qwen3-vl-v3", 3, small_golden, base_answers, GATE, tmp_path / "out", answers
+    )
     assert metrics["passed"] is True, metrics["failures"]
+    # The served answers, in the base model's shape and order (no timings: DVC hashes this file).
+    served_answers = read_answers(answers)
+    assert [a.id for a in served_answers] == [a.id for a in base_answers]
+    assert sum(a.correct for a in served_answers) / 60 == pytest.approx(metrics["accuracy"], abs=1e-4)
+    assert "latency" not in answers.read_text()
     assert metrics["accuracy"] >= 0.95 and metrics["config_errors"] == 0
     # The same weights served: the answers agree with the base model's on (nearly) every question.
     paired = metrics["paired"]

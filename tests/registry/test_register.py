@@ -226,6 +226,8 @@ def test_embedded_store_is_the_store_make_mlflow_serves(
         update={"tracking_uri": None, "model_name": "embedded-model", "experiment": "embedded-pipeline"}
     )
     assert embedded.effective_tracking_uri == mlflow_server.store_uri  # the store the server serves
+    if mlflow_server.backend_store_uri is not None:  # PostgreSQL: the URI names the driver the image installs
+        assert embedded.effective_tracking_uri.startswith("postgresql+psycopg2://")
     registration = stage.register(make_project(), embedded, Actor(name="offline"))
     assert registration.source.startswith("mlflow-artifacts:/embedded-pipeline/")
     on_disk = mlflow_server.artifacts_dir / "embedded-pipeline" / str(registration.run_id) / "artifacts"
