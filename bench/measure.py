@@ -20,6 +20,7 @@ from typing import Any
 import httpx
 
 from bench import wrk
+from core.contract import INPUT_MAX_TOKENS, INPUT_MESSAGES, OUTPUT_TEXT
 from core.processes import ManagedProcess
 from demo.scratch import Scratch, run, wait_for
 from demo.traffic import Traffic, _question
@@ -39,13 +40,17 @@ def chat_body() -> bytes:
 
 
 def triton_body() -> bytes:
-    """The same conversation as a raw KServe v2 request (what a client of Triton itself sends)."""
+    """The same conversation as a raw KServe v2 request (what a client of Triton itself sends), with the
+    same ``max_tokens`` the chat body asks for, so both sides generate the same number of tokens."""
     body, _ = _question(0)
     document = json.dumps(body["messages"])
     return json.dumps(
         {
-            "inputs": [{"name": "messages", "shape": [1, 1], "datatype": "BYTES", "data": [document]}],
-            "outputs": [{"name": "text"}],
+            "inputs": [
+                {"name": INPUT_MESSAGES, "shape": [1, 1], "datatype": "BYTES", "data": [document]},
+                {"name": INPUT_MAX_TOKENS, "shape": [1, 1], "datatype": "INT32", "data": [body["max_tokens"]]},
+            ],
+            "outputs": [{"name": OUTPUT_TEXT}],
         }
     ).encode()
 
