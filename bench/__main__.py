@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from bench import measure, report
+from core.processes import exit_on_sigterm
 from demo.scratch import ScratchError, scratch_stack
 from registry.events import Actor
 from serving.stack import ROOT, StackError
@@ -63,6 +64,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rollbacks", type=int, default=5)
     parser.add_argument("--no-readme", action="store_true", help="do not refresh the README's Figures section")
     args = parser.parse_args(argv)
+    exit_on_sigterm()  # a stopped benchmark stops its scratch stack
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     for noisy in ("httpx", "mlflow", "alembic", "urllib3", "bitsandbytes"):
         logging.getLogger(noisy).setLevel(logging.WARNING)

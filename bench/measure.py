@@ -11,6 +11,7 @@ import logging
 import os
 import shutil
 import statistics
+import struct
 import subprocess
 import sys
 import time
@@ -39,20 +40,29 @@ def chat_body() -> bytes:
     return json.dumps(body).encode()
 
 
-def triton_body() -> bytes:
-    """The same conversation as a raw KServe v2 request (what a client of Triton itself sends), with the
-    same ``max_tokens`` the chat body asks for, so both sides generate the same number of tokens."""
+def triton_request() -> tuple[bytes, dict[str, str]]:
+    """The same conversation as a raw KServe v2 request, encoded as ``tritonclient`` encodes one by
+    default (the binary tensor extension: a JSON header, then the BYTES element as a 4-byte
+    little-endian length and the bytes), with the ``max_tokens`` the chat body asks for, so both
+    sides generate the same number of tokens. Returns the body and its headers."""
     body, _ = _question(0)
-    document = json.dumps(body["messages"])
-    return json.dumps(
+    document = json.dumps(body["messages"]).encode()
+    header = json.dumps(
         {
             "inputs": [
-                {"name": INPUT_MESSAGES, "shape": [1, 1], "datatype": "BYTES", "data": [document]},
+                {
+                    "name": INPUT_MESSAGES,
+                    "shape": [1, 1],
+                    "datatype": "BYTES",
+                    "parameters": {"binary_data_size": len(document) + 4},
+                },
                 {"name": INPUT_MAX_TOKENS, "shape": [1, 1], "datatype": "INT32", "data": [body["max_tokens"]]},
             ],
             "outputs": [{"name": OUTPUT_TEXT}],
         }
     ).encode()
+    headers = {"Content-Type": "application/octet-stream", "Inference-Header-Content-Length": str(len(header))}
+    return header + struct.pack("<I", len(document)) + document, headers
 
 
 def _median(values: list[float]) -> float:
@@ -62,22 +72,23 @@ def _median(values: list[float]) -> float:
 def overhead(stack: Scratch, rounds: int, seconds: float) -> dict[str, Any]:
     """Direct Triton vs gateway vs nginx + gateway: p50/p99 at concurrency 1, req/s at 8."""
     model = f"{stack.store.model}-v1"
+    direct_body, direct_headers = triton_request()
     targets = {
-        "direct": (f"{stack.triton_url}/v2/models/{model}/infer", triton_body()),
-        "gateway": (f"{stack.gateway_urls[0]}/v1/chat/completions", chat_body()),
-        "nginx": (f"{stack.edge_url}/v1/chat/completions", chat_body()),
+        "direct": (f"{stack.triton_url}/v2/models/{model}/infer", direct_body, direct_headers),
+        "gateway": (f"{stack.gateway_urls[0]}/v1/chat/completions", chat_body(), {}),
+        "nginx": (f"{stack.edge_url}/v1/chat/completions", chat_body(), {}),
     }
-    for url, body in targets.values():  # warm every path first
-        wrk.load(url, body, connections=2, seconds=2)
+    for url, body, headers in targets.values():  # warm every path first
+        wrk.load(url, body, connections=2, seconds=2, headers=headers)
     samples: dict[str, dict[str, list[float]]] = {
         name: {"p50_ms": [], "p99_ms": [], "rps_c1": [], "rps_c8": [], "failed": []} for name in targets
     }
     for index in range(rounds):
         order = list(targets) if index % 2 == 0 else list(reversed(targets))
         for name in order:
-            url, body = targets[name]
-            c1 = wrk.load(url, body, connections=1, seconds=seconds)
-            c8 = wrk.load(url, body, connections=8, seconds=seconds)
+            url, body, headers = targets[name]
+            c1 = wrk.load(url, body, connections=1, seconds=seconds, headers=headers)
+            c8 = wrk.load(url, body, connections=8, seconds=seconds, headers=headers)
             sample = samples[name]
             sample["p50_ms"].append(c1.p50_ms)
             sample["p99_ms"].append(c1.p99_ms)
@@ -134,11 +145,11 @@ def quantization_latency(stack: Scratch, builds: dict[str, Path], rounds: int, s
             control.load(result.triton_model)
             names[method] = result.triton_model
     p50: dict[str, list[float]] = {method: [] for method in names}
-    body = triton_body()
+    body, headers = triton_request()
     for index in range(rounds):
         for method in names if index % 2 == 0 else reversed(list(names)):
             url = f"{stack.triton_url}/v2/models/{names[method]}/infer"
-            p50[method].append(wrk.load(url, body, connections=1, seconds=seconds).p50_ms)
+            p50[method].append(wrk.load(url, body, connections=1, seconds=seconds, headers=headers).p50_ms)
     return {method: _median(values) for method, values in p50.items()}
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 import tempfile
@@ -13,7 +14,6 @@ local f = assert(io.open(os.getenv("WRK_BODY"), "rb"))
 wrk.method = "POST"
 wrk.body = f:read("*all")
 f:close()
-wrk.headers["Content-Type"] = "application/json"
 """
 _UNITS = {"us": 1e-3, "ms": 1.0, "s": 1000.0, "m": 60000.0}
 _PERCENTILE = re.compile(r"^\s+(50|75|90|99)%\s+([\d.]+)(us|ms|s|m)\s*$", re.M)
@@ -46,11 +46,21 @@ def parse(output: str) -> Run:
                non_2xx + socket)  # fmt: skip
 
 
-def load(url: str, body: bytes, *, connections: int, seconds: float, threads: int = 1) -> Run:
-    """``connections`` closed-loop clients posting ``body`` to ``url`` for ``seconds``."""
+def load(
+    url: str,
+    body: bytes,
+    *,
+    connections: int,
+    seconds: float,
+    threads: int = 1,
+    headers: dict[str, str] | None = None,
+) -> Run:
+    """``connections`` closed-loop clients posting ``body`` (JSON unless ``headers`` say otherwise) to ``url``."""
+    sent = {"Content-Type": "application/json", **(headers or {})}
+    lines = "".join(f"wrk.headers[{json.dumps(k)}] = {json.dumps(v)}\n" for k, v in sent.items())
     with tempfile.TemporaryDirectory(prefix="wrk-") as tmp:
-        script, payload = Path(tmp) / "post.lua", Path(tmp) / "body.json"
-        script.write_text(_SCRIPT)
+        script, payload = Path(tmp) / "post.lua", Path(tmp) / "body"
+        script.write_text(_SCRIPT + lines)
         payload.write_bytes(body)
         done = subprocess.run(
             ["wrk", f"-t{threads}", f"-c{connections}", f"-d{max(1, round(seconds))}s", "--latency", "--timeout", "30s",

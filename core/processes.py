@@ -65,7 +65,10 @@ if orphaned:
     deadline = time.monotonic() + grace
     while alive(group) and time.monotonic() < deadline:
         time.sleep(0.1)
-os.killpg(group, signal.SIGKILL)
+try:
+    os.killpg(group, signal.SIGKILL)  # a member: this ends the watchdog too; else it returns
+except OSError:
+    pass  # the group is already empty
 """
 
 
@@ -73,10 +76,12 @@ class GroupWatchdog:
     """Kills process group ``group`` (SIGTERM, then SIGKILL after ``grace_s``) once this process is gone.
 
     Also clears the group (the leader's helpers) once its leader has exited. Call ``release`` before
-    stopping the group yourself.
+    stopping the group yourself. ``join=False`` is for a group in another session (a detached
+    service, which a process of this session cannot join): the watchdog then stays in this
+    process's group, which it outlives only by the kill it was started for.
     """
 
-    def __init__(self, group: int, grace_s: float) -> None:
+    def __init__(self, group: int, grace_s: float, *, join: bool = True) -> None:
         read_end, self._write_end = os.pipe()
         try:
             self._process = subprocess.Popen(
@@ -84,7 +89,7 @@ class GroupWatchdog:
                 pass_fds=(read_end,),
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.DEVNULL,
-                process_group=group,
+                process_group=group if join else None,
             )
         except BaseException:
             os.close(self._write_end)
@@ -212,3 +217,13 @@ class ManagedProcess:
         while group_members(self.process.pid) and time.monotonic() < deadline:
             time.sleep(0.05)
         return self.process.returncode
+
+
+def exit_on_sigterm() -> None:
+    """Make SIGTERM (``kill``, ``timeout``, a CI runner cancelling) raise ``SystemExit(143)`` in the main
+    thread, so ``finally`` blocks and context managers stop what the process started."""
+
+    def handler(signum: int, frame: object) -> None:
+        raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGTERM, handler)

@@ -9,6 +9,7 @@ import sys
 import time
 from pathlib import Path
 
+from core.processes import exit_on_sigterm
 from demo.journey import run
 from demo.scratch import ScratchError
 from serving.stack import ROOT, StackError
@@ -18,6 +19,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m demo", description=__doc__.splitlines()[0])
     parser.add_argument("--run-dir", type=Path, default=ROOT / ".run" / "demo")
     args = parser.parse_args(argv)
+    exit_on_sigterm()  # a stopped demo stops its scratch stack
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     for noisy in ("httpx", "mlflow", "alembic", "urllib3"):
         logging.getLogger(noisy).setLevel(logging.WARNING)

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import httpx
 
+from core.processes import GroupWatchdog
 from registry import rollout
 from registry.events import Actor
 from registry.settings import RegistrySettings
@@ -126,10 +127,13 @@ def scratch_stack(run_dir: Path, actor: Actor, timings: dict[str, float] | None 
     scratch = Scratch(
         run_dir, ports, Store(RegistrySettings(tracking_uri=mlflow_url)), env, admin_token(run_dir), actor
     )
+    # Unlike `make up`'s, a scratch stack lives only as long as this process: should it die even by
+    # SIGKILL, each service's watchdog stops that service's group.
+    watchdogs: list[GroupWatchdog] = []
     try:
         t0 = time.monotonic()
         for service in stack:
-            start(service, run_dir)
+            watchdogs.append(GroupWatchdog(start(service, run_dir), grace_s=10.0, join=False))
         timings["stack_up_s"] = round(time.monotonic() - t0, 1)
         t0 = time.monotonic()
         register_build(env, run_dir / "register-build-1.json")
@@ -138,4 +142,6 @@ def scratch_stack(run_dir: Path, actor: Actor, timings: dict[str, float] | None 
         timings["champion_serving_s"] = round(time.monotonic() - t0, 1)
         yield scratch
     finally:
+        for watchdog in watchdogs:
+            watchdog.release()
         down(run_dir, stack)

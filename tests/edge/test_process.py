@@ -86,3 +86,57 @@ def test_stop_clears_children_that_outlive_the_leader() -> None:
 
     assert not _alive(process.pid)
     assert all(_gone_within(child, 5) for child in children)
+
+
+_DETACHED_PARENT = """
+import subprocess, sys, time
+from core.processes import GroupWatchdog
+service = subprocess.Popen(["sleep", "600"], start_new_session=True)  # as serving.stack starts one
+GroupWatchdog(service.pid, grace_s=5.0, join=False)
+print(service.pid, flush=True)
+time.sleep(600)
+"""
+
+
+def test_a_detached_service_tied_by_a_watchdog_goes_with_its_killed_parent() -> None:
+    """The scratch stack of `make demo` / `make bench`: services in their own sessions, gone with the parent."""
+    parent = subprocess.Popen(
+        [sys.executable, "-c", _DETACHED_PARENT],
+        stdout=subprocess.PIPE,
+        text=True,
+        env=os.environ | {"PYTHONPATH": str(ROOT)},
+    )
+    assert parent.stdout is not None
+    service_pid = int(parent.stdout.readline())
+    assert _alive(service_pid) and os.getsid(service_pid) == service_pid  # its own session: not joinable
+
+    parent.send_signal(signal.SIGKILL)
+    parent.wait()
+
+    assert _gone_within(service_pid, 15), f"the detached service (pid {service_pid}) outlived its killed parent"
+
+
+_SIGTERMED = """
+import time
+from core.processes import exit_on_sigterm
+exit_on_sigterm()
+try:
+    print("started", flush=True)
+    time.sleep(600)
+finally:
+    print("cleaned up", flush=True)
+"""
+
+
+def test_sigterm_runs_finally_blocks() -> None:
+    process = subprocess.Popen(
+        [sys.executable, "-c", _SIGTERMED],
+        stdout=subprocess.PIPE,
+        text=True,
+        env=os.environ | {"PYTHONPATH": str(ROOT)},
+    )
+    assert process.stdout is not None
+    assert process.stdout.readline().strip() == "started"
+    process.send_signal(signal.SIGTERM)
+    assert process.wait(timeout=10) == 143
+    assert process.stdout.read().strip() == "cleaned up"
