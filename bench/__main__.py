@@ -63,7 +63,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, default=5.0, help="seconds per load run")
     parser.add_argument("--rollbacks", type=int, default=5)
     parser.add_argument("--no-readme", action="store_true", help="do not refresh the README's Figures section")
+    parser.add_argument(
+        "--report-only",
+        action="store_true",
+        help="measure nothing: rewrite the report, plots and README figures from OUT/results.json",
+    )
     args = parser.parse_args(argv)
+    if args.report_only:
+        return _report(json.loads((args.out / "results.json").read_text()), args.out, readme=not args.no_readme)
     exit_on_sigterm()  # a stopped benchmark stops its scratch stack
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     for noisy in ("httpx", "mlflow", "alembic", "urllib3", "bitsandbytes"):
@@ -90,10 +97,14 @@ def main(argv: list[str] | None = None) -> int:
         print(f"make bench: {exc}", file=sys.stderr)
         return 1
     results["bench_s"] = round(time.monotonic() - started, 1)
+    return _report(results, args.out, readme=not args.no_readme)
+
+
+def _report(results: dict[str, Any], out: Path, *, readme: bool) -> int:
     summary = report.summarize(results)
     results["summary"] = summary
-    report.write(results, args.out)
-    if not args.no_readme:
+    report.write(results, out)
+    if readme:
         report.update_readme(results, ROOT / "README.md")
     print(json.dumps(summary, sort_keys=True))
     return 0
