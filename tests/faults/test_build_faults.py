@@ -49,11 +49,12 @@ def test_a_bad_config_is_refused_before_any_server_starts(
         [
             "--repository", str(inputs.triton_repo), "--package-metrics", str(package_metrics),
             "--base-answers", str(answers), "--golden", str(tmp_path / "no-golden-needed"),
-            "--report", str(tmp_path / "report"), "--metrics", str(verdict),
+            "--report", str(tmp_path / "report"), "--answers", str(tmp_path / "served.jsonl"),
+            "--metrics", str(verdict),
         ]
     )  # fmt: skip
 
-    assert code == 1 and started == []
+    assert code == 1 and started == [] and not (tmp_path / "served.jsonl").exists()
     written = json.loads(verdict.read_text())
     assert written["passed"] is False
     (failure,) = written["failures"]

@@ -60,7 +60,8 @@ def test_validate_without_base_answers_records_a_failed_verdict(tmp_path: Path) 
     metrics.write_text(json.dumps({"passed": True}))  # a stale pass must not survive
     argv = ["--repository", str(tmp_path / "repo"), "--package-metrics", str(package)]
     argv += ["--base-answers", str(tmp_path / "missing.jsonl"), "--golden", str(tmp_path / "golden")]
-    argv += ["--report", str(tmp_path / "report"), "--metrics", str(metrics)]
+    argv += ["--report", str(tmp_path / "report"), "--answers", str(tmp_path / "served.jsonl")]
+    argv += ["--metrics", str(metrics)]
     assert validate_main(argv) == 1
     written = json.loads(metrics.read_text())
     assert written["passed"] is False and written["model"] == "qwen3-vl-v9"
