@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 from pathlib import Path
 
 import pytest
@@ -37,3 +38,10 @@ def small_golden(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
     (out / ROWS_FILE).write_text("".join(json.dumps(r) + "\n" for r in rows))
     return out
+
+
+def as_from_a_terminal() -> None:
+    """``preexec_fn`` for a CLI that a test stops with Ctrl-C: SIGINT at its default, as a shell in a
+    terminal leaves it. A suite started in the background (``cmd &``, nohup) ignores SIGINT, and a
+    child inherits that, so Python would never raise KeyboardInterrupt."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)

@@ -80,7 +80,8 @@ def test_the_demo_journey_promotes_a_canary_and_rolls_back_a_bad_one(repo: Path)
     assert summary["client_errors"] == 0, out
     assert (summary["promoted"], summary["champion"], summary["rolled_back"]) == (2, 2, 3)
     assert summary["rollback_s"] <= 10
-    assert summary["requests"] > 100 and set(summary["by_version"]) == {"1", "2"}
+    # v3 may answer a few requests at its first step, before its fault is injected.
+    assert summary["requests"] > 100 and {"1", "2"} <= set(summary["by_version"]) <= {"1", "2", "3"}
     steps = json.loads((repo / ".run" / "demo" / "journey.json").read_text())["steps"]
     moves = [step["what"] for step in steps]
     stepped = [int(m.group(1)) for what in moves if (m := re.match(r"canary v2 stepped \d+% -> (\d+)%", what))]

@@ -20,7 +20,7 @@ import pytest
 from core.processes import group_members
 from registry import server
 from registry.settings import RegistrySettings
-from tests.conftest import ROOT
+from tests.conftest import ROOT, as_from_a_terminal
 
 pytestmark = [pytest.mark.mlflow, pytest.mark.slow]
 
@@ -105,7 +105,9 @@ def test_ctrl_c_stops_make_mlflow_and_everything_it_started(tmp_path: Path) -> N
         "REGISTRY_EXPERIMENT": "e",
         "REGISTRY_HEALTH_ATTEMPTS": "240",
     }
-    cli = subprocess.Popen([sys.executable, "-m", "registry", "serve"], env=env, cwd=tmp_path)
+    cli = subprocess.Popen(
+        [sys.executable, "-m", "registry", "serve"], env=env, cwd=tmp_path, preexec_fn=as_from_a_terminal
+    )
     try:
         _wait_until(lambda: _healthy(port) or cli.poll() is not None, 120)
         (group,) = _child_groups(cli.pid)

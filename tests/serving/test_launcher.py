@@ -30,7 +30,7 @@ from serving.triton.launcher import (
     free_ports,
 )
 from serving.triton.settings import TritonSettings
-from tests.conftest import ROOT
+from tests.conftest import ROOT, as_from_a_terminal
 
 SLOW_MODEL = """
 import time
@@ -339,6 +339,7 @@ def test_ctrl_c_stops_make_triton_and_everything_it_started(tmp_path: Path) -> N
         env=env,
         stdout=subprocess.PIPE,
         text=True,
+        preexec_fn=as_from_a_terminal,
     )
     shown: list[str] = []
     try:
