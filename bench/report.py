@@ -116,12 +116,13 @@ def markdown(results: dict[str, Any]) -> str:
         lines += [
             "",
             "Direct Triton is slower than the gateway at concurrency 8 in this run. What is known: the Python "
-            "backend pauses every in-flight request together for about 530 ms a few times a minute (whatever the "
-            "client: wrk, aiohttp, http.client, the gateway; not Python's GC, `gc.freeze()` keeps it), which sets "
-            "every p99 here; and wrk's 8 fresh connections straight to Triton's HTTP server queue far longer "
-            "(Triton's metrics: 60-155 ms queue per request with the instance 20-40% busy) than the same load from "
-            "a threaded Python client (170-215 req/s). The cause of the second is not found yet; the gateway "
-            "ratios above are against this direct figure.",
+            "backend pauses every in-flight request together for about 530 ms a few times a minute (whatever "
+            "the client: wrk, aiohttp, http.client, the gateway; not Python's GC, `gc.freeze()` keeps it; not "
+            "a batch size's first use, warming sizes 1-8 at load keeps it), which sets every p99 here; and "
+            "wrk's 8 fresh connections straight to Triton's HTTP server queue far longer (Triton's metrics: "
+            "60-155 ms queue per request with the instance 20-40% busy) than the same load from a threaded "
+            "Python client (170-215 req/s). The cause of the second is not found yet; the gateway ratios "
+            "above are against this direct figure.",
         ]
     inproc = results["inprocess"]["rps_c8"]
     lines += [

@@ -115,7 +115,12 @@ def test_ctrl_c_stops_make_mlflow_and_everything_it_started(tmp_path: Path) -> N
     finally:
         # What a terminal's Ctrl-C does: the server has a group of its own, so only the CLI gets SIGINT.
         cli.send_signal(signal.SIGINT)
-        code = cli.wait(timeout=60)
+        try:
+            code = cli.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            cli.terminate()  # leave nothing running behind a failed test (its watchdog stops the server)
+            cli.wait(timeout=30)
+            raise
 
     assert code == 0
     assert not group_members(group)

@@ -353,7 +353,12 @@ def test_ctrl_c_stops_make_triton_and_everything_it_started(tmp_path: Path) -> N
     finally:
         # What a terminal's Ctrl-C does: the server has a group of its own, so only the CLI gets SIGINT.
         cli.send_signal(signal.SIGINT)
-        output, _ = cli.communicate(timeout=60)
+        try:
+            output, _ = cli.communicate(timeout=60)
+        except subprocess.TimeoutExpired:
+            cli.terminate()  # leave nothing running behind a failed test (its watchdog stops the server)
+            cli.communicate(timeout=30)
+            raise
 
     assert cli.returncode == 0
     assert not _group_alive(group)
