@@ -16,7 +16,6 @@ from pydantic import ValidationError
 from registry import events, materialize, rollout, server
 from registry.errors import ConcurrentChangeError, RegistryError
 from registry.events import Actor, Event
-from registry.publish import versus_base
 from registry.settings import RegistrySettings, load_rollout_steps
 from registry.status import Lineage, Status, read_status
 from registry.store import Store
@@ -103,8 +102,7 @@ def _line(alias: str, lineage: Lineage | None, weight: int) -> str:
     dirty = " (dirty)" if lineage.dirty else ""
     return (
         f"  {alias:<18} v{lineage.version}{share}\n"
-        f"  {'':<18} accuracy {_fmt(lineage.accuracy, '.4f')} "
-        f"({versus_base(lineage.drop) if lineage.drop is not None else 'no drop recorded'}), "
+        f"  {'':<18} accuracy {_fmt(lineage.accuracy, '.4f')} (drop {_fmt(lineage.drop, '+.4f')}), "
         f"{lineage.quantization or '-'}, {lineage.size_bytes if lineage.size_bytes is not None else '-'} bytes\n"
         f"  {'':<18} commit {(lineage.commit or '-')[:12]}{dirty}, dvc.lock {(lineage.dvc_lock_sha256 or '-')[:12]}, "
         f"files {(lineage.served_digest or '-')[:12]}, run {lineage.run_id or '-'}"

@@ -23,7 +23,6 @@ from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
 from pydantic import BaseModel, ConfigDict
 
-from core.evaluate import describe_drop
 from core.manifest import VERSION_KEY, manifest_digest, model_digests
 from registry import manifest, rollout, state
 from registry.errors import ConcurrentChangeError, NotValidatedError, UpstreamError
@@ -90,12 +89,6 @@ class Registration(BaseModel):
     served_digest: str
     run_id: str | None
     source: str
-
-
-def versus_base(drop: float) -> str:
-    """The accuracy change against the base model in words: "0.3 points lower than base"."""
-    words = describe_drop(drop)
-    return "same as base" if words == "no change" else f"{words} than base"
 
 
 def check_model_dir(model_dir: Path) -> None:
@@ -217,7 +210,7 @@ def _create_version(store: Store, candidate: Candidate, actor: Actor) -> ModelVe
         tags=tags,
         description=(
             f"{candidate.package_model} {candidate.quantization}: accuracy {candidate.validation.accuracy:.4f} "
-            f"({versus_base(candidate.validation.drop)}), {candidate.size_bytes} bytes, "
+            f"(drop {candidate.validation.drop:+.4f}), {candidate.size_bytes} bytes, "
             f"commit {candidate.lineage.commit[:12]}{dirty}. Per-file sha256: the run's {manifest.MANIFEST_FILE}."
         ),
     )
