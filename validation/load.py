@@ -98,7 +98,11 @@ def load_one(http_url: str, log_path: Path, name: str, load_timeout_s: float) ->
             message = exc.message() or str(exc)
             if _POLL_FAILED in message:
                 message = _log_reason(log_path, name) or message
-            versions = _versions(client, name)
+            try:
+                versions = _versions(client, name)
+            except (OSError, http.client.HTTPException) as gone:
+                # Triton 2.51 can die on a refused load: its refusal, and that it is gone.
+                return [VersionStatus(name, "", False, f"Triton stopped answering after: {message} ({gone})")]
             failed = [v for v in versions if not v.ready]
             return failed or [VersionStatus(name, "", False, message)]
         except TimeoutError:
