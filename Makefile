@@ -127,14 +127,14 @@ DEPLOY_OUT ?= rendered
 IMAGE_REGISTRY ?= qwen3-vl
 IMAGE_TAG ?= dev
 
-deploy-check: $(STAMP) ## Offline checks of docker/ and deploy/ (hadolint, compose schema, pins, strict Kubernetes/KServe validation)
+deploy-check: $(STAMP) ## Offline checks of containers/ and deploy/ (hadolint, compose schema, pins, strict Kubernetes/KServe validation)
 	pytest -p no:cacheprovider tests/deploy
 
 render-k8s: $(STAMP) ## Kubernetes and KServe manifests from DEPLOY_SETTINGS into DEPLOY_OUT
 	$(PY) -m deploy.render --settings $(DEPLOY_SETTINGS) --out $(DEPLOY_OUT)
 
 images: ## Build the four images (needs a Docker engine); IMAGE_REGISTRY, IMAGE_TAG
-	for image in gateway triton mlflow edge; do docker build -f docker/$$image.Dockerfile -t $(IMAGE_REGISTRY)/$$image:$(IMAGE_TAG) .; done
+	for image in gateway triton mlflow edge; do docker build -f containers/$$image.Dockerfile -t $(IMAGE_REGISTRY)/$$image:$(IMAGE_TAG) .; done
 
 gpu-smoke: $(STAMP) ## Prove the GPU path on one NVIDIA GPU (~10 min; QWEN3_VL_CHECKPOINT for a real model)
 	bash scripts/gpu_smoke.sh

@@ -14,7 +14,7 @@ from serving.stack import Ports
 Manifest = dict[str, Any]
 
 PART_OF = "qwen3-vl-serving"
-#: The non-root uid and gid every image of docker/ runs as.
+#: The non-root uid and gid every image of containers/ runs as.
 UID = 10001
 PORTS = Ports()
 GATEWAY_PORT = PORTS.gateways[0]

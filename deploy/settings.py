@@ -51,7 +51,7 @@ class Resources(_Strict):
 
 
 class Images(_Strict):
-    """Full image references built from docker/ (a tag or a digest, never `latest`)."""
+    """Full image references built from containers/ (a tag or a digest, never `latest`)."""
 
     gateway: str
     triton: str

@@ -147,7 +147,7 @@ def mlflow(s: DeploySettings) -> list[Manifest]:
 
 
 def triton(s: DeploySettings) -> list[Manifest]:
-    """Triton (the docker/triton.Dockerfile image and its command) on one node with its GPUs."""
+    """Triton (the containers/triton.Dockerfile image and its command) on one node with its GPUs."""
     name, ns = "triton", s.namespace
     tmp, tmp_mount = tmp_volume()
     volumes = [

@@ -1,4 +1,4 @@
-"""Shared helpers for the offline checks of docker/ and deploy/: the lock, Dockerfiles, compose interpolation."""
+"""Shared helpers for the offline checks of containers/ and deploy/: the lock, Dockerfiles, compose interpolation."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from typing import Any
 import yaml
 
 ROOT = Path(__file__).resolve().parents[2]
-DOCKER = ROOT / "docker"
+DOCKER = ROOT / "containers"
 DEPLOY = ROOT / "deploy"
 DOCKERFILES = sorted(DOCKER.glob("*.Dockerfile"))
 REQUIREMENTS = sorted((DOCKER / "requirements").glob("*.txt"))

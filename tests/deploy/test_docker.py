@@ -289,7 +289,7 @@ def test_two_gateways_behind_the_edge_and_scraped_by_the_controller() -> None:
     gateways = sorted(
         name
         for name, s in services.items()
-        if s.get("build", {}).get("dockerfile") == "docker/gateway.Dockerfile" and name != "controller"
+        if s.get("build", {}).get("dockerfile") == "containers/gateway.Dockerfile" and name != "controller"
     )
     assert gateways == ["gateway-1", "gateway-2"]
     edge = EdgeSettings(**_settings_kwargs(services["edge"]["environment"], "EDGE_"))

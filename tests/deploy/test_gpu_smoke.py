@@ -44,7 +44,7 @@ def test_syntax() -> None:
 @pytest.mark.skipif(shutil.which("shellcheck") is None, reason="shellcheck is not installed (Debian: shellcheck)")
 def test_shellcheck_finds_nothing() -> None:
     result = subprocess.run(
-        ["shellcheck", str(SCRIPT), str(ROOT / "docker" / "mlflow-entrypoint.sh")],
+        ["shellcheck", str(SCRIPT), str(ROOT / "containers" / "mlflow-entrypoint.sh")],
         capture_output=True,
         text=True,
         check=False,

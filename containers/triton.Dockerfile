@@ -5,7 +5,7 @@
 # The container's Python is 3.10, but the pinned stack needs 3.11 (transformers 5 and pillow 13 require
 # it), so the backend runs in a Python 3.11 virtual environment with a stub built for 3.11 against
 # Triton 2.51: the one the pinned nvidia-pytriton wheel ships, the same stub `make triton` runs locally.
-# Build from the repository root: docker build -f docker/triton.Dockerfile .
+# Build from the repository root: docker build -f containers/triton.Dockerfile .
 # Torch from another index (a CUDA build that matches the host driver):
 #   --build-arg PIP_EXTRA_INDEX_URL=https://download.pytorch.org/whl/cu126
 FROM nvcr.io/nvidia/tritonserver:24.10-py3
@@ -20,7 +20,7 @@ RUN apt-get update \
     && rm -rf /var/lib/apt/lists/*
 
 ARG PIP_EXTRA_INDEX_URL
-COPY requirements.lock docker/requirements/triton.txt docker/requirements/triton-stub.txt /tmp/requirements/
+COPY requirements.lock containers/requirements/triton.txt containers/requirements/triton-stub.txt /tmp/requirements/
 RUN python3.11 -m venv /opt/venv \
     && /opt/venv/bin/pip install --no-cache-dir -r /tmp/requirements/triton.txt -c /tmp/requirements/requirements.lock \
     && /opt/venv/bin/pip install --no-cache-dir --no-deps -r /tmp/requirements/triton-stub.txt \
@@ -40,7 +40,7 @@ RUN useradd --uid 10001 --user-group --no-create-home --home-dir /nonexistent --
     && mkdir -p /models/repository \
     && chown -R 10001:10001 /models
 
-COPY docker/healthcheck.py /usr/local/bin/healthcheck.py
+COPY containers/healthcheck.py /usr/local/bin/healthcheck.py
 ENV HOME=/tmp \
     HF_HOME=/tmp/huggingface \
     HF_HUB_OFFLINE=1 \

@@ -1,7 +1,7 @@
 # syntax=docker/dockerfile:1
 # The nginx edge for the compose stack: Debian's nginx, its config rendered from EDGE_* settings by
 # serving/edge (the same renderer and `nginx -t` check as `make up`), run as a non-root user.
-# Build from the repository root: docker build -f docker/edge.Dockerfile .
+# Build from the repository root: docker build -f containers/edge.Dockerfile .
 FROM python:3.11-slim-bookworm
 
 SHELL ["/bin/bash", "-o", "pipefail", "-c"]
@@ -16,7 +16,7 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1
 WORKDIR /app
-COPY requirements.lock docker/requirements/edge.txt /tmp/requirements/
+COPY requirements.lock containers/requirements/edge.txt /tmp/requirements/
 RUN pip install --no-cache-dir -r /tmp/requirements/edge.txt -c /tmp/requirements/requirements.lock \
     && rm -rf /tmp/requirements
 
@@ -24,7 +24,7 @@ RUN pip install --no-cache-dir -r /tmp/requirements/edge.txt -c /tmp/requirement
 RUN useradd --uid 10001 --user-group --no-create-home --home-dir /nonexistent --shell /usr/sbin/nologin edge \
     && chown -R 10001:10001 /var/log/nginx /var/lib/nginx
 
-COPY docker/healthcheck.py /usr/local/bin/healthcheck.py
+COPY containers/healthcheck.py /usr/local/bin/healthcheck.py
 # Whole packages (only serving.edge's imports run: tests/deploy checks they need nothing but edge.txt).
 COPY core/ core/
 COPY serving/ serving/

@@ -2,7 +2,7 @@
 # The gateway image: the canary gateway (the default command), the rollout controller
 # (`python -m serving.rollout`) and the registry CLI (`python -m registry ...`). One image, so the
 # gateway and the controller always run the same registry code.
-# Build from the repository root: docker build -f docker/gateway.Dockerfile .
+# Build from the repository root: docker build -f containers/gateway.Dockerfile .
 FROM python:3.11-slim-bookworm
 
 SHELL ["/bin/bash", "-o", "pipefail", "-c"]
@@ -11,7 +11,7 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1
 WORKDIR /app
 
-COPY requirements.lock docker/requirements/gateway.txt /tmp/requirements/
+COPY requirements.lock containers/requirements/gateway.txt /tmp/requirements/
 RUN pip install --no-cache-dir -r /tmp/requirements/gateway.txt -c /tmp/requirements/requirements.lock \
     && rm -rf /tmp/requirements
 
@@ -21,14 +21,14 @@ RUN useradd --uid 10001 --user-group --no-create-home --home-dir /nonexistent --
     && mkdir -p /models \
     && chown 10001:10001 /models
 
-COPY docker/healthcheck.py /usr/local/bin/healthcheck.py
+COPY containers/healthcheck.py /usr/local/bin/healthcheck.py
 COPY params.yaml ./
 COPY core/ core/
 COPY registry/ registry/
 COPY serving/ serving/
 
 # No settings here beyond paths: addresses, the admin token and the tracking URI come from the
-# environment the stack sets (docker/compose.yaml, deploy/), never from the image.
+# environment the stack sets (containers/compose.yaml, deploy/), never from the image.
 ENV PYTHONPATH=/app \
     HOME=/tmp \
     HF_HUB_OFFLINE=1

@@ -3,14 +3,14 @@
 # (the register stage, the controller) need no storage credentials. Options come from MLFLOW_* environment
 # variables (MLFLOW_HOST, MLFLOW_PORT, MLFLOW_ARTIFACTS_DESTINATION, ...); the entrypoint builds the
 # database URI from MLFLOW_DB_* and a password file, so no password sits in the image or in argv.
-# Build from the repository root: docker build -f docker/mlflow.Dockerfile .
+# Build from the repository root: docker build -f containers/mlflow.Dockerfile .
 FROM python:3.11-slim-bookworm
 
 SHELL ["/bin/bash", "-o", "pipefail", "-c"]
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1
-COPY requirements.lock docker/requirements/mlflow.txt /tmp/requirements/
+COPY requirements.lock containers/requirements/mlflow.txt /tmp/requirements/
 RUN pip install --no-cache-dir -r /tmp/requirements/mlflow.txt -c /tmp/requirements/requirements.lock \
     && rm -rf /tmp/requirements
 
@@ -18,8 +18,8 @@ RUN useradd --uid 10001 --user-group --no-create-home --home-dir /nonexistent --
     && mkdir -p /mlflow/artifacts \
     && chown -R 10001:10001 /mlflow
 
-COPY docker/healthcheck.py /usr/local/bin/healthcheck.py
-COPY docker/mlflow-entrypoint.sh /usr/local/bin/mlflow-entrypoint
+COPY containers/healthcheck.py /usr/local/bin/healthcheck.py
+COPY containers/mlflow-entrypoint.sh /usr/local/bin/mlflow-entrypoint
 # One worker and no job execution: about 2 GB less memory (docs/DESIGN.md, measured).
 ENV HOME=/tmp \
     MLFLOW_HOST=0.0.0.0 \
