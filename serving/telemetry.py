@@ -1,23 +1,36 @@
 """The metrics contract between the gateway replicas and the rollout controller.
 
 Each gateway exports these Prometheus series on ``/metrics``; the controller scrapes every replica,
-sums them, and judges the canary on the difference between two scrapes (one analysis window).
-Latencies are histograms with the fixed buckets below, so the per-version samples of a window are
-ordinal counts the rank test can compare without the raw values.
+adds up what each replica counted since the canary started, and judges the canary on those totals.
+Latencies are histograms with log-spaced buckets, each about 9% wide (``BUCKET_GROWTH``: the
+boundaries of an OpenTelemetry exponential histogram at scale 3, rounded to three significant
+digits), so a quantile read from the histogram is within half a bucket of the true one and a 20%
+slowdown moves a quantile two buckets, whatever the model's latency (a millisecond or a minute).
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
+import numpy as np
+from numpy.typing import NDArray
 from prometheus_client.parser import text_string_to_metric_families
 
-#: Every request a version answered or failed, counted per attempt: a canary failure retried on the
-#: champion counts once against the canary (outcome="error") and once for the champion.
+#: Every live request a version answered or failed, counted per attempt: a canary failure retried on
+#: the champion counts once against the canary (outcome="error") and once for the champion. Pinned
+#: requests (``X-Model-Version``, the controller's probes) and shadow mirrors are not counted here:
+#: they are not live traffic of the split, so they never enter the canary's verdict.
 UPSTREAM_REQUESTS = "gateway_upstream_requests_total"
-#: Latency of the successful attempts, per version (seconds).
+#: End-to-end latency of the successful live attempts, per version (seconds).
 UPSTREAM_LATENCY = "gateway_upstream_latency_seconds"
+#: Time to first token of the successful live attempts (seconds), per version.
+TTFT = "gateway_time_to_first_token_seconds"
+#: Time per output token after the first, of successful live attempts with two tokens or more (seconds).
+TPOT = "gateway_time_per_output_token_seconds"
+#: Pinned attempts per version and outcome: counted for people, never judged.
+PINNED_REQUESTS = "gateway_pinned_requests_total"
 #: Client-facing requests by route and status code (what users saw).
 REQUESTS = "gateway_requests_total"
 #: Canary failures answered by the champion instead (no labels).
@@ -33,65 +46,108 @@ LABEL_OUTCOME = "outcome"
 #: fault); rejected: the model refused the request as invalid (a 400), which says nothing of its health.
 OUTCOME_OK, OUTCOME_ERROR, OUTCOME_REJECTED = "ok", "error", "rejected"
 
-#: Histogram buckets (seconds): fine enough around a tiny model's 10-100 ms and a real model's seconds.
-LATENCY_BUCKETS: tuple[float, ...] = (
-    0.005, 0.01, 0.015, 0.02, 0.03, 0.04, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.5, 0.75,
-    1.0, 1.5, 2.0, 3.0, 5.0, 7.5, 10.0, 15.0, 30.0, 60.0,
-)  # fmt: skip
+#: Each bucket's upper bound is this multiple of the one below (2 ** (1/8): about 9%).
+BUCKET_GROWTH = 2 ** (1 / 8)
+
+
+def _bounds(low_exponent: int, high_exponent: int) -> tuple[float, ...]:
+    values = (2 ** (k / 8) for k in range(low_exponent * 8, high_exponent * 8 + 1))
+    return tuple(float(f"{value:.3g}") for value in values)
+
+
+#: Histogram upper bounds (seconds), 0.98 ms to 128 s: a CPU toy model's milliseconds and a real
+#: model's long answers alike. The last bucket (+Inf) holds anything slower.
+LATENCY_BUCKETS: tuple[float, ...] = _bounds(-10, 7)
+N_BUCKETS = len(LATENCY_BUCKETS) + 1  # with +Inf
+
+#: The latency-like metrics the controller judges, by short name, and their series.
+HISTOGRAMS: dict[str, str] = {"latency": UPSTREAM_LATENCY, "ttft": TTFT, "tpot": TPOT}
+
+Counts = NDArray[np.float64]
+
+
+def empty_counts() -> Counts:
+    return np.zeros(N_BUCKETS)
+
+
+def _empty_histograms() -> dict[str, Counts]:
+    return {name: empty_counts() for name in HISTOGRAMS}
 
 
 @dataclass
 class VersionStats:
-    """One version's counters: attempts, failures, and successful-latency histogram bucket counts."""
+    """One version's live counters: attempts, failures, and per-bucket (not cumulative) latency counts."""
 
     requests: float = 0.0
     errors: float = 0.0
-    # Cumulative counts per upper bound (Prometheus' ``le``), +Inf included.
-    buckets: dict[float, float] = field(default_factory=dict)
+    histograms: dict[str, Counts] = field(default_factory=_empty_histograms)
+
+    @property
+    def latency(self) -> Counts:
+        return self.histograms["latency"]
 
     def minus(self, earlier: VersionStats) -> VersionStats:
-        """The counts of one window: this scrape minus an earlier one (a restarted replica counts from 0)."""
+        """What happened between ``earlier`` and this scrape (a restarted replica counts from 0)."""
         if self.requests < earlier.requests:
-            return VersionStats(self.requests, self.errors, dict(self.buckets))
+            return self.copy()
         return VersionStats(
             self.requests - earlier.requests,
             self.errors - earlier.errors,
-            {le: count - earlier.buckets.get(le, 0.0) for le, count in self.buckets.items()},
+            {name: np.maximum(counts - earlier.histograms[name], 0.0) for name, counts in self.histograms.items()},
         )
 
     def plus(self, other: VersionStats) -> VersionStats:
-        keys = set(self.buckets) | set(other.buckets)
         return VersionStats(
             self.requests + other.requests,
             self.errors + other.errors,
-            {le: self.buckets.get(le, 0.0) + other.buckets.get(le, 0.0) for le in keys},
+            {name: counts + other.histograms[name] for name, counts in self.histograms.items()},
         )
 
-    def bucket_counts(self) -> list[tuple[float, float]]:
-        """Non-cumulative counts per bucket, in order of upper bound."""
-        out, previous = [], 0.0
-        for le in sorted(self.buckets):
-            out.append((le, self.buckets[le] - previous))
-            previous = self.buckets[le]
-        return out
+    def copy(self) -> VersionStats:
+        return VersionStats(self.requests, self.errors, {k: v.copy() for k, v in self.histograms.items()})
+
+
+_INDEX = {bound: index for index, bound in enumerate(LATENCY_BUCKETS)}
+_SERIES = {f"{series}_bucket": name for name, series in HISTOGRAMS.items()}
+
+
+def bucket_index(le: float) -> int:
+    """The contract's bucket for an exported upper bound (a foreign bound goes to the next one up)."""
+    if math.isinf(le):
+        return N_BUCKETS - 1
+    found = _INDEX.get(le)
+    if found is not None:
+        return found
+    import bisect
+
+    return bisect.bisect_left(LATENCY_BUCKETS, le)
 
 
 def parse_version_stats(text: str) -> dict[int, VersionStats]:
     """Per-version counters from one replica's ``/metrics`` text."""
     stats: dict[int, VersionStats] = {}
+    cumulative: dict[tuple[int, str], dict[int, float]] = {}
     for family in text_string_to_metric_families(text):
         for sample in family.samples:
             version_label = sample.labels.get(LABEL_VERSION)
-            if version_label is None or not version_label.isdigit():
+            if version_label is None or not (version_label.isascii() and version_label.isdigit()):
                 continue
-            entry = stats.setdefault(int(version_label), VersionStats())
+            version = int(version_label)
             if sample.name == UPSTREAM_REQUESTS:
+                entry = stats.setdefault(version, VersionStats())
                 entry.requests += sample.value
                 if sample.labels.get(LABEL_OUTCOME) == OUTCOME_ERROR:
                     entry.errors += sample.value
-            elif sample.name == UPSTREAM_LATENCY + "_bucket":
-                le = float(sample.labels["le"])
-                entry.buckets[le] = entry.buckets.get(le, 0.0) + sample.value
+            elif sample.name in _SERIES:
+                stats.setdefault(version, VersionStats())
+                index = bucket_index(float(sample.labels["le"]))
+                seen = cumulative.setdefault((version, _SERIES[sample.name]), {})
+                seen[index] = seen.get(index, 0.0) + sample.value
+    for (version, name), by_index in cumulative.items():
+        counts, previous = stats[version].histograms[name], 0.0
+        for index in sorted(by_index):
+            counts[index] += max(by_index[index] - previous, 0.0)
+            previous = by_index[index]
     return stats
 
 
@@ -100,23 +156,23 @@ def combine(replicas: Iterable[Mapping[int, VersionStats]]) -> dict[int, Version
     total: dict[int, VersionStats] = {}
     for replica in replicas:
         for version, entry in replica.items():
-            total[version] = total.get(version, VersionStats()).plus(entry)
+            total[version] = total[version].plus(entry) if version in total else entry.copy()
     return total
 
 
-def quantile(stats: VersionStats, q: float) -> float | None:
-    """The ``q`` quantile of the latency histogram in seconds, interpolated within its bucket."""
-    counts = stats.bucket_counts()
-    total = sum(count for _, count in counts)
+def quantile(counts: Counts, q: float) -> float | None:
+    """The ``q`` quantile of per-bucket ``counts`` in seconds, log-interpolated within its bucket."""
+    total = float(counts.sum())
     if total <= 0:
         return None
-    rank, seen, lower = q * total, 0.0, 0.0
-    finite = [le for le, _ in counts if le != float("inf")]
-    for le, count in counts:
-        if count > 0 and seen + count >= rank:
-            if le == float("inf"):
-                return finite[-1] if finite else None
-            return lower + (le - lower) * (rank - seen) / count
-        seen += count
-        lower = le if le != float("inf") else lower
-    return finite[-1] if finite else None
+    rank = q * total
+    cumulative = np.cumsum(counts)
+    index = int(np.searchsorted(cumulative, rank, side="left"))
+    if index >= len(LATENCY_BUCKETS):
+        return LATENCY_BUCKETS[-1]  # beyond the last bound: that bound, as Prometheus does
+    upper = LATENCY_BUCKETS[index]
+    lower = LATENCY_BUCKETS[index - 1] if index > 0 else upper / BUCKET_GROWTH
+    below = float(cumulative[index - 1]) if index > 0 else 0.0
+    inside = float(counts[index])
+    fraction = 0.0 if inside <= 0 else (rank - below) / inside
+    return float(lower * (upper / lower) ** fraction)

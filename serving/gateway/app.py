@@ -122,8 +122,6 @@ def create_app(
         max_image_bytes=settings.max_image_bytes,
         shadow_percent=settings.shadow_percent,
         shadow_concurrency=settings.shadow_concurrency,
-        canary_timeout_factor=settings.canary_timeout_factor,
-        canary_timeout_min_s=settings.canary_timeout_min_s,
     )
     token = settings.admin_token_bytes
     if token is None:

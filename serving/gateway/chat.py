@@ -42,7 +42,7 @@ from serving.gateway.reconcile import Reconciler, VersionConfig, View
 from serving.gateway.routing import Route, choose, parse_pin
 from serving.gateway.shadow import Shadow
 from serving.gateway.upstream import Inference, Upstream
-from serving.telemetry import OUTCOME_ERROR, OUTCOME_OK, OUTCOME_REJECTED, quantile
+from serving.telemetry import OUTCOME_ERROR, OUTCOME_OK, OUTCOME_REJECTED
 
 log = logging.getLogger(__name__)
 
@@ -67,8 +67,6 @@ class ChatService:
         max_image_bytes: int,
         shadow_percent: float,
         shadow_concurrency: int,
-        canary_timeout_factor: float = 5.0,
-        canary_timeout_min_s: float = 2.0,
         draw: Callable[[], float] = random.random,
     ) -> None:
         self.model = model
@@ -77,10 +75,9 @@ class ChatService:
         self.metrics = metrics
         self.faults = faults
         self.images = images
+        # One timeout for every attempt, canary or champion: a shorter cut for the canary would turn
+        # its slow answers into errors and hide its slowest latencies from the verdict.
         self.timeout_s = timeout_s
-        self.canary_timeout_factor = canary_timeout_factor
-        self.canary_timeout_min_s = canary_timeout_min_s
-        self._canary_timeout: tuple[float, float] = (0.0, timeout_s)  # (computed at, seconds)
         self.max_body_bytes = max_body_bytes
         self.max_image_bytes = max_image_bytes
         self.shadow = Shadow(shadow_percent, shadow_concurrency, self.call, metrics)
@@ -151,38 +148,23 @@ class ChatService:
         messages: bytes,
         max_tokens: int | None,
         temperature: float | None,
-        timeout_s: float | None = None,
+        *,
+        pinned: bool = False,
     ) -> Inference:
-        """``call`` with the per-version counters the rollout controller reads."""
+        """``call`` with the per-version counters; a pinned attempt is counted apart, never judged."""
         started = time.perf_counter()
         try:
-            answer = await self.call(version, messages, max_tokens, temperature, timeout_s)
+            answer = await self.call(version, messages, max_tokens, temperature)
         except UpstreamRejectedError:
-            self.metrics.attempt(version, OUTCOME_REJECTED)
+            self.metrics.attempt(version, OUTCOME_REJECTED, pinned=pinned)
             raise
         except UpstreamError as exc:
-            self.metrics.attempt(version, OUTCOME_ERROR)
+            self.metrics.attempt(version, OUTCOME_ERROR, pinned=pinned)
             if isinstance(exc, UpstreamNotReadyError):
                 self.reconciler.mark_not_ready(version)
             raise
-        self.metrics.attempt(version, OUTCOME_OK, time.perf_counter() - started)
+        self.metrics.attempt(version, OUTCOME_OK, time.perf_counter() - started, pinned=pinned)
         return answer
-
-    def canary_timeout_s(self, champion: int) -> float:
-        """The timeout of a canary attempt: ``factor`` x the champion's p99 so far, within the bounds.
-
-        Recomputed at most once a second (it reads the histogram), so the hot path stays cheap.
-        """
-        computed_at, seconds = self._canary_timeout
-        now = time.monotonic()
-        if now - computed_at < 1.0:
-            return seconds
-        stats = self.metrics.version_stats().get(champion)
-        p99 = quantile(stats, 0.99) if stats is not None else None
-        seconds = self.timeout_s if p99 is None else p99 * self.canary_timeout_factor
-        seconds = min(self.timeout_s, max(self.canary_timeout_min_s, seconds))
-        self._canary_timeout = (now, seconds)
-        return seconds
 
     async def _answer(
         self,
@@ -194,9 +176,9 @@ class ChatService:
         images: list[tuple[str, ImageInfo]],
     ) -> tuple[Inference, int, int | None]:
         cap = self._prepare(view, route.version, chat, images)
-        limit = None if route.fallback is None else self.canary_timeout_s(route.fallback)
+        pinned = route.reason == "pinned"
         try:
-            return await self.attempt(route.version, messages, cap, chat.temperature, limit), route.version, cap
+            return await self.attempt(route.version, messages, cap, chat.temperature, pinned=pinned), route.version, cap
         except UpstreamError as exc:
             if not exc.retryable or route.fallback is None:
                 raise

@@ -1,11 +1,14 @@
 """The gateway's Prometheus series (the contract in ``serving.telemetry``) and its sliding window.
 
 Series, all per replica:
-- ``gateway_upstream_requests_total{version, outcome}``: every attempt on a version; outcome ``ok``,
-  ``error`` (a failure the version is blamed for), or ``rejected`` (the model refused the request
-  as invalid: the client's fault, counted as a request but not as an error).
-- ``gateway_upstream_latency_seconds{version}``: histogram of the successful attempts
-  (``telemetry.LATENCY_BUCKETS``).
+- ``gateway_upstream_requests_total{version, outcome}``: every live attempt on a version; outcome
+  ``ok``, ``error`` (a failure the version is blamed for), or ``rejected`` (the model refused the
+  request as invalid: the client's fault, counted as a request but not as an error).
+- ``gateway_upstream_latency_seconds{version}``, ``gateway_time_to_first_token_seconds{version}``,
+  ``gateway_time_per_output_token_seconds{version}``: histograms of the successful live attempts,
+  in the contract's log-spaced buckets (``telemetry.LATENCY_BUCKETS``).
+- ``gateway_pinned_requests_total{version, outcome}``: attempts pinned by ``X-Model-Version`` (people
+  and the controller's probes): shown, never judged.
 - ``gateway_requests_total{route, code}``: what clients saw, by route template and status.
 - ``gateway_retries_total``: canary failures answered by the champion instead.
 - ``gateway_shadow_requests_total{version, outcome}`` and ``gateway_shadow_agreement_total{version}``:
@@ -18,31 +21,70 @@ replica's own exposition, differenced against a snapshot one window old), so the
 
 from __future__ import annotations
 
+import bisect
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, generate_latest
+from prometheus_client.core import HistogramMetricFamily
+from prometheus_client.registry import Collector
 from pydantic import BaseModel
 
 from serving.telemetry import (
+    HISTOGRAMS,
     LABEL_OUTCOME,
     LABEL_VERSION,
     LATENCY_BUCKETS,
     OUTCOME_ERROR,
     OUTCOME_OK,
+    PINNED_REQUESTS,
     REQUESTS,
     RETRIES,
     SHADOW_AGREEMENT,
     SHADOW_REQUESTS,
-    UPSTREAM_LATENCY,
     UPSTREAM_REQUESTS,
     VersionStats,
     parse_version_stats,
     quantile,
 )
 
-#: An attempt the model refused as invalid (HTTP 400 from Triton): neither a success nor the version's fault.
+_HELP = {
+    "latency": "End-to-end latency of successful live attempts per version (seconds).",
+    "ttft": "Time to first token of successful live attempts per version (seconds).",
+    "tpot": "Time per output token after the first, successful live attempts per version (seconds).",
+}
+_LABELS = [str(bound) for bound in LATENCY_BUCKETS] + ["+Inf"]
+
+
+class _Histograms(Collector):
+    """Per-version histograms over the contract's ~140 buckets: ``observe`` is a bisect, not a scan."""
+
+    def __init__(self) -> None:
+        self._counts: dict[tuple[str, int], list[float]] = {}
+        self._sums: dict[tuple[str, int], float] = {}
+
+    def observe(self, name: str, version: int, seconds: float) -> None:
+        key = (name, version)
+        counts = self._counts.get(key)
+        if counts is None:
+            counts = self._counts[key] = [0.0] * (len(LATENCY_BUCKETS) + 1)
+            self._sums[key] = 0.0
+        counts[bisect.bisect_left(LATENCY_BUCKETS, seconds)] += 1
+        self._sums[key] += seconds
+
+    def collect(self) -> Iterator[HistogramMetricFamily]:
+        for name, series in HISTOGRAMS.items():
+            family = HistogramMetricFamily(series, _HELP[name], labels=[LABEL_VERSION])
+            for (metric, version), counts in sorted(self._counts.items()):
+                if metric != name:
+                    continue
+                running, buckets = 0.0, []
+                for label, count in zip(_LABELS, counts, strict=True):
+                    running += count
+                    buckets.append((label, running))
+                family.add_metric([str(version)], buckets, self._sums[(metric, version)])
+            yield family
 
 
 class Metrics:
@@ -52,17 +94,18 @@ class Metrics:
         self.registry = CollectorRegistry(auto_describe=True)
         self._upstream = Counter(
             UPSTREAM_REQUESTS,
-            "Attempts per version and outcome.",
+            "Live attempts per version and outcome.",
             [LABEL_VERSION, LABEL_OUTCOME],
             registry=self.registry,
         )
-        self._latency = Histogram(
-            UPSTREAM_LATENCY,
-            "Latency of successful attempts per version (seconds).",
-            [LABEL_VERSION],
-            buckets=LATENCY_BUCKETS,
+        self._pinned = Counter(
+            PINNED_REQUESTS,
+            "Attempts pinned to a version (X-Model-Version, probes) per version and outcome; never judged.",
+            [LABEL_VERSION, LABEL_OUTCOME],
             registry=self.registry,
         )
+        self._histograms = _Histograms()
+        self.registry.register(self._histograms)
         self._requests = Counter(
             REQUESTS, "Client-facing requests by route and status.", ["route", "code"], registry=self.registry
         )
@@ -76,21 +119,31 @@ class Metrics:
         self._agreement = Counter(
             SHADOW_AGREEMENT, "Mirrored answers equal to the champion's.", [LABEL_VERSION], registry=self.registry
         )
-        self._children: dict[tuple[int, str], Counter] = {}
-        self._histograms: dict[int, Histogram] = {}
+        self._children: dict[tuple[int, str, bool], Counter] = {}
         self._by_route: dict[tuple[str, int], Counter] = {}
 
-    def attempt(self, version: int, outcome: str, latency_s: float | None = None) -> None:
+    def attempt(
+        self,
+        version: int,
+        outcome: str,
+        latency_s: float | None = None,
+        *,
+        pinned: bool = False,
+        ttft_s: float | None = None,
+        tpot_s: float | None = None,
+    ) -> None:
+        """Count one attempt; a live success also records its latency (and TTFT/TPOT when measured)."""
         # Labelled children cached: ``labels()`` takes a lock and builds a key on every call.
-        child = self._children.get((version, outcome))
+        child = self._children.get((version, outcome, pinned))
         if child is None:
-            child = self._children[(version, outcome)] = self._upstream.labels(str(version), outcome)
+            family = self._pinned if pinned else self._upstream
+            child = self._children[(version, outcome, pinned)] = family.labels(str(version), outcome)
         child.inc()
-        if outcome == OUTCOME_OK and latency_s is not None:
-            histogram = self._histograms.get(version)
-            if histogram is None:
-                histogram = self._histograms[version] = self._latency.labels(str(version))
-            histogram.observe(latency_s)
+        if pinned or outcome != OUTCOME_OK:
+            return
+        for name, seconds in (("latency", latency_s), ("ttft", ttft_s), ("tpot", tpot_s)):
+            if seconds is not None:
+                self._histograms.observe(name, version, seconds)
 
     def request(self, route: str, code: int) -> None:
         child = self._by_route.get((route, code))
@@ -124,7 +177,7 @@ class VersionWindow(BaseModel):
 
 
 def summarize(stats: VersionStats) -> VersionWindow:
-    p50, p95 = quantile(stats, 0.5), quantile(stats, 0.95)
+    p50, p95 = quantile(stats.latency, 0.5), quantile(stats.latency, 0.95)
     return VersionWindow(
         requests=round(stats.requests),
         errors=round(stats.errors),

@@ -285,6 +285,9 @@ def test_pins_by_header_and_by_model_name(harness: Build) -> None:
     assert_openai_error(clash, 400, "model", "different versions")
     bad = h.client.post("/v1/chat/completions", json=chat_body(), headers={"X-Model-Version": "latest"})
     assert_openai_error(bad, 400, "X-Model-Version")
+    # Pinned requests are not the split's live traffic: the canary's verdict never counts them.
+    assert 2 not in stats(h)
+    assert 'gateway_pinned_requests_total{outcome="ok",version="2"} 2.0' in h.client.get("/metrics").text
 
 
 def test_a_pinned_failure_is_not_retried(harness: Build) -> None:
@@ -292,6 +295,7 @@ def test_a_pinned_failure_is_not_retried(harness: Build) -> None:
     h.upstream.fail[V2] = UpstreamFailedError("Triton answered 500: boom")
     response = h.client.post("/v1/chat/completions", json=chat_body(), headers={"X-Model-Version": "2"})
     assert response.status_code == 502 and h.upstream.calls_to(V1) == 0
+    assert 2 not in stats(h)  # nor against the version it pinned
 
 
 def test_sessions_stick_by_header_then_by_user(harness: Build) -> None:

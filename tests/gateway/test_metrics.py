@@ -2,10 +2,20 @@
 
 from __future__ import annotations
 
+import bisect
+
+import numpy as np
 import pytest
 
 from serving.gateway.metrics import Metrics, Window, summarize
-from serving.telemetry import LATENCY_BUCKETS, OUTCOME_REJECTED, VersionStats, parse_version_stats, quantile
+from serving.telemetry import (
+    LATENCY_BUCKETS,
+    N_BUCKETS,
+    OUTCOME_REJECTED,
+    VersionStats,
+    parse_version_stats,
+    quantile,
+)
 
 
 class Clock:
@@ -30,10 +40,13 @@ def test_the_exposition_parses_with_the_controllers_parser() -> None:
     stats = parse_version_stats(metrics.exposition().decode())
     assert (stats[1].requests, stats[1].errors) == (3, 0)
     assert (stats[2].requests, stats[2].errors) == (3, 1)  # rejected counts as a request, not an error
-    assert stats[1].buckets[0.015] == 1 and stats[1].buckets[0.02] == 2 and stats[1].buckets[float("inf")] == 3
-    assert set(stats[1].buckets) == {*LATENCY_BUCKETS, float("inf")}
+    # Each latency lands in the one bucket whose bounds hold it.
+    for latency in (0.012, 0.018, 0.09):
+        index = bisect.bisect_left(LATENCY_BUCKETS, latency)
+        assert stats[1].latency[index] >= 1 and LATENCY_BUCKETS[index - 1] < latency <= LATENCY_BUCKETS[index]
+    assert stats[1].latency.sum() == 3 and stats[2].latency.sum() == 1
     # The shadow series carry a version label but no upstream requests: the controller sees nothing there.
-    assert stats[3].requests == 0
+    assert stats.get(3, VersionStats()).requests == 0
     text = metrics.exposition().decode()
     for line in (
         'gateway_requests_total{code="200",route="/v1/chat/completions"} 1.0',
@@ -44,20 +57,56 @@ def test_the_exposition_parses_with_the_controllers_parser() -> None:
         assert line in text
 
 
-def test_quantile_interpolates_within_the_bucket() -> None:
-    stats = VersionStats(4, 0, {0.01: 0, 0.02: 2, 0.05: 4, float("inf"): 4})
-    assert quantile(stats, 0.5) == pytest.approx(0.02)
-    assert quantile(stats, 0.25) == pytest.approx(0.015)
-    assert quantile(stats, 0.75) == pytest.approx(0.035)
-    assert quantile(VersionStats(), 0.5) is None
-    over = VersionStats(1, 0, {0.01: 0, float("inf"): 1})
-    assert quantile(over, 0.95) == 0.01  # beyond the last bucket: its bound, as Prometheus does
+def test_buckets_are_log_spaced_and_at_most_ten_percent_wide() -> None:
+    growth = np.array(LATENCY_BUCKETS[1:]) / np.array(LATENCY_BUCKETS[:-1])
+    assert growth.min() > 1.05 and growth.max() <= 1.10
+    assert LATENCY_BUCKETS[0] <= 0.001 and LATENCY_BUCKETS[-1] >= 120
+
+
+def test_quantiles_of_a_lognormal_sample_are_within_a_bucket() -> None:
+    rng = np.random.default_rng(7)
+    sample = rng.lognormal(np.log(0.5), 0.4, 20_000)
+    metrics = Metrics()
+    for latency in sample:
+        metrics.attempt(1, "ok", float(latency))
+    counts = metrics.version_stats()[1].latency
+    for q in (0.05, 0.5, 0.95, 0.99):
+        assert quantile(counts, q) == pytest.approx(float(np.quantile(sample, q)), rel=0.05)
+    assert quantile(np.zeros_like(counts), 0.5) is None
+    beyond = np.zeros_like(counts)
+    beyond[-1] = 1
+    assert quantile(beyond, 0.95) == LATENCY_BUCKETS[-1]  # beyond the last bucket: its bound, as Prometheus does
+
+
+def test_pinned_attempts_are_counted_apart_and_never_in_the_judged_series() -> None:
+    metrics = Metrics()
+    metrics.attempt(1, "ok", 0.02, pinned=True)
+    metrics.attempt(1, "error", pinned=True)
+    metrics.attempt(1, "ok", 0.03)
+    stats = metrics.version_stats()[1]
+    assert (stats.requests, stats.errors, stats.latency.sum()) == (1, 0, 1)
+    text = metrics.exposition().decode()
+    assert 'gateway_pinned_requests_total{outcome="ok",version="1"} 1.0' in text
+    assert 'gateway_pinned_requests_total{outcome="error",version="1"} 1.0' in text
+
+
+def test_time_to_first_token_and_per_token_are_histograms_of_their_own() -> None:
+    metrics = Metrics()
+    metrics.attempt(1, "ok", 0.5, ttft_s=0.1, tpot_s=0.02)
+    metrics.attempt(1, "ok", 0.4)  # measured without a stream: no token timings
+    stats = metrics.version_stats()[1]
+    assert (stats.latency.sum(), stats.histograms["ttft"].sum(), stats.histograms["tpot"].sum()) == (2, 1, 1)
+    assert quantile(stats.histograms["ttft"], 0.5) == pytest.approx(0.1, rel=0.1)
 
 
 def test_summary_has_rates_in_milliseconds() -> None:
-    figures = summarize(VersionStats(10, 1, {0.01: 9, float("inf"): 9}))
+    counts = np.zeros(N_BUCKETS)
+    counts[bisect.bisect_left(LATENCY_BUCKETS, 0.005)] = 9
+    figures = summarize(
+        VersionStats(10, 1, {"latency": counts, "ttft": np.zeros(N_BUCKETS), "tpot": np.zeros(N_BUCKETS)})
+    )
     assert (figures.requests, figures.errors, figures.error_rate) == (10, 1, 0.1)
-    assert figures.p50_ms == pytest.approx(5.0)
+    assert figures.p50_ms == pytest.approx(5.0, rel=0.1)
 
 
 def test_the_window_counts_only_what_happened_inside_it() -> None:
