@@ -18,10 +18,12 @@ import numpy as np
 from numpy.typing import NDArray
 from prometheus_client.parser import text_string_to_metric_families
 
-#: Every live request a version answered or failed, counted per attempt: a canary failure retried on
-#: the champion counts once against the canary (outcome="error") and once for the champion. Pinned
-#: requests (``X-Model-Version``, the controller's probes) and shadow mirrors are not counted here:
-#: they are not live traffic of the split, so they never enter the canary's verdict.
+#: Every live request the split sent to a version, counted once, on the version it was sent to: a
+#: canary failure retried on the champion counts against the canary (outcome="error") and the retry is
+#: not counted for the champion (it is not a request the split sent there, and at a high canary weight
+#: it would make the champion's traffic mostly the canary's failures). Pinned requests
+#: (``X-Model-Version``, the controller's probes), retries and shadow mirrors are not counted here:
+#: they never enter the canary's verdict.
 UPSTREAM_REQUESTS = "gateway_upstream_requests_total"
 #: End-to-end latency of the successful live attempts, per version (seconds).
 UPSTREAM_LATENCY = "gateway_upstream_latency_seconds"
@@ -29,8 +31,10 @@ UPSTREAM_LATENCY = "gateway_upstream_latency_seconds"
 TTFT = "gateway_time_to_first_token_seconds"
 #: Time per output token after the first, of successful live attempts with two tokens or more (seconds).
 TPOT = "gateway_time_per_output_token_seconds"
-#: Pinned attempts per version and outcome: counted for people, never judged.
-PINNED_REQUESTS = "gateway_pinned_requests_total"
+#: Attempts outside the split per version, outcome and kind (``pinned``, ``retry``): for people, never judged.
+UNJUDGED_REQUESTS = "gateway_unjudged_requests_total"
+LABEL_KIND = "kind"
+KIND_PINNED, KIND_RETRY = "pinned", "retry"
 #: Client-facing requests by route and status code (what users saw).
 REQUESTS = "gateway_requests_total"
 #: Canary failures answered by the champion instead (no labels).

@@ -150,20 +150,21 @@ class ChatService:
         temperature: float | None,
         *,
         pinned: bool = False,
+        retry: bool = False,
     ) -> Inference:
-        """``call`` with the per-version counters; a pinned attempt is counted apart, never judged."""
+        """``call`` with the per-version counters; pinned and retry attempts are counted apart, never judged."""
         started = time.perf_counter()
         try:
             answer = await self.call(version, messages, max_tokens, temperature)
         except UpstreamRejectedError:
-            self.metrics.attempt(version, OUTCOME_REJECTED, pinned=pinned)
+            self.metrics.attempt(version, OUTCOME_REJECTED, pinned=pinned, retry=retry)
             raise
         except UpstreamError as exc:
-            self.metrics.attempt(version, OUTCOME_ERROR, pinned=pinned)
+            self.metrics.attempt(version, OUTCOME_ERROR, pinned=pinned, retry=retry)
             if isinstance(exc, UpstreamNotReadyError):
                 self.reconciler.mark_not_ready(version)
             raise
-        self.metrics.attempt(version, OUTCOME_OK, time.perf_counter() - started, pinned=pinned)
+        self.metrics.attempt(version, OUTCOME_OK, time.perf_counter() - started, pinned=pinned, retry=retry)
         return answer
 
     async def _answer(
@@ -188,7 +189,8 @@ class ChatService:
             self.metrics.retry()
         request.state.model_version = route.fallback
         cap = self._prepare(view, route.fallback, chat, images)
-        return await self.attempt(route.fallback, messages, cap, chat.temperature), route.fallback, cap
+        # The split sent this request to the canary: the champion's answer for it is not judged.
+        return await self.attempt(route.fallback, messages, cap, chat.temperature, retry=True), route.fallback, cap
 
     def _prepare(
         self, view: View, version: int, chat: wire.ChatRequest, images: list[tuple[str, ImageInfo]]

@@ -7,8 +7,9 @@ Series, all per replica:
 - ``gateway_upstream_latency_seconds{version}``, ``gateway_time_to_first_token_seconds{version}``,
   ``gateway_time_per_output_token_seconds{version}``: histograms of the successful live attempts,
   in the contract's log-spaced buckets (``telemetry.LATENCY_BUCKETS``).
-- ``gateway_pinned_requests_total{version, outcome}``: attempts pinned by ``X-Model-Version`` (people
-  and the controller's probes): shown, never judged.
+- ``gateway_unjudged_requests_total{version, outcome, kind}``: attempts outside the split, never
+  judged: ``pinned`` by ``X-Model-Version`` (people, the controller's probes) and ``retry`` (the
+  champion answering for a failed canary attempt).
 - ``gateway_requests_total{route, code}``: what clients saw, by route template and status.
 - ``gateway_retries_total``: canary failures answered by the champion instead.
 - ``gateway_shadow_requests_total{version, outcome}`` and ``gateway_shadow_agreement_total{version}``:
@@ -33,16 +34,19 @@ from pydantic import BaseModel
 
 from serving.telemetry import (
     HISTOGRAMS,
+    KIND_PINNED,
+    KIND_RETRY,
+    LABEL_KIND,
     LABEL_OUTCOME,
     LABEL_VERSION,
     LATENCY_BUCKETS,
     OUTCOME_ERROR,
     OUTCOME_OK,
-    PINNED_REQUESTS,
     REQUESTS,
     RETRIES,
     SHADOW_AGREEMENT,
     SHADOW_REQUESTS,
+    UNJUDGED_REQUESTS,
     UPSTREAM_REQUESTS,
     VersionStats,
     parse_version_stats,
@@ -98,10 +102,10 @@ class Metrics:
             [LABEL_VERSION, LABEL_OUTCOME],
             registry=self.registry,
         )
-        self._pinned = Counter(
-            PINNED_REQUESTS,
-            "Attempts pinned to a version (X-Model-Version, probes) per version and outcome; never judged.",
-            [LABEL_VERSION, LABEL_OUTCOME],
+        self._unjudged = Counter(
+            UNJUDGED_REQUESTS,
+            "Attempts outside the split (pinned by X-Model-Version or probes, retries on the champion); never judged.",
+            [LABEL_VERSION, LABEL_OUTCOME, LABEL_KIND],
             registry=self.registry,
         )
         self._histograms = _Histograms()
@@ -119,7 +123,7 @@ class Metrics:
         self._agreement = Counter(
             SHADOW_AGREEMENT, "Mirrored answers equal to the champion's.", [LABEL_VERSION], registry=self.registry
         )
-        self._children: dict[tuple[int, str, bool], Counter] = {}
+        self._children: dict[tuple[int, str, str | None], Counter] = {}
         self._by_route: dict[tuple[str, int], Counter] = {}
 
     def attempt(
@@ -129,17 +133,25 @@ class Metrics:
         latency_s: float | None = None,
         *,
         pinned: bool = False,
+        retry: bool = False,
         ttft_s: float | None = None,
         tpot_s: float | None = None,
     ) -> None:
-        """Count one attempt; a live success also records its latency (and TTFT/TPOT when measured)."""
+        """Count one attempt; a live success also records its latency (and TTFT/TPOT when measured).
+
+        ``pinned`` and ``retry`` attempts are outside the split: counted apart, never judged.
+        """
+        kind = KIND_PINNED if pinned else KIND_RETRY if retry else None
         # Labelled children cached: ``labels()`` takes a lock and builds a key on every call.
-        child = self._children.get((version, outcome, pinned))
+        child = self._children.get((version, outcome, kind))
         if child is None:
-            family = self._pinned if pinned else self._upstream
-            child = self._children[(version, outcome, pinned)] = family.labels(str(version), outcome)
+            child = self._children[(version, outcome, kind)] = (
+                self._upstream.labels(str(version), outcome)
+                if kind is None
+                else self._unjudged.labels(str(version), outcome, kind)
+            )
         child.inc()
-        if pinned or outcome != OUTCOME_OK:
+        if kind is not None or outcome != OUTCOME_OK:
             return
         for name, seconds in (("latency", latency_s), ("ttft", ttft_s), ("tpot", tpot_s)):
             if seconds is not None:

@@ -10,10 +10,10 @@ from types import FrameType
 
 from pydantic import ValidationError
 
-from core.stage import StageError
+from core.rollout_policy import RolloutPolicy
 from registry.settings import RegistrySettings
 from registry.store import Store
-from serving.rollout.controller import Controller, load_params
+from serving.rollout.controller import Controller
 from serving.rollout.settings import ControllerSettings
 
 
@@ -24,14 +24,11 @@ def main() -> int:
     try:
         settings = ControllerSettings()
         registry = RegistrySettings()
-        params = load_params(settings.params_file)
+        policy = RolloutPolicy()
     except ValidationError as exc:
-        print(f"serving.rollout: bad settings (CONTROLLER_*, REGISTRY_*):\n{exc}", file=sys.stderr)
+        print(f"serving.rollout: bad settings (CONTROLLER_*, REGISTRY_*, ROLLOUT_*):\n{exc}", file=sys.stderr)
         return 2
-    except StageError as exc:
-        print(f"serving.rollout: {exc}", file=sys.stderr)
-        return 2
-    controller = Controller(Store(registry), settings, params)
+    controller = Controller(Store(registry), settings, policy)
 
     def stop(signum: int, frame: FrameType | None) -> None:
         controller.stop()

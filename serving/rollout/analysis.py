@@ -1,146 +1,405 @@
-"""Judge a canary against the champion over one window: statistics first, hard floors underneath.
+"""Judge a canary against its champion on everything each served since the canary started.
 
-Like Spinnaker's Kayenta rather than only Flagger's fixed thresholds: each metric gets a one-sided
-test (Fisher's exact test on error counts, Mann-Whitney U on latencies, the latter on histogram
-buckets as ordinal data with ties), with a minimum sample, so a small real regression is caught
-once there is enough traffic and noise does not trip a rollback. A latency regression must also be
-large enough to matter (``min_latency_effect``). Hard floors (error-rate increase, p95 ratio) abort
-at once whatever the statistics say. Every verdict carries its p-values and effect sizes.
+Per metric, two one-sided questions with always-valid bounds (``serving.rollout.stats``), so the
+answer stays right however often it is asked (the controller asks every tick):
+
+- **harm**: is the canary worse, with confidence ``1 - alpha``? Then it is rolled back at once.
+- **health**: is the canary shown *not worse* than the step's margin, with confidence
+  ``1 - ni_alpha``? Only then may it step up (non-inferiority: silence is not evidence).
+
+The metrics:
+
+- ``errors``: error rate (failed live attempts / live attempts), canary minus champion.
+- ``<latency>_p50`` and ``<latency>_p95`` for end-to-end latency, time to first token and time per
+  output token: a quantile comparison read as a comparison of proportions. The canary is slower than
+  ``r`` times the champion at quantile q exactly when more than ``1 - q`` of its requests take longer
+  than ``r`` times the champion's q-quantile. Both shares come from the log-spaced histograms (a
+  threshold between bounds is interpolated in log space), and the champion's share is bounded too,
+  since its quantile is an estimate.
+- ``quality``: golden-set probes asked of both versions; discordant pairs (one right, one wrong)
+  decide, as in McNemar's test, sequentially (``stats.discordance_evalue``); health is the upper bound
+  of (canary-only wrong - champion-only wrong) / probes below the margin.
+
+Everything is arrays with one row per rollout: the controller judges one row, ``make canary-eval``
+thousands of simulated rollouts through this same code.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from enum import StrEnum
 
-from pydantic import Field
+import numpy as np
 
-from core.params import ParamsGroup
-from serving.telemetry import VersionStats, quantile
+from core.rollout_policy import RolloutPolicy
+from serving.rollout.stats import (
+    RATIOS,
+    Array,
+    Mask,
+    bernoulli_bound,
+    conditional_log_ratios,
+    discordance_evalue,
+    mixture_evalue,
+)
+from serving.telemetry import BUCKET_GROWTH, HISTOGRAMS, LATENCY_BUCKETS, N_BUCKETS
 
-
-class RolloutParams(ParamsGroup):
-    """The ``rollout`` group of params.yaml."""
-
-    steps: list[int] = Field(min_length=1)
-    interval_s: float = Field(gt=0)
-    min_requests: int = Field(ge=1)
-    alpha: float = Field(gt=0, lt=1)
-    max_error_rate_increase: float = Field(ge=0, le=1)
-    max_p95_ratio: float = Field(gt=1)
-    min_latency_effect: float = Field(ge=1)
-    max_failed_checks: int = Field(ge=1)
-    # The least canary traffic in a window before a hard floor can abort (a floor needs evidence too).
-    floor_min_requests: int = Field(ge=1)
-
-
-class Decision(StrEnum):
-    HEALTHY = "healthy"  # enough traffic and nothing worse: may step up
-    WAIT = "wait"  # not enough traffic in the window to judge
-    FAIL = "fail"  # a statistically significant regression: counts towards max_failed_checks
-    ABORT = "abort"  # a hard floor breached: roll back now
-
-
-@dataclass(frozen=True)
-class Verdict:
-    decision: Decision
-    reasons: list[str]
-    figures: dict[str, float] = field(default_factory=dict)
-    # The hard floors breached ("errors", "p95"), for a caller that treats them differently.
-    floors: tuple[str, ...] = ()
-
-    def summary(self) -> str:
-        return f"{self.decision}: " + ("; ".join(self.reasons) if self.reasons else "no regression")
+QUANTILES: tuple[tuple[str, float], ...] = (("p50", 0.5), ("p95", 0.95))
+#: Every judged metric, in the order reasons are given.
+METRICS: tuple[str, ...] = (
+    "errors",
+    *(f"{name}_{label}" for name in HISTOGRAMS for label, _ in QUANTILES),
+    "quality",
+)
+LABELS = {
+    "errors": "error rate",
+    "latency": "latency",
+    "ttft": "time to first token",
+    "tpot": "time per output token",
+    "quality": "answers to golden probes",
+}
+_LOG_GROWTH = float(np.log(BUCKET_GROWTH))
+_BOUNDS = np.array(LATENCY_BUCKETS)
+_LOWER_EDGES = np.concatenate([[LATENCY_BUCKETS[0] / BUCKET_GROWTH], _BOUNDS])
 
 
-def fisher_greater(canary_errors: int, canary_ok: int, champion_errors: int, champion_ok: int) -> float:
-    """One-sided p-value that the canary's error proportion exceeds the champion's."""
-    from scipy.stats import fisher_exact
-
-    table = [[canary_errors, canary_ok], [champion_errors, champion_ok]]
-    return float(fisher_exact(table, alternative="greater").pvalue)
+def _zeros(rows: int) -> Array:
+    return np.zeros(rows)
 
 
-def mann_whitney_greater(canary: VersionStats, champion: VersionStats) -> float:
-    """One-sided p-value that canary latencies are stochastically greater (buckets as tied ranks)."""
-    from scipy.stats import mannwhitneyu
+@dataclass
+class Side:
+    """One version's live traffic since the canary started: counts per row, histograms (rows x buckets)."""
 
-    order = {le: index for index, le in enumerate(sorted(set(canary.buckets) | set(champion.buckets)))}
+    requests: Array
+    errors: Array
+    histograms: dict[str, Array]
 
-    def sample(stats: VersionStats) -> list[int]:
-        return [order[le] for le, count in stats.bucket_counts() for _ in range(round(count))]
-
-    x, y = sample(canary), sample(champion)
-    if not x or not y or len(set(x) | set(y)) < 2:
-        return 1.0
-    return float(mannwhitneyu(x, y, alternative="greater", method="asymptotic").pvalue)
+    @classmethod
+    def empty(cls, rows: int) -> Side:
+        return cls(_zeros(rows), _zeros(rows), {name: np.zeros((rows, N_BUCKETS)) for name in HISTOGRAMS})
 
 
-def judge(champion: VersionStats, canary: VersionStats, params: RolloutParams, *, floors: bool = True) -> Verdict:
-    """The verdict on one window of traffic; ``floors=False`` leaves the hard floors to the caller."""
-    figures = _figures(champion, canary)
-    reasons: list[str] = []
-    breached: list[str] = []
-    canary_n, champion_n = int(canary.requests), int(champion.requests)
-    if floors and canary_n >= params.floor_min_requests:
-        increase = figures["canary_error_rate"] - figures["champion_error_rate"]
-        if increase > params.max_error_rate_increase:
-            breached.append("errors")
-            reasons.append(
-                f"canary error rate {figures['canary_error_rate']:.1%} is {increase:.1%} above the champion's "
-                f"{figures['champion_error_rate']:.1%} (floor: rollout.max_error_rate_increase "
-                f"{params.max_error_rate_increase:.1%})"
-            )
-        ratio = figures.get("p95_ratio")
-        # A p95 needs more samples than an error rate: judge it only once the window is full enough.
-        if ratio is not None and ratio > params.max_p95_ratio and canary_n >= params.min_requests:
-            breached.append("p95")
-            reasons.append(
-                f"canary p95 {figures['canary_p95_ms']:.0f} ms is {ratio:.2f}x the champion's "
-                f"{figures['champion_p95_ms']:.0f} ms (floor: rollout.max_p95_ratio {params.max_p95_ratio})"
-            )
-        if reasons:
-            return Verdict(Decision.ABORT, reasons, figures, tuple(breached))
-    if canary_n < params.min_requests or champion_n < params.min_requests:
-        return Verdict(
-            Decision.WAIT,
-            [f"{canary_n} canary and {champion_n} champion requests; rollout.min_requests is {params.min_requests}"],
-            figures,
+@dataclass
+class Probes:
+    """Golden questions asked of both versions since the canary started, and how the answers compared."""
+
+    asked: Array
+    worse: Array  # the champion right, the canary wrong
+    better: Array  # the canary right, the champion wrong
+    canary_right: Array
+    champion_right: Array
+    judged: Mask  # probing is on (a golden set and probe_rps > 0)
+
+    @classmethod
+    def empty(cls, rows: int, judged: bool = False) -> Probes:
+        return cls(_zeros(rows), _zeros(rows), _zeros(rows), _zeros(rows), _zeros(rows), np.full(rows, judged))
+
+
+@dataclass
+class Evidence:
+    canary: Side
+    champion: Side
+    probes: Probes
+
+    @property
+    def rows(self) -> int:
+        return len(self.canary.requests)
+
+
+@dataclass
+class Assessment:
+    """Per metric: judged at all, harmful, shown healthy at this weight's margins; figures for people."""
+
+    judged: dict[str, Mask] = field(default_factory=dict)
+    harm: dict[str, Mask] = field(default_factory=dict)
+    healthy: dict[str, Mask] = field(default_factory=dict)
+    figures: dict[str, Array] = field(default_factory=dict)
+
+    def any_harm(self) -> Mask:
+        out = np.zeros(len(next(iter(self.harm.values()))), dtype=bool)
+        for metric in METRICS:
+            out |= self.harm[metric] & self.judged[metric]
+        return out
+
+    def all_healthy(self, tails: Mask) -> Mask:
+        """Every judged metric shown within its margin; the p95s only where ``tails`` (the last step).
+
+        A p95 needs over a hundred samples before any bound can place it, so a low step would wait
+        minutes for it; a tail regression is still caught at any step by its harm test.
+        """
+        out = np.ones(len(tails), dtype=bool)
+        for metric in METRICS:
+            needed = self.judged[metric] & tails if metric.endswith("_p95") else self.judged[metric]
+            out &= self.healthy[metric] | ~needed
+        return out
+
+    def row_figures(self, row: int) -> dict[str, float]:
+        return {key: round(float(values[row]), 6) for key, values in self.figures.items() if np.isfinite(values[row])}
+
+
+class Sequential:
+    """The conditional tests' running state: per metric, log likelihood ratios summed over looks.
+
+    Each look compares only what both versions served since the previous look (the same seconds, so
+    load, time of day and retries on the champion affect both alike), with the threshold for a
+    latency quantile fixed from the champion's earlier traffic before the look's samples are seen.
+    This is the sharper harm test while both versions get traffic; the bounds on the totals
+    (``assess``) still judge at 100%, where the champion serves nothing new.
+    """
+
+    def __init__(self, rows: int) -> None:
+        self.log_ratios = {m: np.zeros((rows, len(RATIOS))) for m in METRICS if m != "quality"}
+        self.previous = Evidence(Side.empty(rows), Side.empty(rows), Probes.empty(rows))
+
+    def update(self, evidence: Evidence, policy: RolloutPolicy) -> None:
+        now, before = evidence, self.previous
+        self.log_ratios["errors"] += conditional_log_ratios(
+            now.canary.errors - before.canary.errors,
+            now.canary.requests - before.canary.requests,
+            now.champion.errors - before.champion.errors,
+            now.champion.requests - before.champion.requests,
         )
-    errors_p = fisher_greater(
-        int(canary.errors), canary_n - int(canary.errors), int(champion.errors), champion_n - int(champion.errors)
+        shift = np.log(policy.latency_tolerance) / _LOG_GROWTH
+        for name in HISTOGRAMS:
+            earlier = before.champion.histograms[name]
+            earlier_cum = np.cumsum(earlier, axis=1)
+            known = earlier_cum[:, -1] >= policy.min_latency_samples
+            canary = now.canary.histograms[name] - before.canary.histograms[name]
+            champion = now.champion.histograms[name] - earlier
+            c_cum, m_cum = np.cumsum(canary, axis=1), np.cumsum(champion, axis=1)
+            c_n, m_n = c_cum[:, -1], m_cum[:, -1]
+            for label, q in QUANTILES:
+                at = _position(earlier, earlier_cum, q)
+                canary_over = c_n - _below(canary, c_cum, at + shift)
+                champion_over = m_n - _below(champion, m_cum, at)
+                step = conditional_log_ratios(canary_over, c_n, champion_over, m_n)
+                self.log_ratios[f"{name}_{label}"] += np.where(known[:, None], step, 0.0)
+        self.previous = Evidence(
+            _copy_side(now.canary), _copy_side(now.champion), Probes.empty(len(now.canary.requests))
+        )
+
+    def evalues(self) -> dict[str, Array]:
+        return {metric: mixture_evalue(values) for metric, values in self.log_ratios.items()}
+
+    def select(self, keep: Mask) -> None:
+        self.log_ratios = {m: v[keep] for m, v in self.log_ratios.items()}
+        self.previous = select_rows(self.previous, keep)
+
+
+def evidence_minus(now: Evidence, baseline: Evidence) -> Evidence:
+    """Live traffic since ``baseline`` (probes are not live traffic: kept whole)."""
+
+    def side(a: Side, b: Side) -> Side:
+        return Side(
+            a.requests - b.requests, a.errors - b.errors, {k: v - b.histograms[k] for k, v in a.histograms.items()}
+        )
+
+    return Evidence(side(now.canary, baseline.canary), side(now.champion, baseline.champion), now.probes)
+
+
+def take_rows(target: Evidence, source: Evidence, rows: Mask) -> None:
+    """Copy ``source``'s live counts into ``target`` on ``rows`` (in place)."""
+    for mine, theirs in ((target.canary, source.canary), (target.champion, source.champion)):
+        mine.requests[rows], mine.errors[rows] = theirs.requests[rows], theirs.errors[rows]
+        for name, counts in mine.histograms.items():
+            counts[rows] = theirs.histograms[name][rows]
+
+
+def select_rows(evidence: Evidence, keep: Mask) -> Evidence:
+    """Only the ``keep`` rows (a batch drops the rollouts it has decided)."""
+    p = evidence.probes
+    probes = Probes(
+        p.asked[keep], p.worse[keep], p.better[keep], p.canary_right[keep], p.champion_right[keep], p.judged[keep]
     )
-    latency_p = mann_whitney_greater(canary, champion)
-    figures |= {"errors_p_value": errors_p, "latency_p_value": latency_p}
-    if errors_p < params.alpha:
-        reasons.append(
-            f"more errors than the champion ({figures['canary_error_rate']:.1%} vs "
-            f"{figures['champion_error_rate']:.1%}, Fisher p={errors_p:.2g} < alpha {params.alpha})"
-        )
-    effect = figures.get("p50_ratio")
-    if latency_p < params.alpha and effect is not None and effect >= params.min_latency_effect:
-        reasons.append(
-            f"slower than the champion (p50 {figures['canary_p50_ms']:.0f} vs {figures['champion_p50_ms']:.0f} ms, "
-            f"x{effect:.2f} >= rollout.min_latency_effect {params.min_latency_effect}; "
-            f"Mann-Whitney p={latency_p:.2g} < alpha {params.alpha})"
-        )
-    return Verdict(Decision.FAIL if reasons else Decision.HEALTHY, reasons, figures)
+    return Evidence(_select_side(evidence.canary, keep), _select_side(evidence.champion, keep), probes)
 
 
-def _figures(champion: VersionStats, canary: VersionStats) -> dict[str, float]:
-    figures: dict[str, float] = {
+def _copy_side(side: Side) -> Side:
+    return Side(side.requests.copy(), side.errors.copy(), {k: v.copy() for k, v in side.histograms.items()})
+
+
+def _select_side(side: Side, keep: Mask) -> Side:
+    return Side(side.requests[keep], side.errors[keep], {k: v[keep] for k, v in side.histograms.items()})
+
+
+def assess(
+    evidence: Evidence, policy: RolloutPolicy, weight: Array, evalues: dict[str, Array] | None = None
+) -> Assessment:
+    """Judge every row at its current canary ``weight`` (percent) and the policy's margins.
+
+    ``evalues``: the conditional tests' evidence per metric (``Sequential``); each also counts as harm
+    once it reaches 1/alpha.
+    """
+    widening = (100.0 / np.maximum(weight, 1e-9)) ** policy.margin_widening
+    out = Assessment()
+    _errors(evidence, policy, widening, out)
+    for name in HISTOGRAMS:
+        _latency(name, evidence, policy, widening, out)
+    _quality(evidence.probes, policy, widening, out)
+    for metric, values in (evalues or {}).items():
+        out.harm[metric] = out.harm[metric] | (values >= 1.0 / policy.alpha)
+        out.figures[f"{metric}_evidence"] = values
+    return out
+
+
+def _errors(evidence: Evidence, policy: RolloutPolicy, widening: Array, out: Assessment) -> None:
+    canary, champion = evidence.canary, evidence.champion
+    c_low = bernoulli_bound(canary.errors, canary.requests, policy.alpha, lower=True)
+    m_high = bernoulli_bound(champion.errors, champion.requests, policy.alpha, lower=False)
+    ni_c_high = bernoulli_bound(canary.errors, canary.requests, policy.ni_alpha, lower=False)
+    ni_m_low = bernoulli_bound(champion.errors, champion.requests, policy.ni_alpha, lower=True)
+    margin = policy.error_margin * widening
+    out.judged["errors"] = np.ones(len(canary.requests), dtype=bool)  # no requests shows nothing, so never healthy
+    out.harm["errors"] = c_low > m_high
+    out.healthy["errors"] = (ni_c_high - ni_m_low < margin) & (champion.requests > 0)
+    out.figures |= {
         "canary_requests": canary.requests,
         "champion_requests": champion.requests,
-        "canary_error_rate": canary.errors / canary.requests if canary.requests else 0.0,
-        "champion_error_rate": champion.errors / champion.requests if champion.requests else 0.0,
+        "canary_error_rate": _ratio(canary.errors, canary.requests),
+        "champion_error_rate": _ratio(champion.errors, champion.requests),
+        # What the canary is shown to add at most (health) and at least (harm), in error-rate points.
+        "error_increase_upper": ni_c_high - ni_m_low,
+        "error_increase_lower": c_low - m_high,
+        "error_margin": margin,
     }
-    for name, stats in (("canary", canary), ("champion", champion)):
-        for label, q in (("p50", 0.5), ("p95", 0.95)):
-            value = quantile(stats, q)
-            if value is not None:
-                figures[f"{name}_{label}_ms"] = round(value * 1000, 2)
-    for label in ("p50", "p95"):
-        canary_ms, champion_ms = figures.get(f"canary_{label}_ms"), figures.get(f"champion_{label}_ms")
-        if canary_ms is not None and champion_ms:
-            figures[f"{label}_ratio"] = round(canary_ms / champion_ms, 3)
-    return figures
+
+
+def _latency(name: str, evidence: Evidence, policy: RolloutPolicy, widening: Array, out: Assessment) -> None:
+    canary, champion = evidence.canary.histograms[name], evidence.champion.histograms[name]
+    c_cum, m_cum = np.cumsum(canary, axis=1), np.cumsum(champion, axis=1)
+    c_n, m_n = c_cum[:, -1], m_cum[:, -1]
+    judged = (m_n >= policy.min_latency_samples) | (c_n >= policy.min_latency_samples)
+    tolerance_shift = np.log(policy.latency_tolerance) / _LOG_GROWTH
+    for label, q in QUANTILES:
+        metric = f"{name}_{label}"
+        final = policy.tail_margin if label == "p95" else policy.latency_margin
+        margin = np.exp(np.log(final) * widening)
+        margin_shift = np.log(margin) / _LOG_GROWTH
+        at = _position(champion, m_cum, q)
+        champion_over = (1.0 - q) * m_n
+        # Harm: more than the champion's share of canary requests is slower than tolerance x its quantile.
+        canary_over_tolerance = c_n - _below(canary, c_cum, at + tolerance_shift)
+        low = bernoulli_bound(canary_over_tolerance, c_n, policy.alpha, lower=True)
+        m_high = bernoulli_bound(champion_over, m_n, policy.alpha, lower=False)
+        # Health: fewer than the champion's share is slower than margin x its quantile.
+        canary_over_margin = c_n - _below(canary, c_cum, at + margin_shift)
+        high = bernoulli_bound(canary_over_margin, c_n, policy.ni_alpha, lower=False)
+        m_low = bernoulli_bound(champion_over, m_n, policy.ni_alpha, lower=True)
+        enough = (m_n >= policy.min_latency_samples) & (c_n >= policy.min_latency_samples)
+        out.judged[metric] = judged
+        out.harm[metric] = enough & (low > m_high)
+        out.healthy[metric] = enough & (high < m_low)
+        canary_ms = _value(_position(canary, c_cum, q)) * 1000
+        champion_ms = _value(at) * 1000
+        out.figures |= {
+            f"canary_{metric}_ms": np.where(c_n > 0, canary_ms, np.nan),
+            f"champion_{metric}_ms": np.where(m_n > 0, champion_ms, np.nan),
+            f"{metric}_ratio": np.where((c_n > 0) & (m_n > 0), canary_ms / np.maximum(champion_ms, 1e-12), np.nan),
+            f"{metric}_margin": np.where(judged, margin, np.nan),
+        }
+
+
+def _quality(probes: Probes, policy: RolloutPolicy, widening: Array, out: Assessment) -> None:
+    evalue = discordance_evalue(probes.worse, probes.better)
+    worse_high = bernoulli_bound(probes.worse, probes.asked, policy.ni_alpha, lower=False)
+    better_low = bernoulli_bound(probes.better, probes.asked, policy.ni_alpha, lower=True)
+    margin = policy.quality_margin * widening
+    out.judged["quality"] = probes.judged.astype(bool)
+    out.harm["quality"] = evalue >= 1.0 / policy.quality_alpha
+    out.healthy["quality"] = (probes.asked > 0) & (worse_high - better_low < margin)
+    out.figures |= {
+        "probes": probes.asked,
+        "canary_probe_accuracy": _ratio(probes.canary_right, probes.asked),
+        "champion_probe_accuracy": _ratio(probes.champion_right, probes.asked),
+        "probes_worse": probes.worse,
+        "probes_better": probes.better,
+        "quality_evidence": evalue,
+        "quality_drop_upper": np.where(probes.asked > 0, worse_high - better_low, np.nan),
+        "quality_margin": margin,
+    }
+
+
+def _ratio(top: Array, bottom: Array) -> Array:
+    return np.where(bottom > 0, top / np.maximum(bottom, 1e-12), np.nan)
+
+
+def _position(counts: Array, cumulative: Array, q: float) -> Array:
+    """Where the ``q`` quantile lies, in buckets: bucket ``j`` spans positions [j, j + 1)."""
+    total = cumulative[:, -1]
+    target = q * total
+    index = np.minimum((cumulative < target[:, None]).sum(axis=1), N_BUCKETS - 1)
+    rows = np.arange(len(total))
+    below = np.where(index > 0, cumulative[rows, np.maximum(index - 1, 0)], 0.0)
+    inside = counts[rows, index]
+    fraction = np.where(inside > 0, (target - below) / np.maximum(inside, 1e-12), 0.0)
+    return np.asarray(index + np.clip(fraction, 0.0, 1.0), dtype=np.float64)
+
+
+def _below(counts: Array, cumulative: Array, position: Array) -> Array:
+    """How many samples lie below ``position`` (buckets, fractional: log-interpolated within a bucket)."""
+    position = np.clip(position, 0.0, float(N_BUCKETS))
+    index = np.minimum(np.floor(position).astype(int), N_BUCKETS - 1)
+    fraction = np.where(position >= N_BUCKETS, 1.0, position - index)
+    rows = np.arange(len(position))
+    below = np.where(index > 0, cumulative[rows, np.maximum(index - 1, 0)], 0.0)
+    return np.asarray(below + fraction * counts[rows, index], dtype=np.float64)
+
+
+def _value(position: Array) -> Array:
+    """Seconds at a bucket position (the last, open bucket reads as its lower bound)."""
+    index = np.minimum(np.floor(position).astype(int), N_BUCKETS - 1)
+    fraction = np.clip(position - index, 0.0, 1.0)
+    lower: Array = _LOWER_EDGES[index]
+    upper: Array = np.append(_BOUNDS, _BOUNDS[-1])[index]
+    return np.asarray(lower * (upper / lower) ** fraction, dtype=np.float64)
+
+
+def harm_reason(metric: str, figures: Mapping[str, float | int | str], policy: RolloutPolicy) -> str:
+    """Why ``metric`` rolls the canary back, in words a person reads in the history."""
+    if metric == "errors":
+        return (
+            f"canary error rate {figures.get('canary_error_rate', 0):.2%} is above the champion's "
+            f"{figures.get('champion_error_rate', 0):.2%} (at least +{figures.get('error_increase_lower', 0):.2%} "
+            f"with {1 - policy.alpha:.1%} confidence; "
+            f"{figures.get('canary_requests', 0):.0f} vs {figures.get('champion_requests', 0):.0f} requests)"
+        )
+    if metric == "quality":
+        return (
+            f"canary answers {figures.get('canary_probe_accuracy', 0):.1%} of golden probes right against the "
+            f"champion's {figures.get('champion_probe_accuracy', 0):.1%} ({figures.get('probes_worse', 0):.0f} "
+            f"questions only the champion got right, {figures.get('probes_better', 0):.0f} only the canary; "
+            f"evidence {figures.get('quality_evidence', 0):.0f} >= 1/rollout alpha {1 / policy.quality_alpha:.0f})"
+        )
+    name, label = metric.rsplit("_", 1)
+    return (
+        f"canary {LABELS[name]} {label} {figures.get(f'canary_{metric}_ms', float('nan')):.1f} ms is "
+        f"x{figures.get(f'{metric}_ratio', float('nan')):.2f} the champion's "
+        f"{figures.get(f'champion_{metric}_ms', float('nan')):.1f} ms (above x{policy.latency_tolerance:g} "
+        f"with {1 - policy.alpha:.1%} confidence)"
+    )
+
+
+def health_summary(assessment: Assessment, row: int, weight: float, policy: RolloutPolicy) -> str:
+    """What a step was shown, for the history: each judged metric within its margin at this weight."""
+    figures = assessment.row_figures(row)
+    parts = [f"errors at most +{figures.get('error_margin', policy.error_margin):.2%}"]
+    latency = [LABELS[name] for name in HISTOGRAMS if assessment.judged[f"{name}_p50"][row]]
+    if latency:
+        p50 = figures.get("latency_p50_margin", policy.latency_margin)
+        p95 = figures.get("latency_p95_margin", policy.tail_margin)
+        parts.append(f"{', '.join(latency)}: p50 at most x{p50:.2f}, p95 at most x{p95:.2f}")
+    if assessment.judged["quality"][row]:
+        parts.append(
+            f"golden-probe accuracy at most {figures.get('quality_margin', policy.quality_margin):.1%} lower "
+            f"({figures.get('probes', 0):.0f} probes)"
+        )
+    return f"shown within the margins at {weight:g}%: " + "; ".join(parts)
+
+
+def waiting_for(assessment: Assessment, row: int, last_step: bool) -> list[str]:
+    """The judged metrics not yet shown healthy (what a step is waiting for)."""
+    return [
+        m
+        for m in METRICS
+        if assessment.judged[m][row] and not assessment.healthy[m][row] and (last_step or not m.endswith("_p95"))
+    ]

@@ -2,12 +2,14 @@
 
 Each tick it reads the registry, keeps Triton serving exactly the champion and the canary (each
 version materialized with its checksums verified, loaded as its own Triton model; a version that
-left both roles is unloaded after a grace), scrapes every gateway replica, and judges the canary:
-a hard-floor breach rolls it back at once; every ``rollout.interval_s`` a statistical verdict steps
-the weight up, promotes after the last step, or counts a failed check (``max_failed_checks`` in a
-row roll it back). Every move goes through ``registry.rollout``, the same functions the CLI, the
-gateway's admin API and the promotion workflow call, with its reason and figures recorded. A
-restarted controller resumes from the registry: nothing it needs lives only in its memory.
+left both roles is unloaded after a grace), adds up what every gateway replica counted since the
+canary started, probes both versions with golden questions, and runs the rollout's tick logic
+(``serving.rollout.machine``, the same code ``make canary-eval`` measures): start the canary at the
+first step, roll it back at once on evidence of harm, step it up (or promote it after the last step)
+once it is shown within the margins of the next weight, or wait. Every move goes through
+``registry.rollout``, the same functions the CLI, the gateway's admin API and the promotion workflow
+call, with its reason and figures recorded. A restarted controller resumes from the registry's
+state; the evidence starts again from that moment (so it may wait longer, never decide on less).
 """
 
 from __future__ import annotations
@@ -18,19 +20,32 @@ import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from core.names import served_model_name
+from core.rollout_policy import RolloutPolicy
 from registry import controller_status, materialize, rollout
 from registry.errors import RegistryError
 from registry.events import Actor
 from registry.lease import Lease
 from registry.state import RolloutState, read_state
 from registry.store import Store
-from serving.rollout.analysis import Decision, RolloutParams, Verdict, judge
+from serving.rollout.analysis import (
+    METRICS,
+    Assessment,
+    Evidence,
+    Probes,
+    Side,
+    harm_reason,
+    health_summary,
+    waiting_for,
+)
+from serving.rollout.machine import Action, Machine
+from serving.rollout.probes import Prober, load_golden
 from serving.rollout.settings import ControllerSettings
-from serving.rollout.window import Scraper, Snapshot, Windows
+from serving.rollout.window import Scraper, Snapshot, Totals
 from serving.telemetry import VersionStats
 from serving.triton.repository import RepositoryControl, RepositoryError, ServedModel, place, remove
 
@@ -41,16 +56,12 @@ LEASE_NAME = "controller"
 
 @dataclass
 class _Progress:
-    """What the controller tracks about the current canary (rebuilt from the registry on restart)."""
+    """The rollout being judged: which pair, its tick logic, and the last assessment (for reports)."""
 
-    canary: int | None = None
-    weight: int = -1
-    judged_at: float = 0.0
-    failed_checks: int = 0
-    verdict: Verdict | None = None
-    window_started: float = 0.0
-    # When the canary's p95 first breached its floor in the current run of breaches.
-    slow_since: float | None = None
+    pair: tuple[int, int] | None = None  # (champion, canary)
+    machine: Machine | None = None
+    assessment: Assessment | None = None
+    verdict: str | None = None
 
 
 @dataclass
@@ -60,8 +71,12 @@ class _Served:
     failed: dict[int, str] = field(default_factory=dict)
 
 
-def _details(verdict: Verdict) -> dict[str, float | int | str]:
-    return {key: round(value, 6) for key, value in verdict.figures.items()}
+def _side(stats: VersionStats) -> Side:
+    return Side(
+        np.array([stats.requests]),
+        np.array([stats.errors]),
+        {name: counts[None, :].copy() for name, counts in stats.histograms.items()},
+    )
 
 
 class Controller:
@@ -71,23 +86,24 @@ class Controller:
         self,
         store: Store,
         settings: ControllerSettings,
-        params: RolloutParams,
+        policy: RolloutPolicy,
         *,
         triton: RepositoryControl | None = None,
         scrape: Callable[[], dict[str, Snapshot]] | None = None,
         clock: Callable[[], float] = time.monotonic,
+        prober: Prober | None = None,
     ) -> None:
         self.store = store
         self.settings = settings
-        self.params = params
+        self.policy = policy
         self.clock = clock
         self.actor = Actor(name=f"rollout-controller {socket.gethostname()}:{os.getpid()}")
         self.lease = Lease(store, LEASE_NAME, self.actor.name, settings.lease_ttl_s)
         self.triton = triton if triton is not None else RepositoryControl(settings.triton_http_url)
         self._scraper = None if scrape is not None else Scraper(settings.gateways)
         self.scrape: Callable[[], dict[str, Snapshot]] = scrape if scrape is not None else self._scraper  # type: ignore[assignment]
-        # Reset at every new weight; a step's whole history is kept (one small snapshot per tick).
-        self.windows = Windows(horizon_s=24 * 3600, clock=clock)
+        self.totals = Totals()
+        self.prober = prober if prober is not None else self._make_prober()
         self.progress = _Progress()
         self.served = _Served()
         self.phase = "starting"
@@ -124,6 +140,8 @@ class Controller:
             log.warning("could not release the controller lease; it expires in %.0f s", self.settings.lease_ttl_s)
         if self._scraper is not None:
             self._scraper.close()
+        if self.prober is not None:
+            self.prober.stop()
         self.triton.close()
 
     def tick(self) -> None:
@@ -206,101 +224,120 @@ class Controller:
 
     # -- judging --------------------------------------------------------------------------------
 
+    def _make_prober(self) -> Prober | None:
+        folder = self.settings.golden_path
+        if self.policy.probe_rps <= 0:
+            log.info("golden probes are off (ROLLOUT_PROBE_RPS=0): answer quality is not judged")
+            return None
+        if folder is None or not (folder / "golden.jsonl").is_file():
+            log.warning(
+                "no golden set at %s (CONTROLLER_GOLDEN_PATH): answer quality is not judged; `dvc repro golden` "
+                "makes one",
+                folder,
+            )
+            return None
+        questions = load_golden(folder, self.store.model)
+        bases = [url.removesuffix("/metrics") for url in self.settings.gateways]
+        log.info("golden probes: %d questions from %s, %.2g pairs/s", len(questions), folder, self.policy.probe_rps)
+        return Prober(questions, bases, self.policy.probe_rps, timeout_s=self.settings.probe_timeout_s)
+
+    def _evidence(self, champion: int, canary: int) -> Evidence:
+        probes = Probes.empty(1, judged=self.prober is not None)
+        if self.prober is not None:
+            counts = self.prober.counts()
+            probes = Probes(
+                asked=np.array([float(counts.asked)]),
+                worse=np.array([float(counts.worse)]),
+                better=np.array([float(counts.better)]),
+                canary_right=np.array([float(counts.canary_right)]),
+                champion_right=np.array([float(counts.champion_right)]),
+                judged=np.array([True]),
+            )
+        return Evidence(_side(self.totals.get(canary)), _side(self.totals.get(champion)), probes)
+
     def _judge(self, state: RolloutState) -> None:
         canary, champion = state.version_of("canary"), state.version_of("champion")
         progress = self.progress
-        if canary != progress.canary or state.canary_weight != progress.weight:
-            # A new canary or a new weight: judge only traffic at the current split.
-            if canary != progress.canary:
-                progress.failed_checks = 0
-            progress.canary, progress.weight = canary, state.canary_weight
-            progress.judged_at = progress.window_started = self.clock()
-            progress.verdict = None
-            progress.slow_since = None
-            self.windows.reset()
-        if canary is None or champion is None:
+        pair = (champion, canary) if canary is not None and champion is not None and canary != champion else None
+        if pair != progress.pair:
+            # A new canary (or champion): its evidence starts now.
+            progress.pair, progress.machine, progress.assessment, progress.verdict = pair, None, None, None
+            if self.prober is not None:
+                self.prober.stop()
+        if pair is None:
             self._set_phase("idle")
             return
+        assert canary is not None and champion is not None
         if canary not in self.served.ready or champion not in self.served.ready:
             self._set_phase(f"waiting for Triton to serve v{champion} and v{canary}")
             return
-        self.windows.add(self.scrape())
+        scrapes = self.scrape()
+        now = self.clock()
+        if progress.machine is None:
+            self.totals.reset(scrapes)
+            # A canary already at a weight (a restarted controller) starts its warm-up and step now.
+            progress.machine = Machine(self.policy, 1, now)
+            if self.prober is not None:
+                self.prober.start(champion, canary)
+        else:
+            self.totals.add(scrapes)
+        machine = progress.machine
+        evidence = self._evidence(champion, canary)
+        machine.sync(now, np.array([float(state.canary_weight)]), evidence.canary.requests)
         if state.paused:
             self._set_phase("paused")
             return
-        if state.canary_weight < self.params.steps[0]:
+        actions, assessment = machine.tick(now, evidence)
+        progress.assessment = assessment
+        figures: dict[str, float | int | str] = dict(assessment.row_figures(0))
+        action = Action(int(actions[0]))
+        weight = state.canary_weight
+        if action is Action.START:
             self._set_phase("starting the canary")
+            first = int(machine.next_weight()[0])
             self._act(
-                lambda: rollout.set_weight(
-                    self.store, self.actor, self.params.steps[0], canary, reason="canary loaded; first step"
+                lambda: rollout.set_weight(self.store, self.actor, first, canary, reason="canary loaded; first step")
+            )
+        elif action is Action.ROLLBACK:
+            harmed = [m for m in METRICS if assessment.harm[m][0] and assessment.judged[m][0]]
+            reason = "; ".join(harm_reason(m, figures, self.policy) for m in harmed)
+            progress.verdict = f"rolled back: {reason}"
+            self._rollback(canary, reason, figures)
+        elif action is Action.STEP:
+            target = float(machine.next_weight()[0])
+            reason = f"healthy at {weight}%, {health_summary(assessment, 0, target, self.policy)}"
+            progress.verdict = reason
+            self._act(
+                lambda: rollout.step(
+                    self.store, self.actor, self.policy.steps, canary, reason=reason[:2000], details=figures
                 )
             )
-            return
-        self._set_phase(f"analysing v{canary} at {state.canary_weight}%")
-        now = self.clock()
-        # Hard floors: on the last interval only, every tick, so a fault shows within seconds. An
-        # error-rate breach aborts at once; a p95 breach must last a whole interval, so the first
-        # slow requests of a freshly loaded canary (cold caches, lazy imports) do not roll it back.
-        recent, _ = self.windows.last(self.params.interval_s)
-        floor = judge(recent.get(champion, VersionStats()), recent.get(canary, VersionStats()), self.params)
-        if floor.decision is Decision.ABORT and "errors" not in floor.floors:
-            if progress.slow_since is None:
-                progress.slow_since = now
-            if now - progress.slow_since < self.params.interval_s:
-                floor = Verdict(Decision.WAIT, floor.reasons, floor.figures, floor.floors)
-        elif floor.decision is not Decision.ABORT:
-            progress.slow_since = None
-        if floor.decision is Decision.ABORT:
-            progress.verdict = floor
-            self._rollback(canary, "; ".join(floor.reasons), _details(floor))
-            return
-        # The statistical verdict: every interval, on all traffic since this step began, so a low
-        # weight gathers enough requests over several intervals instead of waiting forever.
-        if now - progress.judged_at < self.params.interval_s:
-            return
-        window, span = self.windows.last(now - progress.window_started)
-        if span < 0.8 * self.params.interval_s:
-            return
-        # The floors were judged on the recent interval above; here only the statistics.
-        verdict = judge(
-            window.get(champion, VersionStats()), window.get(canary, VersionStats()), self.params, floors=False
-        )
-        if state.canary_weight >= 100 and verdict.decision is Decision.WAIT:
-            # At 100% the champion gets no traffic to compare with: the floors (checked above) and
-            # enough canary requests decide; the statistics were done at the lower steps.
-            served = window.get(canary, VersionStats()).requests
-            if served >= self.params.min_requests:
-                reason = f"{served:.0f} requests at 100% within the floors"
-                verdict = Verdict(Decision.HEALTHY, [reason], verdict.figures)
-        progress.judged_at = now
-        progress.verdict = verdict
-        if verdict.decision is Decision.ABORT:
-            self._rollback(canary, "; ".join(verdict.reasons), _details(verdict))
-        elif verdict.decision is Decision.FAIL:
-            progress.failed_checks += 1
-            log.warning("check failed (%d of %d): %s", progress.failed_checks, self.params.max_failed_checks, verdict)
-            if progress.failed_checks >= self.params.max_failed_checks:
-                self._rollback(canary, "; ".join(verdict.reasons), _details(verdict))
-        elif verdict.decision is Decision.HEALTHY:
-            progress.failed_checks = 0
-            self._advance(state, canary, verdict)
-
-    def _advance(self, state: RolloutState, canary: int, verdict: Verdict) -> None:
-        details = _details(verdict)
-        if state.canary_weight >= self.params.steps[-1]:
-            reason = f"healthy at every step up to {state.canary_weight}%"
-            self._act(lambda: rollout.promote_to_champion(self.store, self.actor, canary))
-            log.info("promoted v%d: %s", canary, reason)
-            return
-        self._act(
-            lambda: rollout.step(
-                self.store, self.actor, self.params.steps, canary, reason="healthy window", details=details
+        elif action is Action.PROMOTE:
+            reason = f"healthy at every step up to {weight}%, {health_summary(assessment, 0, 100.0, self.policy)}"
+            progress.verdict = reason
+            self._act(
+                lambda: rollout.promote_to_champion(
+                    self.store, self.actor, canary, reason=reason[:2000], details=figures
+                )
             )
-        )
+            log.info("promoted v%d: %s", canary, reason)
+        else:
+            last = weight >= self.policy.steps[-1]
+            missing = waiting_for(assessment, 0, bool(machine.next_weight()[0] >= self.policy.steps[-1]))
+            dwell = now - float(machine.step_started[0])
+            if dwell < self.policy.min_step_s or (
+                evidence.canary.requests[0] - machine.step_requests[0] < self.policy.min_step_requests
+            ):
+                served = evidence.canary.requests[0] - machine.step_requests[0]
+                waiting = f"its time at this step ({dwell:.0f} s, {served:.0f} canary requests so far)"
+            else:
+                waiting = "evidence on " + ", ".join(missing) if missing else "the next tick"
+            progress.verdict = f"{'promotion' if last else 'the next step'} waits for {waiting}"
+            self._set_phase(f"analysing v{canary} at {weight}%")
 
     def _rollback(self, canary: int, reason: str, details: dict[str, float | int | str]) -> None:
         log.warning("rolling back canary v%d: %s", canary, reason)
-        self._act(lambda: rollout.rollback(self.store, self.actor, canary, reason=reason, details=details))
+        self._act(lambda: rollout.rollback(self.store, self.actor, canary, reason=reason[:2000], details=details))
 
     def _act(self, action: Callable[[], object]) -> None:
         try:
@@ -317,20 +354,24 @@ class Controller:
         self.phase = phase
 
     def _publish(self, state: RolloutState) -> None:
-        verdict = self.progress.verdict
+        assessment = self.progress.assessment
         status: dict[str, Any] = {
             "holder": self.actor.name,
             "phase": self.phase,
             "canary": state.version_of("canary"),
             "weight": state.canary_weight,
-            "failed_checks": self.progress.failed_checks,
-            "verdict": None if verdict is None else verdict.summary(),
-            "figures": None if verdict is None else _details(verdict),
+            "verdict": self.progress.verdict,
+            "figures": None if assessment is None else assessment.row_figures(0),
+            "quality_judged": self.prober is not None,
             "unreachable_gateways": list(getattr(self._scraper, "unreachable", [])),
             "failed_loads": {str(k): v for k, v in self.served.failed.items()},
         }
         now = self.clock()
-        if status == self._last_status and now - self._status_at < self.settings.status_every_s:
+        # Figures move every tick: a report goes out when anything else changed, or every status_every_s.
+        steady = {k: v for k, v in status.items() if k != "figures"} == {
+            k: v for k, v in self._last_status.items() if k != "figures"
+        }
+        if steady and now - self._status_at < self.settings.status_every_s:
             return
         try:
             controller_status.publish(self.store, {**status, "at": time.time()})
@@ -338,9 +379,3 @@ class Controller:
             log.debug("could not publish the controller status: %s", exc)
             return
         self._last_status, self._status_at = status, now
-
-
-def load_params(path: Path) -> RolloutParams:
-    from core.params import load_group
-
-    return load_group("rollout", RolloutParams, path)

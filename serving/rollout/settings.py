@@ -10,7 +10,7 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 
 class ControllerSettings(BaseSettings):
-    """Where the controller finds the gateways, Triton and its folders; the rollout rules are in params.yaml."""
+    """Where the controller finds the gateways, Triton, its folders and the golden set (the policy: ``ROLLOUT_*``)."""
 
     model_config = SettingsConfigDict(env_prefix="CONTROLLER_", extra="forbid")
 
@@ -23,7 +23,11 @@ class ControllerSettings(BaseSettings):
     # explicit model-control mode over it), and where verified registry artifacts are kept.
     triton_repository: Path = Path(".run/triton-repo")
     cache_dir: Path = Path(".run/versions")
-    params_file: Path = Path("params.yaml")
+    # The golden set the controller probes both versions with (the offline gate's: `dvc repro golden`);
+    # without one, answer quality is not judged (the status and the log say so).
+    golden_path: Path | None = Path("artifacts/golden")
+    # One probe answer may take this long (a probe that fails is asked again; it never counts as wrong).
+    probe_timeout_s: float = Field(60.0, gt=0)
     # How often to scrape and check the hard floors; the statistical verdict comes every rollout.interval_s.
     tick_s: float = Field(1.0, gt=0)
     # The controller lease: only its holder acts; it expires this long after its holder stops renewing.

@@ -204,7 +204,8 @@ def test_a_canary_failure_is_answered_by_the_champion(harness: Build, failure: G
     assert response.json()["choices"][0]["message"]["content"] == f"red from {V1}"
     counted = stats(h)
     assert (counted[2].requests, counted[2].errors) == (1, 1)
-    assert (counted[1].requests, counted[1].errors) == (1, 0)
+    assert 1 not in counted  # the champion's retry is not a request the split sent it: not judged
+    assert 'gateway_unjudged_requests_total{kind="retry",outcome="ok",version="1"} 1.0' in h.client.get("/metrics").text
     assert "gateway_retries_total 1.0" in h.client.get("/metrics").text
 
 
@@ -287,7 +288,8 @@ def test_pins_by_header_and_by_model_name(harness: Build) -> None:
     assert_openai_error(bad, 400, "X-Model-Version")
     # Pinned requests are not the split's live traffic: the canary's verdict never counts them.
     assert 2 not in stats(h)
-    assert 'gateway_pinned_requests_total{outcome="ok",version="2"} 2.0' in h.client.get("/metrics").text
+    pinned = 'gateway_unjudged_requests_total{kind="pinned",outcome="ok",version="2"} 2.0'
+    assert pinned in h.client.get("/metrics").text
 
 
 def test_a_pinned_failure_is_not_retried(harness: Build) -> None:

@@ -86,8 +86,8 @@ def test_pinned_attempts_are_counted_apart_and_never_in_the_judged_series() -> N
     stats = metrics.version_stats()[1]
     assert (stats.requests, stats.errors, stats.latency.sum()) == (1, 0, 1)
     text = metrics.exposition().decode()
-    assert 'gateway_pinned_requests_total{outcome="ok",version="1"} 1.0' in text
-    assert 'gateway_pinned_requests_total{outcome="error",version="1"} 1.0' in text
+    assert 'gateway_unjudged_requests_total{kind="pinned",outcome="ok",version="1"} 1.0' in text
+    assert 'gateway_unjudged_requests_total{kind="pinned",outcome="error",version="1"} 1.0' in text
 
 
 def test_time_to_first_token_and_per_token_are_histograms_of_their_own() -> None:
