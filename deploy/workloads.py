@@ -218,7 +218,6 @@ def controller(s: DeploySettings, *, triton_url: str, mount_path: str, triton_po
                 "CONTROLLER_TRITON_HTTP_URL": triton_url,
                 "CONTROLLER_TRITON_REPOSITORY": f"{mount_path}/repository",
                 "CONTROLLER_CACHE_DIR": f"{mount_path}/versions",
-                "CONTROLLER_PARAMS_FILE": "/app/params.yaml",
             }
         ),
         "resources": resources(s.controller.resources),

@@ -13,10 +13,11 @@ from pathlib import Path
 from mlflow.exceptions import MlflowException
 from pydantic import ValidationError
 
+from core.rollout_policy import RolloutPolicy
 from registry import events, materialize, rollout, server
 from registry.errors import ConcurrentChangeError, RegistryError
 from registry.events import Actor, Event
-from registry.settings import RegistrySettings, load_rollout_steps
+from registry.settings import RegistrySettings
 from registry.status import Lineage, Status, read_status
 from registry.store import Store
 
@@ -153,7 +154,7 @@ def _act(args: argparse.Namespace, settings: RegistrySettings, store: Store, act
     if args.command == "set-weight":
         return rollout.set_weight(store, actor, args.weight, args.version, reason=reason)
     if args.command == "step":
-        steps = load_rollout_steps(settings.params_file)
+        steps = RolloutPolicy().steps  # ROLLOUT_STEPS, as the controller reads it
         return rollout.step(store, actor, steps, args.version, reason=reason)
     if args.command == "rollback":
         return rollout.rollback(store, actor, args.version, reason=reason)

@@ -5,8 +5,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from core.rollout_policy import check_steps
 from registry.errors import InvalidTransitionError
-from registry.settings import check_steps
 from registry.state import ROLLED_BACK_TAG, RolloutState
 
 _PROMOTE = "`python -m registry promote --to champion`"

@@ -3,18 +3,15 @@
 from __future__ import annotations
 
 import importlib.util
-import itertools
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
 import yaml
-from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import AliasChoices, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from core.names import PlainName
-from registry.errors import RegistryError
 
 _LOOPBACK = ("127.0.0.1", "localhost", "::1")
 PARAMS_FILE = "params.yaml"
@@ -131,43 +128,3 @@ class RegistrySettings(BaseSettings):
     @property
     def params_file(self) -> Path:
         return self.project_dir / PARAMS_FILE
-
-
-class RolloutSteps(BaseModel):
-    """The one key of params.yaml's ``rollout`` group the registry reads (the controller reads the rest)."""
-
-    model_config = ConfigDict(extra="ignore", frozen=True)
-
-    steps: tuple[int, ...]
-
-    @field_validator("steps")
-    @classmethod
-    def _increasing_percents(cls, value: tuple[int, ...]) -> tuple[int, ...]:
-        check_steps(value)
-        return value
-
-
-def check_steps(steps: Sequence[int]) -> None:
-    """Canary steps are percents from 1 to 100, strictly increasing; ValueError says which rule broke."""
-    if not steps:
-        raise ValueError("give at least one canary weight step")
-    if any(isinstance(s, bool) or not isinstance(s, int) or not 1 <= s <= 100 for s in steps):
-        raise ValueError(f"steps {list(steps)}: each must be a whole percent from 1 to 100")
-    if any(a >= b for a, b in itertools.pairwise(steps)):
-        raise ValueError(f"steps {list(steps)} must be strictly increasing")
-
-
-def load_rollout_steps(params: Path) -> tuple[int, ...]:
-    """``rollout.steps`` of ``params``; RegistryError naming the file and key when absent or invalid."""
-    try:
-        raw = yaml.safe_load(params.read_text()) or {}
-    except (OSError, yaml.YAMLError) as exc:
-        raise RegistryError(f"{params}: cannot read rollout.steps ({exc})") from exc
-    group = raw.get("rollout") if isinstance(raw, dict) else None
-    if not isinstance(group, dict) or "steps" not in group:
-        raise RegistryError(f"{params}: missing rollout.steps (e.g. `steps: [5, 25, 50, 100]` under `rollout:`)")
-    try:
-        return RolloutSteps.model_validate(group).steps
-    except ValidationError as exc:
-        problems = "; ".join(str(e["msg"]) for e in exc.errors())
-        raise RegistryError(f"{params}: rollout.steps: {problems}") from exc

@@ -14,10 +14,11 @@ from typing import Any, Literal, Protocol, TypeVar
 
 from mlflow.exceptions import MlflowException
 
+from core.rollout_policy import RolloutPolicy
 from registry import controller_status, events, rollout
 from registry.errors import ConcurrentChangeError, InvalidTransitionError, NotFoundError, RegistryError
 from registry.events import Actor, Event
-from registry.settings import RegistrySettings, load_rollout_steps
+from registry.settings import RegistrySettings
 from registry.state import RolloutState, read_state
 from registry.store import DOES_NOT_EXIST, Store, error_code
 from serving.gateway.errors import GatewayError, RegistryConflictError, RegistryNotFoundError, RegistryUnavailableError
@@ -94,7 +95,7 @@ class MlflowRegistry:
                     raise InvalidTransitionError("a weight is required")
                 return rollout.set_weight(store, actor, action.weight, version, reason=reason)
             case "step":
-                steps = action.steps or load_rollout_steps(self.settings.params_file)
+                steps = action.steps or tuple(RolloutPolicy().steps)
                 return rollout.step(store, actor, steps, version, reason=reason)
             case "pause":
                 return rollout.pause(store, actor, reason=reason)

@@ -150,7 +150,7 @@ def services(run_dir: Path, ports: Ports = Ports(), store_dir: Path | None = Non
                 "CONTROLLER_TRITON_HTTP_URL": f"http://127.0.0.1:{ports.triton_http}",
                 "CONTROLLER_TRITON_REPOSITORY": str(repository),
                 "CONTROLLER_CACHE_DIR": str(run_dir / "versions"),
-                "CONTROLLER_PARAMS_FILE": str(ROOT / "params.yaml"),
+                "CONTROLLER_GOLDEN_PATH": str(ROOT / "artifacts" / "golden"),
             },
             lambda: True,
             "(no port)",

@@ -296,7 +296,6 @@ def test_two_gateways_behind_the_edge_and_scraped_by_the_controller() -> None:
     assert edge.upstreams == [f"{name}:8000" for name in gateways]
     controller = ControllerSettings(**_settings_kwargs(services["controller"]["environment"], "CONTROLLER_"))
     assert controller.gateways == [f"http://{name}:8000/metrics" for name in gateways]
-    assert controller.params_file == Path("/app/params.yaml")
 
 
 @pytest.mark.parametrize("name", ["gateway-1", "gateway-2"])

@@ -18,7 +18,6 @@ from pathlib import Path
 import httpx
 import psycopg2
 import pytest
-import yaml
 
 from registry import events, rollout
 from registry.state import RolloutState
@@ -28,9 +27,9 @@ from tests.stack_fixture import ACTOR, MODEL, ROLLOUT, Load, Stack, failures, su
 
 pytestmark = [pytest.mark.slow, pytest.mark.triton, pytest.mark.mlflow]
 
-#: Fast windows so three steps and the promotion fit in well under a minute of traffic.
+#: Short dwells so three steps and the promotion fit in about a minute of traffic.
 STEPS = [25, 50, 100]
-RULES = {**ROLLOUT, "steps": STEPS, "interval_s": 4, "min_requests": 8}
+RULES = {**ROLLOUT, "ROLLOUT_STEPS": ",".join(map(str, STEPS)), "ROLLOUT_MIN_STEP_S": "4"}
 SERVICES = ("mlflow", "triton", "controller", "gateway-1", "gateway-2")
 
 #: (champion, canary, weight) as the registry or a replica sees it.
@@ -49,8 +48,7 @@ def stack(
         # The fault tests' 2 s cut-off catches hung canaries; here nothing hangs, and on a busy 2-core
         # machine a champion answer can take longer while Triton loads the canary.
         running.services[name].env["GATEWAY_UPSTREAM_TIMEOUT_S"] = "30"
-    params = running.project / "params.yaml"
-    params.write_text(yaml.safe_dump({**yaml.safe_load(params.read_text()), "rollout": RULES}))
+    running.services["controller"].env.update(RULES)
     (running.run_dir / "triton-repo").mkdir(parents=True, exist_ok=True)
     try:
         for name in SERVICES:

@@ -11,6 +11,7 @@ import pytest
 from pydantic import ValidationError
 
 from core.manifest import manifest_digest, model_digests
+from core.rollout_policy import RolloutPolicy
 from core.stage import StageError
 from pipelines import register as stage
 from registry import __main__ as cli
@@ -18,14 +19,13 @@ from registry import manifest, plans, server
 from registry.errors import (
     InvalidTransitionError,
     NotValidatedError,
-    RegistryError,
     ServerError,
     TamperedArtifactError,
 )
 from registry.events import Actor, Event
-from registry.settings import RegistrySettings, load_rollout_steps
+from registry.settings import RegistrySettings
 from registry.state import RolloutState
-from tests.registry.conftest import ROOT, write_project
+from tests.registry.conftest import write_project
 
 STEPS = (5, 25, 50, 100)
 
@@ -174,18 +174,14 @@ def test_settings_default_to_the_project_sqlite_store(monkeypatch: pytest.Monkey
         RegistrySettings(lock_ttl_s=0)
 
 
-def test_rollout_steps_come_from_params_yaml(tmp_path: Path) -> None:
-    assert load_rollout_steps(ROOT / "params.yaml") == (5, 25, 50, 100)
-    params = tmp_path / "params.yaml"
-    params.write_text("rollout:\n  steps: [50, 25]\n  interval_s: 5\n")
-    with pytest.raises(RegistryError, match=r"rollout.steps: .*strictly increasing"):
-        load_rollout_steps(params)
-    params.write_text("rollout:\n  steps: [5, 120]\n")
-    with pytest.raises(RegistryError, match="from 1 to 100"):
-        load_rollout_steps(params)
-    params.write_text("registry:\n  model_name: m\n")
-    with pytest.raises(RegistryError, match=r"missing rollout\.steps"):
-        load_rollout_steps(params)
+def test_rollout_steps_are_settings_with_errors_that_name_the_rule(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert RolloutPolicy().steps == [5, 25, 50, 100]
+    monkeypatch.setenv("ROLLOUT_STEPS", "10,50,100")
+    assert RolloutPolicy().steps == [10, 50, 100]
+    for bad, words in (("50,25", "strictly increasing"), ("5,120", "from 1 to 100"), ("", "at least one")):
+        monkeypatch.setenv("ROLLOUT_STEPS", bad)
+        with pytest.raises(ValidationError, match=words):
+            RolloutPolicy()
 
 
 def test_event_details_keep_their_types_and_refuse_odd_keys() -> None:
