@@ -65,14 +65,19 @@ class Adoption:
         return read_state(store)
 
     def _serve(self, state: RolloutState, version: int) -> str | None:
-        """Load ``version`` in Triton (files verified) unless it is loaded; None when it serves, else why not."""
+        """Load ``version`` in Triton (files verified) unless it is loaded; None when it serves, else why not.
+
+        A version still loaded left its role within the unload grace (the controller unloads in its
+        own tick and waits until Triton is done, so nothing it listed is half unloaded): loaded and
+        verified then, it serves again without a reload, as ``_reconcile_triton`` treats it.
+        """
         controller = self.controller
         try:
             loaded = controller.triton.loaded()
         except Exception as exc:  # Triton down or restarting: no verdict on the version from that
             raise _TritonUnreachableError(f"cannot list Triton's models: {exc}") from exc
         if controller._name(version) in loaded:
-            return None  # loaded by this controller earlier (still within its unload grace): verified then
+            return None
         controller._load(state, version)
         return controller.served.failed.get(version)
 

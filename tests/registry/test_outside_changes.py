@@ -78,6 +78,11 @@ def test_an_alias_set_in_mlflow_moves_nothing_until_settled_and_status_shows_it(
     assert status["champion"]["version"] == v2 and status["outside_changes"] == [
         f"champion v{v1} in MLflow, v{v2} serving"
     ]
+    assert cli.main(["status"]) == 0
+    text = capsys.readouterr().out
+    print(text)
+    assert "changed in MLflow outside the project's actions, not settled yet" in text
+    assert f"  champion v{v1} in MLflow, v{v2} serving\n" in text
     # An action that would write over the unsettled alias is refused (exit 3 from the CLI) and says why;
     # one that writes other aliases goes ahead.
     with pytest.raises(ConcurrentChangeError, match="changed in MLflow outside the project's actions"):
