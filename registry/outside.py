@@ -82,7 +82,7 @@ def settle(state: RolloutState, facts: Facts, stamp: str) -> Plan:
         ops.append(SetWeight(decided.weight))
     ops += decided.tags
     parts = [*(f"adopted {text}" for text in decided.adopted), *(f"put back {text}" for text in decided.put_back)]
-    more = f" and {len(changes) - 1} more" if len(changes) > 1 else ""
+    more = f"; {len(changes) - 1} more" if len(changes) > 1 else ""
     version = next((c.mlflow for c in changes if isinstance(c.mlflow, int)), changes[0].serving)
     details = {f"outside.{key}": text[:500] for key, text in decided.outcome.items()}
     return Plan(

@@ -208,13 +208,13 @@ def _refuse_unsettled(state: RolloutState, plan: plans.Plan) -> None:
 
 
 def settle_outside(store: Store, actor: Actor, facts: outside.Facts) -> Event:
-    """Adopt or put back every outside change (registry.outside), as one action; NothingToSettle if none."""
+    """Adopt or put back every outside change (registry.outside), as one action; NothingToSettleError if none."""
     stamp = _stamp(actor, "outside change")
     return transact(store, actor, lambda s: outside.settle(s, facts, stamp))
 
 
 def restore_state(store: Store, actor: Actor) -> Event:
-    """Write ``rollout.state`` again after it was damaged or removed; NothingToSettle when it is readable."""
+    """Write ``rollout.state`` again after it was damaged or removed; NothingToSettleError when it is readable."""
     return transact(store, actor, outside.restore)
 
 
