@@ -30,7 +30,7 @@ ALIASES: tuple[Alias, ...] = ("champion", "canary", "candidate", "previous-champ
 
 # Registered-model tags. STATE_TAG is what serves (see the module docstring); WEIGHT_TAG is the
 # canary weight as a person reads and edits it; GENERATION_TAG repeats the state's generation for
-# a person reading the tags (nothing acts on it).
+# a person reading the tags (read only to tell a removed state tag from a model no action touched).
 STATE_TAG = "rollout.state"
 WEIGHT_TAG = "rollout.canary_weight"
 GENERATION_TAG = "rollout.generation"
