@@ -118,6 +118,12 @@ def print_status(status: Status, as_json: bool) -> None:
     print(f"{status.registered_model} at {status.tracking_uri} (generation {status.generation}{paused})")
     for alias, lineage in status.by_alias().items():
         print(_line(alias, lineage, status.canary_weight))
+    if status.state_problem:
+        print(f"rollout.state is unusable ({status.state_problem}): the next action or controller tick restores it")
+    if status.outside_changes:
+        print("changed in MLflow outside the project's actions, not settled yet (the controller adopts or puts back):")
+        for change in status.outside_changes:
+            print(f"  {change}")
     print(f"last event: {status.last_event or '-'}")
 
 

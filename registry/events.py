@@ -18,11 +18,13 @@ from datetime import UTC, datetime
 from mlflow.entities import Param, Run, RunStatus
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from registry import plans
 from registry.errors import InvalidTransitionError
 from registry.store import Store
 
 _PREFIX = "rollout."
 _DETAILS_TAG = "details"  # the figures as JSON, so they read back with their types
+_STATE_KEY = "state"  # run tag rollout.state, as the registered model's tag of the same name
 _DETAIL_KEY = re.compile(r"[A-Za-z0-9_.-]{1,100}")
 _MAX_TEXT = 500
 MAX_REASON = 2000
@@ -73,6 +75,8 @@ class Event(BaseModel):
     reason: str | None = Field(default=None, max_length=MAX_REASON)
     details: Details = Field(default_factory=dict)
     run_id: str | None = None
+    #: The ``rollout.state`` tag the action wrote (what serves after it), so the history can restore it.
+    state: str | None = None
 
     @field_validator("details")
     @classmethod
@@ -98,6 +102,7 @@ class Event(BaseModel):
             "summary": self.summary,
             "reason": self.reason or "",
             _DETAILS_TAG: json.dumps(self.details, sort_keys=True) if self.details else "",
+            _STATE_KEY: self.state or "",
         }
         return {_PREFIX + key: value for key, value in fields.items()}
 
@@ -117,6 +122,7 @@ class Event(BaseModel):
             reason=tags.get("reason") or None,
             details=_details(tags.get(_DETAILS_TAG)),
             run_id=run.info.run_id,
+            state=tags.get(_STATE_KEY) or None,
         )
 
 
@@ -202,6 +208,35 @@ def history(store: Store, limit: int = 50) -> list[Event]:
     runs = store.client.search_runs([found.experiment_id], order_by=["attributes.start_time DESC"], max_results=limit)
     events = [Event.from_run(run) for run in runs]
     return sorted(events, key=lambda e: (e.at, e.generation), reverse=True)
+
+
+def recorded_state(store: Store) -> Event | None:
+    """The newest event that recorded the ``rollout.state`` it wrote (None: no such event yet)."""
+    found = store.client.get_experiment_by_name(store.settings.events_experiment)
+    if found is None:
+        return None
+    runs = store.client.search_runs(
+        [found.experiment_id],
+        filter_string=f"tags.`{_PREFIX}{_STATE_KEY}` LIKE '{{%'",
+        order_by=["attributes.start_time DESC"],
+        max_results=5,  # events recorded within one millisecond: the generation orders them
+    )
+    recorded = [Event.from_run(run) for run in runs]
+    return max(recorded, key=lambda e: e.generation, default=None)
+
+
+def validated(store: Store, version: int) -> bool:
+    """True when ``version`` ever had the ``candidate`` alias: the register stage's event, which it
+    records only for a build that passed validation."""
+    found = store.client.get_experiment_by_name(store.settings.events_experiment)
+    if found is None:
+        return False
+    runs = store.client.search_runs(
+        [found.experiment_id],
+        filter_string=f"tags.`{_PREFIX}action` = '{plans.REGISTER}' and tags.`{_PREFIX}version` = '{int(version)}'",
+        max_results=1,
+    )
+    return bool(runs)
 
 
 def _from_ms(ms: int | None) -> datetime:

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 
 from core.rollout_policy import check_steps
 from registry.errors import InvalidTransitionError
-from registry.state import ROLLED_BACK_TAG, RolloutState
+from registry.state import ALIASES, ROLLED_BACK_TAG, WEIGHT_KEY, RolloutState
 
 _PROMOTE = "`python -m registry promote --to champion`"
+#: The register stage's action: the only one that grants ``candidate``, so a version's validation record.
+REGISTER = "register"
 
 
 @dataclass(frozen=True)
@@ -44,13 +46,58 @@ Op = SetAlias | DropAlias | SetWeight | SetPaused | TagVersion
 
 
 @dataclass(frozen=True)
+class Serve:
+    """What serves once a plan is applied, when it is not simply the ops applied to what served before."""
+
+    aliases: Mapping[str, int]
+    canary_weight: int
+
+
+@dataclass(frozen=True)
 class Plan:
-    """What one action does, in order. Ops that shift traffic away from a version come first."""
+    """What one action does, in order. Ops that shift traffic away from a version come first.
+
+    The ops move MLflow's aliases and tags; what serves afterwards (the ``rollout.state`` tag) is
+    ``serve`` when given, else what served before with the same ops applied (``served_after``).
+    ``outside`` marks the plans that settle outside changes (``registry.outside``): only they may
+    touch an alias whose MLflow value differs from what serves.
+    """
 
     action: str
     version: int | None
     summary: str
     ops: tuple[Op, ...]
+    serve: Serve | None = None
+    outside: bool = False
+    #: Said by the plan itself when only the state it was made from can say it (outside changes).
+    reason: str | None = None
+    details: Mapping[str, str] = field(default_factory=dict)
+
+    def keys(self) -> set[str]:
+        """The aliases (and ``weight``) this plan writes."""
+        written: set[str] = set()
+        for op in self.ops:
+            if isinstance(op, SetAlias | DropAlias):
+                written.add(op.alias)
+            elif isinstance(op, SetWeight):
+                written.add(WEIGHT_KEY)
+        return written
+
+
+def served_after(state: RolloutState, plan: Plan) -> Serve:
+    """What serves once ``plan`` is applied to ``state`` (only the four rollout aliases are kept)."""
+    if plan.serve is not None:
+        return plan.serve
+    aliases: dict[str, int] = {k: v for k, v in state.aliases.items() if k in ALIASES}
+    weight = state.canary_weight
+    for op in plan.ops:
+        if isinstance(op, SetAlias):
+            aliases[op.alias] = op.version
+        elif isinstance(op, DropAlias):
+            aliases.pop(op.alias, None)
+        elif isinstance(op, SetWeight):
+            weight = op.percent
+    return Serve({k: v for k, v in aliases.items() if k in ALIASES}, weight)
 
 
 def _check_weight(weight: int) -> None:
@@ -75,7 +122,7 @@ def register_candidate(state: RolloutState, version: int, again: bool = False) -
     replaced = state.aliases.get("candidate")
     note = f" (replaces v{replaced})" if replaced is not None and replaced != version else ""
     how = "made candidate (registered earlier from the same files and params)" if again else "registered as candidate"
-    return Plan("register", version, f"v{version} {how}{note}", (SetAlias("candidate", version),))
+    return Plan(REGISTER, version, f"v{version} {how}{note}", (SetAlias("candidate", version),))
 
 
 def promote_to_canary(state: RolloutState, version: int | None, weight: int) -> Plan:

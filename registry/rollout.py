@@ -1,11 +1,16 @@
 """Rollout actions: each reads the state, plans, then applies under the lock only if nothing moved.
 
 The CLI, the gateway's admin endpoints, the rollout controller and promote.yml all call these
-functions. Optimistic concurrency: an action remembers the state it planned from (aliases, weight,
-paused and the generation counter), takes the rollout lock (registry.lock, a lease it renews while
+functions. Optimistic concurrency: an action remembers the state it planned from (what serves,
+MLflow's aliases and tags, paused), takes the rollout lock (registry.lock, a lease it renews while
 it works), re-reads the state, and refuses with ConcurrentChangeError if anything differs. Of two
 racing actions exactly one applies: the other either finds the lock taken or, once it is free,
 finds the generation moved on.
+
+An action moves MLflow's aliases and tags first and then writes what serves, ``rollout.state``
+(registry.state), in one tag write: that write is the moment gateways and controller see the action.
+It refuses to write an alias that was changed in MLflow outside the project's actions and not yet
+settled (registry.outside; the controller does that); only the settling plans may.
 """
 
 from __future__ import annotations
@@ -16,10 +21,21 @@ from collections.abc import Callable, Mapping, Sequence
 
 from mlflow.exceptions import MlflowException
 
-from registry import events, lock, plans
+from registry import events, lock, outside, plans
 from registry.errors import ConcurrentChangeError, RegistryError
 from registry.events import Actor, Event
-from registry.state import GENERATION_TAG, LAST_EVENT_TAG, PAUSED_TAG, WEIGHT_TAG, RolloutState, read_state
+from registry.state import (
+    ALIASES,
+    GENERATION_TAG,
+    LAST_EVENT_TAG,
+    PAUSED_TAG,
+    STATE_TAG,
+    WEIGHT_TAG,
+    RolloutState,
+    parse_state_tag,
+    read_state,
+    state_tag,
+)
 from registry.store import Store
 
 log = logging.getLogger(__name__)
@@ -74,11 +90,18 @@ def transact(
 def _transact_once(
     store: Store, actor: Actor, planner: Planner, reason: str | None, details: dict[str, float | int | str]
 ) -> Event:
-    before = read_state(store)
+    read = read_state(store)
+    before = _usable(store, read)
     plan = planner(before)
+    reason = reason if reason is not None else plan.reason
+    details = {**plan.details, **details}
+    if before.restored_from:
+        details["state_restored_from"] = before.restored_from[:500]
+    events.check_annotations(reason, details)
+    _refuse_unsettled(before, plan)
     with lock.rollout_lock(store, actor.name, plan.action) as held:
         current = read_state(store)
-        if current != before:
+        if current != read:
             raise ConcurrentChangeError(
                 f"{store.model} changed while `{plan.action}` was starting: it was "
                 f"[{before.describe()}] (generation {before.generation}), now [{current.describe()}] "
@@ -86,21 +109,26 @@ def _transact_once(
             )
         if held.took_over_from:
             details = {**details, "lock_taken_over_from": held.took_over_from[:500]}
+        generation = before.generation + 1
+        served = plans.served_after(before, plan)
+        state_text = state_tag(store.model, served.aliases, served.canary_weight, generation)
         try:
             for done, op in enumerate(plan.ops):
                 if not held.held:
                     raise RegistryError(
                         f"`{plan.action}` lost the rollout lock after {done} of {len(plan.ops)} steps (MLflow too "
-                        "slow to renew it?); some aliases may have moved. Check `python -m registry status` and "
-                        "repeat the action or roll back."
+                        "slow to renew it?); some of MLflow's aliases may have moved, what serves has not. The "
+                        "controller settles the difference as an outside change; check `python -m registry status`."
                     )
                 _apply(store, op)
-            generation = before.generation + 1
+            # The one write that moves serving: gateways and the controller follow this tag.
+            store.client.set_registered_model_tag(store.model, STATE_TAG, state_text)
             store.client.set_registered_model_tag(store.model, GENERATION_TAG, str(generation))
         except MlflowException as exc:
             raise RegistryError(
-                f"`{plan.action}` failed part-way ({exc.message}); some aliases may have moved. "
-                "Check `python -m registry status` and repeat the action or roll back."
+                f"`{plan.action}` failed part-way ({exc.message}); some of MLflow's aliases may have moved. "
+                "Check `python -m registry status`: if what serves moved, the action took effect; if not, the "
+                "controller settles the difference as an outside change, or repeat the action."
             ) from exc
         after = read_state(store)
         event = Event(
@@ -115,6 +143,7 @@ def _transact_once(
             summary=plan.summary,
             reason=reason,
             details=details,
+            state=state_text,
         )
         because = f": {reason}" if reason else ""
         try:
@@ -130,6 +159,63 @@ def _transact_once(
                 f"`{plan.action}` took effect (now [{after.describe()}], generation {generation}) but recording "
                 f"it in MLflow failed ({exc.message}); do not repeat it, check `python -m registry status`"
             ) from exc
+
+
+def _usable(store: Store, read: RolloutState) -> RolloutState:
+    """``read``, or, when its ``rollout.state`` is damaged or missing, what served at the newest recorded
+    event (else MLflow's aliases, for a store from before the tag existed); the action rewrites the tag."""
+    if read.damaged is None:
+        return read
+    recorded = events.recorded_state(store)
+    aliases: dict[str, int] | None = None
+    if recorded is not None and recorded.state is not None:
+        try:
+            aliases, weight, generation = parse_state_tag(store.model, recorded.state)
+            source = f"the history (`{recorded.action}` at generation {generation})"
+        except ValueError:
+            aliases = None
+    if aliases is None:
+        live = read.mlflow_aliases or {}
+        aliases, generation = {k: v for k, v in live.items() if k in ALIASES}, 0
+        text = read.mlflow_weight or ""
+        weight = int(text) if text.isdigit() else 0
+        source = "MLflow's aliases (the history holds no recorded state)"
+    return read.model_copy(
+        update={
+            "aliases": aliases,
+            "canary_weight": min(weight, 100),
+            "generation": max(read.generation, generation),
+            "recorded": True,
+            "damaged": None,
+            "restored_from": f"{source}; it was unusable: {read.damaged}",
+        }
+    )
+
+
+def _refuse_unsettled(state: RolloutState, plan: plans.Plan) -> None:
+    """A person's or the controller's action must not write over an outside change nobody has settled."""
+    if plan.outside:
+        return
+    pending = {change.key: change for change in state.outside_changes()}
+    clash = sorted(plan.keys() & set(pending))
+    if clash:
+        raise ConcurrentChangeError(
+            f"{state.model}: {'; '.join(pending[key].describe() for key in clash)}: changed in MLflow outside the "
+            f"project's actions and not settled yet, so `{plan.action}` would write over it. The rollout controller "
+            "adopts it or puts it back within a tick (is it running? `make status`); check `python -m registry "
+            "status` and retry."
+        )
+
+
+def settle_outside(store: Store, actor: Actor, facts: outside.Facts) -> Event:
+    """Adopt or put back every outside change (registry.outside), as one action; NothingToSettleError if none."""
+    stamp = _stamp(actor, "outside change")
+    return transact(store, actor, lambda s: outside.settle(s, facts, stamp))
+
+
+def restore_state(store: Store, actor: Actor) -> Event:
+    """Write ``rollout.state`` again after it was damaged or removed; NothingToSettleError when it is readable."""
+    return transact(store, actor, outside.restore)
 
 
 def mark_candidate(store: Store, actor: Actor, version: int, again: bool = False) -> Event:

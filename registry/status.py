@@ -1,4 +1,9 @@
-"""What ``python -m registry status`` reports: each alias with the lineage a person checks first."""
+"""What ``python -m registry status`` reports: each alias with the lineage a person checks first.
+
+The aliases are what serves (``rollout.state``, what the gateways route by); an alias or weight that
+MLflow shows differently, changed outside the project's actions and not settled yet, is listed
+apart, and the last event says how the latest one was settled and why.
+"""
 
 from __future__ import annotations
 
@@ -55,6 +60,10 @@ class Status(BaseModel):
     candidate: Lineage | None
     previous_champion: Lineage | None
     last_event: str | None
+    #: What MLflow shows differently from what serves (an outside change the controller has not settled).
+    outside_changes: list[str] = []
+    #: Why ``rollout.state`` cannot be read (the next action or controller tick restores it).
+    state_problem: str | None = None
 
     def by_alias(self) -> dict[str, Lineage | None]:
         return {
@@ -80,4 +89,6 @@ def read_status(store: Store) -> Status:
         candidate=lineage["candidate"],
         previous_champion=lineage["previous-champion"],
         last_event=state.last_event,
+        outside_changes=[change.describe() for change in state.outside_changes()],
+        state_problem=state.damaged,
     )

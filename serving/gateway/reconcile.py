@@ -1,9 +1,13 @@
 """Keep this replica's view of the rollout current: the registry's split and what Triton has ready.
 
 Two background loops. The registry loop reads the rollout state every ``GATEWAY_REGISTRY_POLL_S``
-(one ``get_registered_model`` call, in a thread) and acts only when the generation moves, so any
-number of replicas converge on the same split without talking to each other. While MLflow is down
-the last known split stays in force and the view says so. The Triton loop asks Triton which
+(one ``get_registered_model`` call, in a thread) and routes by what serves, the ``rollout.state``
+tag only the project's actions write (registry.state), so any number of replicas converge on the
+same split as the controller without talking to each other. An alias moved in the MLflow UI moves
+nothing here until the controller has loaded its version and adopted it (or put it back). The
+view only moves forward: a state older than the one held (a lagging MLflow replica or store), one
+that changed the split without a new generation, or an unreadable ``rollout.state`` is ignored.
+While MLflow is down the last known split stays in force and the view says so. The Triton loop asks Triton which
 versions are READY (one repository-index call) and reads each newly ready version's config
 parameters (its request limits). Handlers read ``view``, an immutable snapshot swapped whole.
 """
@@ -119,6 +123,7 @@ class Reconciler:
         self._history_rereads = 0
         self._controller_read = -CONTROLLER_REFRESH_S
         self._controller_task: asyncio.Task[None] | None = None
+        self._ignored: str | None = None  # why the last registry read was ignored (logged once)
 
     async def run(self) -> None:
         await asyncio.gather(self._registry_loop(), self._triton_loop())
@@ -137,7 +142,7 @@ class Reconciler:
         self._triton_wake.set()
 
     async def sync_registry(self) -> None:
-        """One registry read; the split moves only when the generation did."""
+        """One registry read; the split moves only to a newer generation (see the module docstring)."""
         try:
             state = await asyncio.to_thread(self.registry.read_state)
         except RegistryUnavailableError as exc:
@@ -149,14 +154,37 @@ class Reconciler:
             log.info("MLflow reachable again")
         before = self.view.state
         self.view = replace(self.view, registry=self.view.registry.ok())
-        moved = before is None or state is None or state.generation != before.generation
-        if moved and state != before:
+        if self._takes(before, state):
+            if state is not None and not _routable(state, self.view.ready):
+                # The controller loads a version before it names it: see it ready before routing to it.
+                await self._guarded(self.sync_triton, "Triton")
             self.view = replace(self.view, state=state)
-            log.info("rollout state: %s (generation %s)", self._describe(), state.generation if state else "-")
-            self._history_stale = True
-            self._history_rereads = HISTORY_REREADS
+            if before is None or state is None or state.generation != before.generation:
+                log.info("rollout state: %s (generation %s)", self._describe(), state.generation if state else "-")
+                self._history_stale = True
+                self._history_rereads = HISTORY_REREADS
         if self._history_stale:
             await self.read_history()
+
+    def _takes(self, before: RolloutState | None, state: RolloutState | None) -> bool:
+        """Whether a read replaces the view's state: only forward, and never to an unreadable one."""
+        if state == before:
+            return False
+        if state is None or before is None or before.damaged is not None:
+            return True  # model gone, first read (even of a damaged state: better than no split), or repaired
+        ignored = None
+        if state.damaged is not None:
+            ignored = f"{state.damaged}; keeping generation {before.generation} until it is restored"
+        elif state.generation < before.generation:
+            ignored = f"generation {state.generation} is older than the {before.generation} held"
+        elif state.generation == before.generation and _split_of(state) != _split_of(before):
+            ignored = f"the split changed without a new generation ({state.describe()})"
+        if ignored is None:
+            return True
+        if ignored != self._ignored:
+            log.warning("ignoring a registry read: %s", ignored)
+        self._ignored = ignored
+        return False
 
     async def sync_triton(self) -> None:
         """One repository-index call; configs are read for versions that just became ready."""
@@ -236,6 +264,17 @@ class Reconciler:
 
     def _describe(self) -> str:
         return self.view.state.describe() if self.view.state is not None else "no registered model"
+
+
+def _split_of(state: RolloutState) -> tuple[dict[str, int], int]:
+    return state.aliases, state.canary_weight
+
+
+def _routable(state: RolloutState, ready: dict[int, VersionConfig]) -> bool:
+    """Whether every version ``state`` sends traffic to is already known to be ready."""
+    champion, canary = state.aliases.get("champion"), state.aliases.get("canary")
+    wanted = {champion} | ({canary} if canary is not None and state.canary_weight > 0 else set())
+    return all(v is None or v in ready for v in wanted)
 
 
 async def _wait(wake: asyncio.Event, timeout_s: float) -> None:

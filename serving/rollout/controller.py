@@ -32,6 +32,7 @@ from registry.events import Actor
 from registry.lease import Lease
 from registry.state import RolloutState, read_state
 from registry.store import Store
+from serving.rollout.adoption import Adoption
 from serving.rollout.analysis import (
     METRICS,
     Assessment,
@@ -106,6 +107,7 @@ class Controller:
         self.prober = prober if prober is not None else self._make_prober()
         self.progress = _Progress()
         self.served = _Served()
+        self.adoption = Adoption(self)
         self.phase = "starting"
         self._status_at = 0.0
         self._last_status: dict[str, Any] = {}
@@ -159,6 +161,9 @@ class Controller:
             return
         # A tick that loads or unloads a model can outlast the lease: keep it renewed meanwhile.
         with self.lease.renewing():
+            # Aliases moved in MLflow outside the project's actions: adopted or put back first.
+            if (state := self.adoption.settle(state)) is None:
+                return
             self._reconcile_triton(state)
             self._judge(state)
             self._publish(state)

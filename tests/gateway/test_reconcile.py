@@ -24,15 +24,72 @@ def test_a_new_generation_moves_the_split(harness: Build) -> None:
     assert h.client.post("/v1/chat/completions", json=chat_body()).headers["x-model-version"] == "2"
 
 
-def test_nothing_moves_while_the_generation_holds(harness: Build) -> None:
+def polls(h: Harness, count: int) -> None:
+    reads = h.registry.reads
+    wait_for(lambda: h.registry.reads >= reads + count, what=f"{count} more polls")
+
+
+def test_an_alias_or_weight_edited_in_mlflow_moves_no_traffic(harness: Build) -> None:
     h = harness(weight=0)
     state = h.registry.state
     assert state is not None
-    # Someone edits a tag behind the registry's back: no generation change, so no action here.
-    h.registry.state = state.model_copy(update={"canary_weight": 100})
-    reads = h.registry.reads
-    wait_for(lambda: h.registry.reads >= reads + 3, what="three more polls")
-    assert view(h).split.weight == 0
+    # The MLflow UI moved the aliases and the weight tag; rollout.state (what serves) did not move.
+    h.registry.state = state.model_copy(update={"mlflow_aliases": {"champion": 2}, "mlflow_weight": "100"})
+    polls(h, 3)
+    assert (view(h).split.champion, view(h).split.weight) == (1, 0)
+    assert {h.client.post("/v1/chat/completions", json=chat_body()).headers["x-model-version"] for _ in range(5)} == {
+        "1"
+    }
+    assert [c.key for c in view(h).state.outside_changes()] == ["champion", "canary", "weight"]
+
+
+def test_the_view_only_moves_forward(harness: Build) -> None:
+    h = harness(weight=0)
+    h.registry.set({"champion": 1, "canary": 2}, 50)
+    wait_for(lambda: view(h).split.weight == 50, what="the new generation")
+    newest = h.registry.state
+    assert newest is not None
+    # A read from a replica or store that lags behind: an older generation is ignored.
+    h.registry.state = newest.model_copy(update={"generation": newest.generation - 1, "canary_weight": 0})
+    polls(h, 3)
+    assert view(h).split.weight == 50
+    # A split that changed without a new generation was not written by an action: ignored too.
+    h.registry.state = newest.model_copy(update={"canary_weight": 100})
+    polls(h, 3)
+    assert view(h).split.weight == 50
+    # Paused or an outside change on the same generation is news, not a new split: taken.
+    h.registry.state = newest.model_copy(update={"paused": True})
+    wait_for(lambda: view(h).state.paused, what="the paused flag")
+    h.registry.state = newest.model_copy(update={"generation": newest.generation + 1, "canary_weight": 100})
+    wait_for(lambda: view(h).split.weight == 100, what="the next generation")
+
+
+def test_an_unreadable_state_tag_keeps_the_last_split(harness: Build) -> None:
+    h = harness(weight=50)
+    state = h.registry.state
+    assert state is not None
+    h.registry.state = state.model_copy(
+        update={
+            "generation": state.generation + 5,
+            "aliases": {"champion": 9},
+            "damaged": "rollout.state does not match its check (edited by hand?)",
+        }
+    )
+    polls(h, 3)
+    assert (view(h).split.champion, view(h).split.canary, view(h).split.weight) == (1, 2, 50)
+    assert h.client.get("/readyz").status_code == 200
+
+
+def test_a_new_champion_is_routed_to_as_soon_as_the_registry_names_it(harness: Build) -> None:
+    # Triton's own poll is slow here: the registry poll asks Triton itself before it routes to a
+    # version it has not seen ready (the controller loads a version before it names it).
+    h = harness(weight=0, triton_poll_s=60)
+    h.upstream.ready.add("qwen3-vl-v3")
+    h.registry.set({"champion": 3}, 0)
+    wait_for(lambda: view(h).split.champion == 3, what="the new champion")
+    assert 3 in view(h).ready
+    response = h.client.post("/v1/chat/completions", json=chat_body())
+    assert (response.status_code, response.headers["x-model-version"]) == (200, "3")
 
 
 def test_history_is_read_when_the_generation_moves_not_every_poll(harness: Build) -> None:
@@ -41,20 +98,16 @@ def test_history_is_read_when_the_generation_moves_not_every_poll(harness: Build
     original = h.registry.history
     h.registry.history = lambda limit: calls.append(limit) or original(limit)  # type: ignore[method-assign]
 
-    def polls(count: int) -> None:
-        reads = h.registry.reads
-        wait_for(lambda: h.registry.reads >= reads + count, what=f"{count} polls")
-
     # The fake's generation has no recorded event: a few re-reads, then the gateway stops asking.
-    polls(HISTORY_REREADS + 3)
+    polls(h, HISTORY_REREADS + 3)
     calls.clear()
-    polls(5)
+    polls(h, 5)
     assert calls == []
     h.client.post("/admin/weight", json={"weight": 30}, headers=AUTH)
     assert view(h).history[0].summary == "canary v2 weight 0% -> 30%"
     assert 1 <= len(calls) <= 3
     calls.clear()
-    polls(5)
+    polls(h, 5)
     assert calls == []  # the newest event matches the generation: nothing more to read
 
 

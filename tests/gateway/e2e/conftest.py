@@ -21,7 +21,7 @@ import pytest
 
 from registry import server
 from registry.settings import RegistrySettings
-from registry.state import GENERATION_TAG, PAUSED_TAG, WEIGHT_TAG, read_state
+from registry.state import GENERATION_TAG, PAUSED_TAG, STATE_TAG, WEIGHT_TAG, read_state, state_tag
 from registry.store import Store
 from serving.triton.launcher import TritonServer, free_ports
 from serving.triton.settings import TritonSettings
@@ -187,13 +187,15 @@ def set_rollout(mlflow: Mlflow, gateway: Gateway) -> SetRollout:
     def apply(aliases: dict[str, int], weight: int = 0, paused: bool = False) -> None:
         store = mlflow.store()
         client, current = store.client, read_state(store)
-        for alias in set(current.aliases) - set(aliases):
+        for alias in set(current.mlflow_aliases or current.aliases) - set(aliases):
             client.delete_registered_model_alias(MODEL, alias)
         for alias, version in aliases.items():
             client.set_registered_model_alias(MODEL, alias, str(version))
         client.set_registered_model_tag(MODEL, WEIGHT_TAG, str(weight))
         client.set_registered_model_tag(MODEL, PAUSED_TAG, str(paused).lower())
         generation = current.generation + 1
+        # What serves is rollout.state (the aliases alone are what MLflow shows): written as an action would.
+        client.set_registered_model_tag(MODEL, STATE_TAG, state_tag(MODEL, aliases, weight, generation))
         client.set_registered_model_tag(MODEL, GENERATION_TAG, str(generation))
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
