@@ -20,7 +20,7 @@ export MLFLOW_DISABLE_TELEMETRY := true
 export DO_NOT_TRACK := true
 export MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT := true
 
-.PHONY: help install lock tiny-model demo test lint typecheck pytest clean mlflow registry-status serving-repo metrics-diff triton bench-triton check-config check-load up down status install-registry audit deploy-check render-k8s images gpu-smoke gateway bench-gateway bench
+.PHONY: help install lock tiny-model demo test lint typecheck pytest clean mlflow registry-status serving-repo metrics-diff triton bench-triton check-config check-load up down status install-registry audit deploy-check render-k8s images gpu-smoke gateway bench-gateway bench canary-eval
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -144,6 +144,9 @@ gateway: $(STAMP) ## Serve the OpenAI-compatible canary gateway (GATEWAY_PORT, d
 
 bench-gateway: $(STAMP) ## Upstream-client and gateway-hop cost against a zero-work Triton model (~80 s)
 	$(PY) -m serving.gateway.bench
+
+canary-eval: $(STAMP) ## How often the rollout controller promotes a bad build or rolls back a good one, simulated (~6 min)
+	$(PY) -m bench.canary
 
 bench: $(STAMP) ## Every speed claim measured: gateway overhead, batching, vs in-process, quantization, rollback, pipeline (~8 min)
 	$(PY) -m bench

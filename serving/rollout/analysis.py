@@ -354,28 +354,47 @@ def _value(position: Array) -> Array:
     return np.asarray(lower * (upper / lower) ** fraction, dtype=np.float64)
 
 
+def _confidence(
+    figures: Mapping[str, float | int | str], metric: str, lower_key: str | None, policy: RolloutPolicy
+) -> str:
+    """Which test found the harm: the bound on everything so far, or the sequential test on the same seconds."""
+    lower = figures.get(lower_key) if lower_key else None
+    if isinstance(lower, int | float) and lower > 0 and metric == "errors":
+        return f"at least +{lower:.2%} with {1 - policy.alpha:.1%} confidence"
+    evidence = figures.get(f"{metric}_evidence")
+    if isinstance(evidence, int | float) and evidence >= 1 / policy.alpha:
+        return (
+            f"{1 - policy.alpha:.1%} confidence: sequential evidence {evidence:.3g} >= {1 / policy.alpha:.0f} "
+            "comparing the two over the same seconds"
+        )
+    return f"{1 - policy.alpha:.1%} confidence on everything served since the canary started"
+
+
 def harm_reason(metric: str, figures: Mapping[str, float | int | str], policy: RolloutPolicy) -> str:
     """Why ``metric`` rolls the canary back, in words a person reads in the history."""
+
+    def number(key: str) -> float:
+        value = figures.get(key)
+        return float(value) if isinstance(value, int | float) else float("nan")
+
     if metric == "errors":
         return (
-            f"canary error rate {figures.get('canary_error_rate', 0):.2%} is above the champion's "
-            f"{figures.get('champion_error_rate', 0):.2%} (at least +{figures.get('error_increase_lower', 0):.2%} "
-            f"with {1 - policy.alpha:.1%} confidence; "
-            f"{figures.get('canary_requests', 0):.0f} vs {figures.get('champion_requests', 0):.0f} requests)"
+            f"canary error rate {number('canary_error_rate'):.2%} is above the champion's "
+            f"{number('champion_error_rate'):.2%} ({_confidence(figures, metric, 'error_increase_lower', policy)}; "
+            f"{number('canary_requests'):.0f} canary and {number('champion_requests'):.0f} champion requests)"
         )
     if metric == "quality":
         return (
-            f"canary answers {figures.get('canary_probe_accuracy', 0):.1%} of golden probes right against the "
-            f"champion's {figures.get('champion_probe_accuracy', 0):.1%} ({figures.get('probes_worse', 0):.0f} "
-            f"questions only the champion got right, {figures.get('probes_better', 0):.0f} only the canary; "
-            f"evidence {figures.get('quality_evidence', 0):.0f} >= 1/rollout alpha {1 / policy.quality_alpha:.0f})"
+            f"canary answers {number('canary_probe_accuracy'):.1%} of golden probes right against the "
+            f"champion's {number('champion_probe_accuracy'):.1%} ({number('probes_worse'):.0f} questions only the "
+            f"champion got right, {number('probes_better'):.0f} only the canary; evidence "
+            f"{number('quality_evidence'):.3g} >= {1 / policy.quality_alpha:.0f})"
         )
     name, label = metric.rsplit("_", 1)
     return (
-        f"canary {LABELS[name]} {label} {figures.get(f'canary_{metric}_ms', float('nan')):.1f} ms is "
-        f"x{figures.get(f'{metric}_ratio', float('nan')):.2f} the champion's "
-        f"{figures.get(f'champion_{metric}_ms', float('nan')):.1f} ms (above x{policy.latency_tolerance:g} "
-        f"with {1 - policy.alpha:.1%} confidence)"
+        f"canary {LABELS[name]} {label} {number(f'canary_{metric}_ms'):.1f} ms is x{number(f'{metric}_ratio'):.2f} "
+        f"the champion's {number(f'champion_{metric}_ms'):.1f} ms: slower than x{policy.latency_tolerance:g} with "
+        f"{_confidence(figures, metric, None, policy)}"
     )
 
 

@@ -1,9 +1,9 @@
 """A test-only Triton model: the real ``model.py`` (beside it as ``real_model.py``), failing a share of requests.
 
-Packaged by tests/faults/test_verdicts.py into a build's version folder, never shipped. The share
-comes from the config's ``FLAKY_FAIL_PERCENT`` parameter. A failed request gets Triton's error
-response (a 500 to its client) while the rest of the batch is answered by the real model, in the
-real model's transaction policy (decoupled or not).
+Packaged by tests/verdicts/test_verdicts.py into a build's version folder, never shipped. The share
+comes from ``fail_percent.txt`` beside it (the real model refuses config parameters it does not
+read). A failed request gets Triton's error response (a 500 to its client) while the rest of the
+batch is answered by the real model, in the real model's transaction policy (decoupled or not).
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ class TritonPythonModel(_real.TritonPythonModel):  # type: ignore[misc,name-defi
     def initialize(self, args: dict[str, str]) -> None:
         super().initialize(args)
         config = json.loads(args["model_config"])
-        self._fail = float(config["parameters"]["FLAKY_FAIL_PERCENT"]["string_value"]) / 100
+        self._fail = float(Path(__file__).with_name("fail_percent.txt").read_text()) / 100
         self._decoupled = pb_utils.using_decoupled_model_transaction_policy(config)
         self._draw = random.Random(20261204)
 
