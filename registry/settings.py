@@ -39,6 +39,11 @@ class RegistrySettings(BaseSettings):
         default=None, validation_alias=AliasChoices("MLFLOW_TRACKING_URI", "REGISTRY_TRACKING_URI")
     )
     project_dir: Path = Field(default_factory=_project_dir)
+    # Where the default store (.mlflow/) lives, when it is not the project folder. DVC runs an
+    # experiment (`dvc exp run --temp`, queued runs) in a copy under .dvc/tmp/exps/ that it deletes
+    # afterwards, and names the project's own root in DVC_ROOT: a build registered into the copy's
+    # store would vanish with it. The params still come from project_dir (the copy's, with `-S` applied).
+    store_dir: Path | None = Field(default=None, validation_alias=AliasChoices("REGISTRY_STORE_DIR", "DVC_ROOT"))
     backend_store_uri: str | None = None
     artifacts_destination: Path | None = None
     host: str = "127.0.0.1"
@@ -92,12 +97,17 @@ class RegistrySettings(BaseSettings):
         """The sqlite store the embedded default and ``make mlflow`` share."""
         if self.backend_store_uri:
             return self.backend_store_uri
-        return f"sqlite:///{self.project_dir / '.mlflow' / 'mlflow.db'}"
+        return f"sqlite:///{self.store_root / '.mlflow' / 'mlflow.db'}"
 
     @property
     def artifacts_dir(self) -> Path:
         """Where artifacts live on disk, for the server and for the embedded default."""
-        return self.artifacts_destination or self.project_dir / ".mlflow" / "artifacts"
+        return self.artifacts_destination or self.store_root / ".mlflow" / "artifacts"
+
+    @property
+    def store_root(self) -> Path:
+        """The folder whose ``.mlflow/`` holds the default store: the project's, from any DVC working copy."""
+        return self.store_dir or self.project_dir
 
     @property
     def effective_tracking_uri(self) -> str:
