@@ -16,16 +16,31 @@ import subprocess
 from pathlib import Path
 from typing import Any, TypeVar
 
+import numpy as np
 import yaml
+from google.protobuf import text_format
 from mlflow.exceptions import MlflowException
 from pydantic import BaseModel, ConfigDict, ValidationError
+from tritonclient.grpc import model_config_pb2 as pb
+from tritonclient.utils import triton_to_np_dtype
 
+from core.contract import CONFIG_FILE, parse_config
 from core.files import write_json
-from core.manifest import manifest_digest, model_digests
+from core.manifest import manifest_digest, model_digests, tree_digests
 from core.stage import StageError, run_stage
+from core.wording import accuracy_words
 from registry.errors import NotValidatedError, RegistryError
 from registry.events import Actor
-from registry.publish import Candidate, Lineage, Registration, Validation, publish
+from registry.publish import (
+    Candidate,
+    EvaluationSet,
+    Lineage,
+    Registration,
+    Signature,
+    Tensor,
+    Validation,
+    publish,
+)
 from registry.settings import RegistrySettings
 from registry.store import Store
 
@@ -48,6 +63,8 @@ class RegisterInputs(BaseModel):
     quantize_metrics: Path
     other_metrics: tuple[Path, ...] = ()
     triton_repo: Path
+    #: The golden set validate judged on (logged as the run's evaluation dataset); None logs none.
+    golden: Path | None = None
 
 
 class _ValidateMetrics(BaseModel):
@@ -61,6 +78,7 @@ class _ValidateMetrics(BaseModel):
     drop: float
     passed: bool
     config_errors: int | list[Any] = 0
+    questions: int | None = None
 
 
 class _PackageMetrics(BaseModel):
@@ -156,14 +174,46 @@ def git_state(folder: Path) -> tuple[str, bool]:
 
 
 def _failure_reason(metrics: _ValidateMetrics) -> str:
-    reasons = [
-        f"accuracy {metrics.accuracy:.4f} vs reference {metrics.reference_accuracy:.4f} (drop {metrics.drop:.4f})"
-    ]
+    reasons = [f"{accuracy_words(metrics.accuracy, metrics.drop)}, base {metrics.reference_accuracy:.1%}"]
     if metrics.config_errors:
         reasons.append(f"config errors: {metrics.config_errors}")
     extra = metrics.model_extra or {}
     reasons += [f"{key}: {extra[key]}" for key in ("reason", "reasons", "failures") if extra.get(key)]
     return "; ".join(reasons)
+
+
+def _numpy_dtype(data_type: int) -> str:
+    """A config.pbtxt data type as numpy names it (``TYPE_STRING`` is ``object``), by tritonclient's table."""
+    name = pb.DataType.Name(data_type)
+    dtype = triton_to_np_dtype(name.removeprefix("TYPE_").replace("STRING", "BYTES"))
+    if dtype is None:
+        raise StageError(f"config.pbtxt: data type {name} has no numpy equivalent")
+    return np.dtype(dtype).name
+
+
+def signature_of(config_file: Path) -> Signature:
+    """The packaged config's tensors (``-1`` first where Triton batches), for MLflow's version page."""
+    try:
+        config = parse_config(config_file.read_text())
+    except (OSError, text_format.ParseError) as exc:
+        raise StageError(f"{config_file}: cannot read its tensors ({exc}); rerun the package stage") from exc
+    batch = (-1,) if config.max_batch_size > 0 else ()
+
+    def tensors(specs: Any) -> tuple[Tensor, ...]:
+        return tuple(Tensor(name=t.name, dtype=_numpy_dtype(t.data_type), shape=(*batch, *t.dims)) for t in specs)
+
+    return Signature(inputs=tensors(config.input), outputs=tensors(config.output))
+
+
+def evaluation_set(golden: Path, questions: int | None) -> EvaluationSet:
+    """The golden folder as an MLflow dataset: a digest over its files and how many questions validate asked."""
+    if not golden.is_dir():
+        raise StageError(f"{golden}: not found or not a folder; run the golden stage (`dvc repro`)")
+    files = tree_digests(golden)
+    profile = {"files": len(files)} | ({"questions": questions} if questions is not None else {})
+    return EvaluationSet(
+        name=golden.name, source=golden.as_posix(), digest=manifest_digest(files)[:16], profile=profile
+    )
 
 
 def build_candidate(inputs: RegisterInputs) -> Candidate:
@@ -202,7 +252,6 @@ def build_candidate(inputs: RegisterInputs) -> Candidate:
         params.update(others)
     commit, dirty = git_state(inputs.params.resolve().parent)
     return Candidate(
-        triton_model=package.model,
         package_model=package.triton_model,
         package_version=str(package.version),
         model_dir=model_dir,
@@ -220,6 +269,8 @@ def build_candidate(inputs: RegisterInputs) -> Candidate:
         validation=Validation(passed=True, accuracy=validate.accuracy, drop=validate.drop, reason="passed"),
         params=params,
         metrics=metrics,
+        signature=signature_of(model_dir / CONFIG_FILE),
+        evaluation=evaluation_set(inputs.golden, validate.questions) if inputs.golden is not None else None,
     )
 
 
@@ -238,6 +289,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quantize", type=Path, required=True, help="quantize stage metrics JSON")
     parser.add_argument("--metrics", type=Path, nargs="*", default=[], help="other stages' metrics to log")
     parser.add_argument("--triton-repo", type=Path, required=True)
+    parser.add_argument("--golden", type=Path, required=True, help="the golden set folder validate judged on")
     parser.add_argument("--out", type=Path, required=True, help="where to write register.json")
     args = parser.parse_args(argv)
     inputs = RegisterInputs(
@@ -248,6 +300,7 @@ def main(argv: list[str] | None = None) -> int:
         quantize_metrics=args.quantize,
         other_metrics=tuple(args.metrics),
         triton_repo=args.triton_repo,
+        golden=args.golden,
     )
 
     def body() -> str:
