@@ -218,7 +218,7 @@ def describe_version(candidate: Candidate) -> str:
     dirty = " (uncommitted changes)" if lineage.dirty else ""
     golden = candidate.evaluation
     questions = golden.profile.get("questions") if golden is not None else None
-    judged = f" on the golden set ({questions} questions)" if questions else ""
+    judged = f" on the golden set ({questions} question{'s' if questions != 1 else ''})" if questions else ""
     return (
         f"Build {candidate.package_model}, {candidate.quantization}: "
         f"{accuracy_words(validation.accuracy, validation.drop)}{judged}. "

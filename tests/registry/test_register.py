@@ -146,7 +146,7 @@ def test_the_version_shows_its_accuracy_signature_and_evaluation_set_where_mlflo
     registration = stage.register(inputs, settings, Actor(name="t"))
     version = store.client.get_model_version(settings.model_name, str(registration.version))
 
-    assert "accuracy 89.7% (2.3 points lower than the base model) on the golden set (1 questions)" in (
+    assert "accuracy 89.7% (2.3 points lower than the base model) on the golden set (1 question)" in (
         version.description
     )
     assert "drop" not in version.description and "+0." not in version.description
