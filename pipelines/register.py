@@ -16,31 +16,19 @@ import subprocess
 from pathlib import Path
 from typing import Any, TypeVar
 
-import numpy as np
 import yaml
-from google.protobuf import text_format
 from mlflow.exceptions import MlflowException
 from pydantic import BaseModel, ConfigDict, ValidationError
-from tritonclient.grpc import model_config_pb2 as pb
-from tritonclient.utils import triton_to_np_dtype
 
-from core.contract import CONFIG_FILE, parse_config
+from core.contract import CONFIG_FILE
 from core.files import write_json
-from core.manifest import manifest_digest, model_digests, tree_digests
+from core.manifest import manifest_digest, model_digests
 from core.stage import StageError, run_stage
 from core.wording import accuracy_words
+from registry.card import evaluation_set, signature_of
 from registry.errors import NotValidatedError, RegistryError
 from registry.events import Actor
-from registry.publish import (
-    Candidate,
-    EvaluationSet,
-    Lineage,
-    Registration,
-    Signature,
-    Tensor,
-    Validation,
-    publish,
-)
+from registry.publish import Candidate, Lineage, Registration, Validation, publish
 from registry.settings import RegistrySettings
 from registry.store import Store
 
@@ -180,40 +168,6 @@ def _failure_reason(metrics: _ValidateMetrics) -> str:
     extra = metrics.model_extra or {}
     reasons += [f"{key}: {extra[key]}" for key in ("reason", "reasons", "failures") if extra.get(key)]
     return "; ".join(reasons)
-
-
-def _numpy_dtype(data_type: int) -> str:
-    """A config.pbtxt data type as numpy names it (``TYPE_STRING`` is ``object``), by tritonclient's table."""
-    name = pb.DataType.Name(data_type)
-    dtype = triton_to_np_dtype(name.removeprefix("TYPE_").replace("STRING", "BYTES"))
-    if dtype is None:
-        raise StageError(f"config.pbtxt: data type {name} has no numpy equivalent")
-    return np.dtype(dtype).name
-
-
-def signature_of(config_file: Path) -> Signature:
-    """The packaged config's tensors (``-1`` first where Triton batches), for MLflow's version page."""
-    try:
-        config = parse_config(config_file.read_text())
-    except (OSError, text_format.ParseError) as exc:
-        raise StageError(f"{config_file}: cannot read its tensors ({exc}); rerun the package stage") from exc
-    batch = (-1,) if config.max_batch_size > 0 else ()
-
-    def tensors(specs: Any) -> tuple[Tensor, ...]:
-        return tuple(Tensor(name=t.name, dtype=_numpy_dtype(t.data_type), shape=(*batch, *t.dims)) for t in specs)
-
-    return Signature(inputs=tensors(config.input), outputs=tensors(config.output))
-
-
-def evaluation_set(golden: Path, questions: int | None) -> EvaluationSet:
-    """The golden folder as an MLflow dataset: a digest over its files and how many questions validate asked."""
-    if not golden.is_dir():
-        raise StageError(f"{golden}: not found or not a folder; run the golden stage (`dvc repro`)")
-    files = tree_digests(golden)
-    profile = {"files": len(files)} | ({"questions": questions} if questions is not None else {})
-    return EvaluationSet(
-        name=golden.name, source=golden.as_posix(), digest=manifest_digest(files)[:16], profile=profile
-    )
 
 
 def build_candidate(inputs: RegisterInputs) -> Candidate:

@@ -19,8 +19,9 @@ from pydantic import BaseModel
 from core.files import atomic_dir
 from core.names import check_model_name, served_model_name
 from registry import manifest
+from registry.card import MLMODEL_FILE
 from registry.errors import NotFoundError, RegistryError, TamperedArtifactError
-from registry.publish import ARTIFACT_DIR, MLMODEL_FILE
+from registry.publish import ARTIFACT_DIR
 from registry.state import VersionInfo, get_version, read_state
 from registry.store import Store
 

@@ -16,22 +16,29 @@ found by its tags and made the candidate again, never duplicated.
 
 from __future__ import annotations
 
-import json
 import logging
 import re
 import tempfile
 from pathlib import Path
 
-from mlflow.entities import Dataset, DatasetInput, InputTag, Metric, Param, RunStatus, RunTag
+from mlflow.entities import Metric, Param, RunStatus, RunTag
 from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
-from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT, MLFLOW_RUN_NOTE
+from mlflow.utils.mlflow_tags import MLFLOW_RUN_NOTE
 from pydantic import BaseModel, ConfigDict
 
 from core.manifest import VERSION_KEY, manifest_digest, model_digests
 from core.names import served_model_name
 from core.wording import accuracy_words
 from registry import manifest, rollout, state
+from registry.card import (
+    MLMODEL_FILE,
+    EvaluationSet,
+    Signature,
+    log_evaluation_set,
+    model_description,
+    write_mlmodel,
+)
 from registry.errors import ConcurrentChangeError, NotValidatedError, UpstreamError
 from registry.events import Actor, now
 from registry.state import read_state
@@ -44,9 +51,6 @@ ARTIFACT_DIR = "model"
 VERSION_DIR = VERSION_KEY
 CONFIG = "config.pbtxt"
 CANDIDATE = "candidate"
-#: MLflow's model descriptor in ``model/``: the UI reads the version's schema from it. Materialize
-#: drops it: it describes the version, it is not part of what Triton serves.
-MLMODEL_FILE = "MLmodel"
 
 
 class Lineage(BaseModel):
@@ -65,39 +69,6 @@ class Validation(BaseModel):
     accuracy: float
     drop: float
     reason: str
-
-
-class Tensor(BaseModel):
-    """One tensor of the served contract, as numpy names its type; ``-1`` is a variable dimension."""
-
-    model_config = ConfigDict(frozen=True)
-
-    name: str
-    dtype: str
-    shape: tuple[int, ...]
-
-
-class Signature(BaseModel):
-    """The packaged config's inputs and outputs: what the version page's schema shows."""
-
-    model_config = ConfigDict(frozen=True)
-
-    inputs: tuple[Tensor, ...]
-    outputs: tuple[Tensor, ...]
-
-
-class EvaluationSet(BaseModel):
-    """The golden set validate judged the build on: logged as the run's evaluation dataset."""
-
-    model_config = ConfigDict(frozen=True)
-
-    name: str
-    #: Where it lives, as the stage was given it (``artifacts/golden``, a DVC output).
-    source: str
-    #: Short sha256 over its files (MLflow keeps at most 36 characters).
-    digest: str
-    #: What the UI lists beside it: ``questions`` (the rows validate asked) and ``files``.
-    profile: dict[str, int]
 
 
 class Candidate(BaseModel):
@@ -179,39 +150,6 @@ def _log_run_data(store: Store, run_id: str, candidate: Candidate, tags: dict[st
         store.client.log_batch(run_id, metrics=metrics[start : start + 1000])
 
 
-def _log_evaluation_set(store: Store, run_id: str, golden: EvaluationSet) -> None:
-    dataset = Dataset(
-        name=golden.name,
-        digest=golden.digest,
-        source_type="local",
-        source=json.dumps({"uri": golden.source}),
-        profile=json.dumps(golden.profile, sort_keys=True),
-    )
-    store.client.log_inputs(
-        run_id, datasets=[DatasetInput(dataset, tags=[InputTag(MLFLOW_DATASET_CONTEXT, "evaluation")])]
-    )
-
-
-def _mlmodel(run_id: str, signature: Signature, folder: Path) -> Path:
-    """Write MLflow's ``MLmodel`` descriptor with the tensor signature (no flavor: Triton serves it)."""
-    import numpy as np
-
-    # ModelSignature needs pandas, which the gateway image (which imports this module) lacks; only
-    # registering, in the project's environment, gets here.
-    from mlflow.models import Model
-    from mlflow.models.signature import ModelSignature
-    from mlflow.types import Schema, TensorSpec
-
-    def schema(tensors: tuple[Tensor, ...]) -> Schema:
-        return Schema([TensorSpec(np.dtype(t.dtype), t.shape, t.name) for t in tensors])
-
-    path = folder / MLMODEL_FILE
-    model = Model(artifact_path=ARTIFACT_DIR, run_id=run_id)
-    model.signature = ModelSignature(inputs=schema(signature.inputs), outputs=schema(signature.outputs))
-    model.save(str(path))
-    return path
-
-
 def describe_version(candidate: Candidate) -> str:
     """The version's description: what a person asks first, in words (Markdown-safe)."""
     validation, lineage = candidate.validation, candidate.lineage
@@ -241,22 +179,11 @@ def _upload(store: Store, run_id: str, artifact_uri: str, candidate: Candidate, 
         store.upload_file(artifact_uri, _local(candidate, key), folder)
     with tempfile.TemporaryDirectory(prefix="register-manifest-") as tmp:
         if candidate.signature is not None:
-            store.upload_file(artifact_uri, _mlmodel(run_id, candidate.signature, Path(tmp)), ARTIFACT_DIR)
+            mlmodel = write_mlmodel(run_id, ARTIFACT_DIR, candidate.signature, Path(tmp))
+            store.upload_file(artifact_uri, mlmodel, ARTIFACT_DIR)
         path = Path(tmp) / manifest.MANIFEST_FILE
         path.write_bytes(manifest_bytes)
         store.upload_file(artifact_uri, path, None)
-
-
-def model_description(model: str) -> str:
-    """The registered model's description. Plain words and code spans: the UI renders it as Markdown,
-    which took a ``<triton.model>`` placeholder for an HTML tag and showed "its own Triton model -v."."""
-    return (
-        "Qwen3-VL Triton model builds, one version per validated `dvc repro`. Aliases: candidate "
-        "(validated), canary (taking a share of traffic), champion (taking the rest), previous-champion. "
-        "Each version is served as its own Triton model, named in the version's triton.model tag: "
-        f"version 3 is `{served_model_name(model, 3)}`. A version's page shows its accuracy and its "
-        "tensor signature; its source run holds the golden set it was judged on and every stage's figures."
-    )
 
 
 def _ensure_registered_model(store: Store) -> None:
@@ -309,7 +236,7 @@ def _create_version(store: Store, candidate: Candidate, actor: Actor) -> ModelVe
     try:
         _log_run_data(store, run_id, candidate, run_tags)
         if candidate.evaluation is not None:
-            _log_evaluation_set(store, run_id, candidate.evaluation)
+            log_evaluation_set(store, run_id, candidate.evaluation)
         _upload(store, run_id, run.info.artifact_uri, candidate, manifest_bytes)
         if model_digests(candidate.model_dir, candidate.version_dir.name) != candidate.files:
             raise NotValidatedError(
