@@ -76,15 +76,6 @@ def judge(questions: Sequence[Question], predictions: Sequence[str]) -> list[Ans
     ]
 
 
-def describe_drop(drop: float) -> str:
-    """A change in accuracy in words: ``0.0033`` is "0.3 points lower", ``-0.01`` "1.0 point higher"."""
-    points = abs(drop) * 100
-    if round(points, 1) == 0:
-        return "no change"
-    unit = "point" if round(points, 1) == 1 else "points"
-    return f"{points:.1f} {unit} {'lower' if drop > 0 else 'higher'}"
-
-
 def chat_messages(question: str) -> list[dict[str, Any]]:
     """The single-turn conversation used for golden questions (image first, then the text)."""
     return [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": question}]}]

@@ -3,6 +3,11 @@
 bitsandbytes on the CPU changes a 4-bit model's quant state once it has run a forward pass, and a
 checkpoint saved after that reloads with lower accuracy. So ``quantize_checkpoint`` loads, quantizes
 and saves, and the in-memory model never runs; callers evaluate a fresh reload of what was saved.
+
+The saved files must not depend on the machine or the shell: transformers writes the tokenizer's
+load-time ``local_files_only`` into ``tokenizer_config.json``, and it is true only where
+``HF_HUB_OFFLINE`` is set, so the same build differed by one byte between a ``make`` run and a
+plain ``dvc repro``. The source is always a local folder, so it is loaded with the hub off.
 """
 
 from __future__ import annotations
@@ -60,6 +65,13 @@ def quantize_checkpoint(source: Path, out: Path, params: QuantizeParams, device:
             checkpoint.copy_checkpoint(source, tmp)
             return
         # No forward pass between loading and saving: see the module docstring.
-        processor, model = checkpoint.load(source, device, dtype, quantization_config=config)
+        _, model = checkpoint.load(source, device, dtype, quantization_config=config)
         model.save_pretrained(tmp)
-        processor.save_pretrained(tmp)
+        _local_processor(source).save_pretrained(tmp)
+
+
+def _local_processor(source: Path) -> Any:
+    """The processor of a local checkpoint, loaded as it is offline (see the module docstring)."""
+    from transformers import AutoProcessor
+
+    return AutoProcessor.from_pretrained(source, local_files_only=True)

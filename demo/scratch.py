@@ -92,7 +92,7 @@ def register_build(env: dict[str, str], out: Path) -> None:
             sys.executable, "-m", "pipelines.register", "--params", "params.yaml", "--lock", "dvc.lock",
             "--validate", "metrics/validate.json", "--package", "metrics/package.json",
             "--quantize", "metrics/quantize.json", "--metrics", "metrics/base_model.json",
-            "--triton-repo", "triton-models", "--out", str(out),
+            "--triton-repo", "triton-models", "--golden", "artifacts/golden", "--out", str(out),
         ],
         env,
         "registering the build",

@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from core.evaluate import describe_drop
+from core.wording import describe_drop
 
 # (stage, metric key, label, format)
 ROWS: tuple[tuple[str, str, str, str], ...] = (

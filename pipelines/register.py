@@ -20,9 +20,12 @@ import yaml
 from mlflow.exceptions import MlflowException
 from pydantic import BaseModel, ConfigDict, ValidationError
 
+from core.contract import CONFIG_FILE
 from core.files import write_json
 from core.manifest import manifest_digest, model_digests
 from core.stage import StageError, run_stage
+from core.wording import accuracy_words
+from registry.card import evaluation_set, signature_of
 from registry.errors import NotValidatedError, RegistryError
 from registry.events import Actor
 from registry.publish import Candidate, Lineage, Registration, Validation, publish
@@ -48,6 +51,8 @@ class RegisterInputs(BaseModel):
     quantize_metrics: Path
     other_metrics: tuple[Path, ...] = ()
     triton_repo: Path
+    #: The golden set validate judged on (logged as the run's evaluation dataset); None logs none.
+    golden: Path | None = None
 
 
 class _ValidateMetrics(BaseModel):
@@ -61,6 +66,7 @@ class _ValidateMetrics(BaseModel):
     drop: float
     passed: bool
     config_errors: int | list[Any] = 0
+    questions: int | None = None
 
 
 class _PackageMetrics(BaseModel):
@@ -156,9 +162,7 @@ def git_state(folder: Path) -> tuple[str, bool]:
 
 
 def _failure_reason(metrics: _ValidateMetrics) -> str:
-    reasons = [
-        f"accuracy {metrics.accuracy:.4f} vs reference {metrics.reference_accuracy:.4f} (drop {metrics.drop:.4f})"
-    ]
+    reasons = [f"{accuracy_words(metrics.accuracy, metrics.drop)}, base {metrics.reference_accuracy:.1%}"]
     if metrics.config_errors:
         reasons.append(f"config errors: {metrics.config_errors}")
     extra = metrics.model_extra or {}
@@ -202,7 +206,6 @@ def build_candidate(inputs: RegisterInputs) -> Candidate:
         params.update(others)
     commit, dirty = git_state(inputs.params.resolve().parent)
     return Candidate(
-        triton_model=package.model,
         package_model=package.triton_model,
         package_version=str(package.version),
         model_dir=model_dir,
@@ -220,6 +223,8 @@ def build_candidate(inputs: RegisterInputs) -> Candidate:
         validation=Validation(passed=True, accuracy=validate.accuracy, drop=validate.drop, reason="passed"),
         params=params,
         metrics=metrics,
+        signature=signature_of(model_dir / CONFIG_FILE),
+        evaluation=evaluation_set(inputs.golden, validate.questions) if inputs.golden is not None else None,
     )
 
 
@@ -238,6 +243,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quantize", type=Path, required=True, help="quantize stage metrics JSON")
     parser.add_argument("--metrics", type=Path, nargs="*", default=[], help="other stages' metrics to log")
     parser.add_argument("--triton-repo", type=Path, required=True)
+    parser.add_argument("--golden", type=Path, required=True, help="the golden set folder validate judged on")
     parser.add_argument("--out", type=Path, required=True, help="where to write register.json")
     args = parser.parse_args(argv)
     inputs = RegisterInputs(
@@ -248,6 +254,7 @@ def main(argv: list[str] | None = None) -> int:
         quantize_metrics=args.quantize,
         other_metrics=tuple(args.metrics),
         triton_repo=args.triton_repo,
+        golden=args.golden,
     )
 
     def body() -> str:

@@ -21,12 +21,13 @@ from pathlib import Path
 from typing import Any
 
 from core.contract import CONFIG_FILE
-from core.evaluate import Answer, Question, describe_drop
+from core.evaluate import Answer, Question
 from core.files import atomic_dir, write_json
 from core.golden import load_questions, read_answers, write_answers
 from core.manifest import manifest_digest, model_digests
 from core.params import load_group
 from core.stage import StageError, run_stage
+from core.wording import describe_drop
 from validation.accuracy import (
     GateParams,
     PairedComparison,

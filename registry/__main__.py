@@ -14,6 +14,7 @@ from mlflow.exceptions import MlflowException
 from pydantic import ValidationError
 
 from core.rollout_policy import RolloutPolicy
+from core.wording import accuracy_words
 from registry import events, materialize, rollout, server
 from registry.errors import ConcurrentChangeError, RegistryError
 from registry.events import Actor, Event
@@ -101,9 +102,10 @@ def _line(alias: str, lineage: Lineage | None, weight: int) -> str:
         return f"  {alias:<18} -"
     share = f"  {weight}% of traffic" if alias == "canary" else ""
     dirty = " (dirty)" if lineage.dirty else ""
+    accuracy = "no accuracy recorded" if lineage.accuracy is None else accuracy_words(lineage.accuracy, lineage.drop)
     return (
         f"  {alias:<18} v{lineage.version}{share}\n"
-        f"  {'':<18} accuracy {_fmt(lineage.accuracy, '.4f')} (drop {_fmt(lineage.drop, '+.4f')}), "
+        f"  {'':<18} {accuracy}, "
         f"{lineage.quantization or '-'}, {lineage.size_bytes if lineage.size_bytes is not None else '-'} bytes\n"
         f"  {'':<18} commit {(lineage.commit or '-')[:12]}{dirty}, dvc.lock {(lineage.dvc_lock_sha256 or '-')[:12]}, "
         f"files {(lineage.served_digest or '-')[:12]}, run {lineage.run_id or '-'}"

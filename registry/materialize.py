@@ -1,9 +1,11 @@
 """Materialize registered versions for serving: one verified folder per version, written atomically.
 
-Each served version is its own Triton model (``core.names.served_model_name(triton.model, N)``), so a
-version materializes on its own: ``dest/{config.pbtxt, warmup/, version/}`` exactly as registered,
-every file checked against the run's manifest.json, which is itself checked against the version's
-tags. The serving side turns such a folder into a Triton model (``version/`` becomes ``N/``).
+Each served version is its own Triton model (``core.names.served_model_name(model, N)``, which the
+version's ``triton.model`` tag names), so a version materializes on its own:
+``dest/{config.pbtxt, warmup/, version/}`` exactly as registered, every file checked against the
+run's manifest.json, which is itself checked against the version's tags. The serving side turns
+such a folder into a Triton model (``version/`` becomes ``N/``). The artifact's ``MLmodel`` (the
+signature MLflow's UI shows) is not served and is left out.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from pydantic import BaseModel
 from core.files import atomic_dir
 from core.names import check_model_name, served_model_name
 from registry import manifest
+from registry.card import MLMODEL_FILE
 from registry.errors import NotFoundError, RegistryError, TamperedArtifactError
 from registry.publish import ARTIFACT_DIR
 from registry.state import VersionInfo, get_version, read_state
@@ -28,6 +31,7 @@ log = logging.getLogger(__name__)
 class MaterializedVersion(BaseModel):
     version: int
     folder: Path
+    #: The registered model, whose name the served Triton models derive from.
     triton_model: str
     #: The Triton model name that serves this version (``<triton_model>-v<version>``).
     served_model: str
@@ -42,11 +46,19 @@ class Materialized(BaseModel):
 
 
 def _triton_model(store: Store, info: VersionInfo) -> str:
-    # The name comes from an (unauthenticated) tag and becomes a folder and a Triton model name.
+    """The Triton model that serves ``info``: ``<model>-v<N>``, the name the controller loads."""
+    # The tag is unauthenticated: a path in it is refused outright, whatever else reads it.
     try:
-        return check_model_name(info.triton_model or "", "Triton model name")
+        tag = check_model_name(info.triton_model or "", "Triton model name")
     except ValueError as exc:
         raise RegistryError(f"{store.model} v{info.version}: its triton.model tag is refused: {exc}") from exc
+    served = served_model_name(store.model, info.version)
+    # A version registered before the tag named the served model holds the bare model name.
+    if tag not in (served, store.model):
+        log.warning(
+            "%s v%d: its triton.model tag says %r, but it is served as %s", store.model, info.version, tag, served
+        )
+    return served
 
 
 def _run_root(info: VersionInfo, label: str) -> str:
@@ -82,6 +94,9 @@ def materialize_version(store: Store, version: int, dest: Path) -> Path:
     # atomic_dir's temp sibling is removed on failure and replaces dest only once verified.
     with atomic_dir(dest) as tmp:
         store.download(info.source, tmp)
+        descriptor = tmp / MLMODEL_FILE
+        if descriptor.is_file() and not descriptor.is_symlink():
+            descriptor.unlink()
         manifest.verify(tmp, expected, info.source)
     log.info("materialized %s v%d into %s (%d files verified)", store.model, version, dest, len(expected))
     return dest
@@ -96,10 +111,10 @@ def materialize_serving(store: Store, out: Path) -> Materialized:
         if version is None:
             continue
         info = get_version(store, version)
-        model = _triton_model(store, info)
+        served = _triton_model(store, info)
         folder = materialize_version(store, version, out / str(version))
         found[alias] = MaterializedVersion(
-            version=version, folder=folder, triton_model=model, served_model=served_model_name(model, version)
+            version=version, folder=folder, triton_model=store.model, served_model=served
         )
     if not found:
         raise NotFoundError(

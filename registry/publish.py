@@ -6,9 +6,12 @@ The run's artifacts::
     model/config.pbtxt      the Triton model config as packaged
     model/warmup/...        any other model-level file the config refers to
     model/version/...       the Triton version folder (model.py and weights); never bytecode
+    model/MLmodel           the tensor contract as an MLflow signature, for the UI only (never served)
 
-``model/`` is the model version's source. Registering is idempotent: a version with the same served
-digest and params digest is found by its tags and made the candidate again, never duplicated.
+``model/`` is the model version's source. The run also carries what MLflow's UI shows in its own
+places: the stages' figures as metrics, the golden set as its evaluation dataset, and a description
+in words. Registering is idempotent: a version with the same served digest and params digest is
+found by its tags and made the candidate again, never duplicated.
 """
 
 from __future__ import annotations
@@ -21,10 +24,21 @@ from pathlib import Path
 from mlflow.entities import Metric, Param, RunStatus, RunTag
 from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
+from mlflow.utils.mlflow_tags import MLFLOW_RUN_NOTE
 from pydantic import BaseModel, ConfigDict
 
 from core.manifest import VERSION_KEY, manifest_digest, model_digests
+from core.names import served_model_name
+from core.wording import accuracy_words
 from registry import manifest, rollout, state
+from registry.card import (
+    MLMODEL_FILE,
+    EvaluationSet,
+    Signature,
+    log_evaluation_set,
+    model_description,
+    write_mlmodel,
+)
 from registry.errors import ConcurrentChangeError, NotValidatedError, UpstreamError
 from registry.events import Actor, now
 from registry.state import read_state
@@ -62,8 +76,6 @@ class Candidate(BaseModel):
 
     model_config = ConfigDict(frozen=True)
 
-    #: The model name the served Triton models derive from (``<triton_model>-v<N>``).
-    triton_model: str
     #: The packaged folder's name and version (``qwen3-vl-v1``, ``1``), for the run's lineage.
     package_model: str
     package_version: str
@@ -78,6 +90,8 @@ class Candidate(BaseModel):
     validation: Validation
     params: dict[str, str]
     metrics: dict[str, float]
+    signature: Signature | None = None
+    evaluation: EvaluationSet | None = None
 
 
 class Registration(BaseModel):
@@ -97,10 +111,13 @@ def check_model_dir(model_dir: Path) -> None:
         raise UpstreamError(f"{model_dir / CONFIG}: not found; the package stage writes it")
     if (model_dir / VERSION_DIR).exists():
         raise UpstreamError(f"{model_dir / VERSION_DIR}: this name is reserved for the version folder")
+    if (model_dir / MLMODEL_FILE).exists():
+        raise UpstreamError(f"{model_dir / MLMODEL_FILE}: this name is reserved for the version's MLflow signature")
 
 
 def version_tags(candidate: Candidate, manifest_sha256: str) -> dict[str, str]:
-    """The dozen tags a person reads on the version page."""
+    """The tags a person reads on the version page, but ``triton.model``: the served name holds the
+    version's number, known once the version exists (``_name_served_model``)."""
     lineage = candidate.lineage
     return {
         state.TAG_COMMIT: lineage.commit,
@@ -111,7 +128,6 @@ def version_tags(candidate: Candidate, manifest_sha256: str) -> dict[str, str]:
         state.TAG_ACCURACY: repr(candidate.validation.accuracy),
         state.TAG_DROP: repr(candidate.validation.drop),
         state.TAG_SIZE: str(candidate.size_bytes),
-        state.TAG_TRITON_MODEL: candidate.triton_model,
         state.TAG_SERVED_DIGEST: candidate.served_digest,
         state.TAG_MANIFEST: manifest_sha256,
     }
@@ -134,34 +150,60 @@ def _log_run_data(store: Store, run_id: str, candidate: Candidate, tags: dict[st
         store.client.log_batch(run_id, metrics=metrics[start : start + 1000])
 
 
+def describe_version(candidate: Candidate) -> str:
+    """The version's description: what a person asks first, in words (Markdown-safe)."""
+    validation, lineage = candidate.validation, candidate.lineage
+    dirty = " (uncommitted changes)" if lineage.dirty else ""
+    golden = candidate.evaluation
+    questions = golden.profile.get("questions") if golden is not None else None
+    judged = f" on the golden set ({questions} question{'s' if questions != 1 else ''})" if questions else ""
+    return (
+        f"Build {candidate.package_model}, {candidate.quantization}: "
+        f"{accuracy_words(validation.accuracy, validation.drop)}{judged}. "
+        f"{candidate.size_bytes:,} bytes; commit {lineage.commit[:12]}{dirty}. "
+        f"Every stage's figures are the source run's metrics; per-file sha256 in its {manifest.MANIFEST_FILE}."
+    )
+
+
 def _local(candidate: Candidate, key: str) -> Path:
     """The packaged file behind a manifest key (``version/...`` is the numbered version folder)."""
     head, _, rest = key.partition("/")
     return candidate.version_dir / rest if head == VERSION_DIR and rest else candidate.model_dir / key
 
 
-def _upload(store: Store, artifact_uri: str, candidate: Candidate, manifest_bytes: bytes) -> None:
-    """Exactly the manifest's files, one by one (a folder upload would take bytecode along), then the manifest."""
+def _upload(store: Store, run_id: str, artifact_uri: str, candidate: Candidate, manifest_bytes: bytes) -> None:
+    """Exactly the manifest's files, one by one (a folder upload would take bytecode along), the
+    signature's MLmodel, then the manifest."""
     for key in sorted(candidate.files):
         folder = f"{ARTIFACT_DIR}/{key}".rpartition("/")[0]
         store.upload_file(artifact_uri, _local(candidate, key), folder)
     with tempfile.TemporaryDirectory(prefix="register-manifest-") as tmp:
+        if candidate.signature is not None:
+            mlmodel = write_mlmodel(run_id, ARTIFACT_DIR, candidate.signature, Path(tmp))
+            store.upload_file(artifact_uri, mlmodel, ARTIFACT_DIR)
         path = Path(tmp) / manifest.MANIFEST_FILE
         path.write_bytes(manifest_bytes)
         store.upload_file(artifact_uri, path, None)
 
 
 def _ensure_registered_model(store: Store) -> None:
+    description = model_description(store.model)
     try:
-        store.client.create_registered_model(
-            store.model,
-            description="Qwen3-VL Triton model builds. Aliases: candidate (validated), canary (taking a share "
-            "of traffic), champion (taking the rest), previous-champion. Each version is served as its own "
-            "Triton model <triton.model>-v<version>.",
-        )
+        store.client.create_registered_model(store.model, description=description)
+        return
     except MlflowException as exc:
         if error_code(exc) != ALREADY_EXISTS:
             raise
+    # A store from an earlier release keeps the description it was created with; this one is current.
+    if store.client.get_registered_model(store.model).description != description:
+        store.client.update_registered_model(store.model, description=description)
+
+
+def _name_served_model(store: Store, version: ModelVersion) -> None:
+    """Tag the version with the Triton model that serves it (``qwen3-vl-v1``), once its number exists."""
+    served = served_model_name(store.model, int(version.version))
+    if (version.tags or {}).get(state.TAG_TRITON_MODEL) != served:
+        store.client.set_model_version_tag(store.model, str(version.version), state.TAG_TRITON_MODEL, served)
 
 
 def find_registered(store: Store, candidate: Candidate) -> ModelVersion | None:
@@ -178,9 +220,11 @@ def _create_version(store: Store, candidate: Candidate, actor: Actor) -> ModelVe
     """Log the run with its artifacts and manifest, then create the model version."""
     manifest_bytes = manifest.to_bytes(candidate.files)
     tags = version_tags(candidate, manifest.sha256_bytes(manifest_bytes))
+    description = describe_version(candidate)
     run_tags = {
         **tags,
         "mlflow.source.git.commit": candidate.lineage.commit,
+        MLFLOW_RUN_NOTE: description,
         "package.model": candidate.package_model,
         "package.version": candidate.package_version,
     }
@@ -191,7 +235,9 @@ def _create_version(store: Store, candidate: Candidate, actor: Actor) -> ModelVe
     run_id = run.info.run_id
     try:
         _log_run_data(store, run_id, candidate, run_tags)
-        _upload(store, run.info.artifact_uri, candidate, manifest_bytes)
+        if candidate.evaluation is not None:
+            log_evaluation_set(store, run_id, candidate.evaluation)
+        _upload(store, run_id, run.info.artifact_uri, candidate, manifest_bytes)
         if model_digests(candidate.model_dir, candidate.version_dir.name) != candidate.files:
             raise NotValidatedError(
                 f"{candidate.model_dir} changed while it was being uploaded; nothing was registered. "
@@ -202,17 +248,8 @@ def _create_version(store: Store, candidate: Candidate, actor: Actor) -> ModelVe
         raise
     store.client.set_terminated(run_id, RunStatus.to_string(RunStatus.FINISHED))
     _ensure_registered_model(store)
-    dirty = " (dirty)" if candidate.lineage.dirty else ""
     return store.client.create_model_version(
-        store.model,
-        source=f"{run.info.artifact_uri}/{ARTIFACT_DIR}",
-        run_id=run_id,
-        tags=tags,
-        description=(
-            f"{candidate.package_model} {candidate.quantization}: accuracy {candidate.validation.accuracy:.4f} "
-            f"(drop {candidate.validation.drop:+.4f}), {candidate.size_bytes} bytes, "
-            f"commit {candidate.lineage.commit[:12]}{dirty}. Per-file sha256: the run's {manifest.MANIFEST_FILE}."
-        ),
+        store.model, source=f"{run.info.artifact_uri}/{ARTIFACT_DIR}", run_id=run_id, tags=tags, description=description
     )
 
 
@@ -248,6 +285,8 @@ def publish(store: Store, candidate: Candidate, actor: Actor) -> Registration:
     check_model_dir(candidate.model_dir)
     existing = find_registered(store, candidate)
     version = existing if existing is not None else _create_version(store, candidate, actor)
+    # Also on a rerun: a run that died right after creating the version left it unnamed.
+    _name_served_model(store, version)
     number = int(version.version)
     if existing is not None:
         log.info("%s v%d already holds these files and params; not registering a duplicate", store.model, number)

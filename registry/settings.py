@@ -23,6 +23,20 @@ def _project_dir() -> Path:
     return Path(__file__).resolve().parent.parent
 
 
+def _experiment_copy(project_dir: Path, dvc_root: Path) -> Path | None:
+    """The root of the DVC experiment copy ``project_dir`` lies in (its nearest folder holding ``.dvc/``
+    under ``<dvc_root>/.dvc/tmp/exps/``), or None outside one."""
+    exps, folder = (dvc_root / ".dvc" / "tmp" / "exps").resolve(), project_dir.resolve()
+    if exps not in folder.parents:
+        return None
+    for candidate in (folder, *folder.parents):
+        if candidate == exps:
+            return None
+        if (candidate / ".dvc").is_dir():
+            return candidate
+    return None
+
+
 class RegistrySettings(BaseSettings):
     """MLflow location and names. Environment: ``REGISTRY_*``, plus ``MLFLOW_TRACKING_URI``."""
 
@@ -36,6 +50,11 @@ class RegistrySettings(BaseSettings):
         default=None, validation_alias=AliasChoices("MLFLOW_TRACKING_URI", "REGISTRY_TRACKING_URI")
     )
     project_dir: Path = Field(default_factory=_project_dir)
+    # Where the default store (.mlflow/) lives, when it is not the project folder (see store_root).
+    store_dir: Path | None = None
+    # Set by DVC for every stage: the repository's root; in `dvc exp run --temp` and queued runs,
+    # the root of the repository the experiment copy was made from.
+    dvc_root: Path | None = Field(default=None, validation_alias="DVC_ROOT")
     backend_store_uri: str | None = None
     artifacts_destination: Path | None = None
     host: str = "127.0.0.1"
@@ -89,12 +108,27 @@ class RegistrySettings(BaseSettings):
         """The sqlite store the embedded default and ``make mlflow`` share."""
         if self.backend_store_uri:
             return self.backend_store_uri
-        return f"sqlite:///{self.project_dir / '.mlflow' / 'mlflow.db'}"
+        return f"sqlite:///{self.store_root / '.mlflow' / 'mlflow.db'}"
 
     @property
     def artifacts_dir(self) -> Path:
         """Where artifacts live on disk, for the server and for the embedded default."""
-        return self.artifacts_destination or self.project_dir / ".mlflow" / "artifacts"
+        return self.artifacts_destination or self.store_root / ".mlflow" / "artifacts"
+
+    @property
+    def store_root(self) -> Path:
+        """The folder whose ``.mlflow/`` holds the default store: the project's, from any DVC working copy.
+
+        DVC runs an experiment (`dvc exp run --temp`, queued runs) in a copy of the repository under
+        ``.dvc/tmp/exps/`` and deletes it afterwards: a build registered into the copy's own store would
+        vanish with it, so the store is the same folder of the repository the copy came from. The
+        params still come from ``project_dir``, the copy's (with ``-S`` applied).
+        """
+        if self.store_dir is not None:
+            return self.store_dir
+        if self.dvc_root is not None and (copy := _experiment_copy(self.project_dir, self.dvc_root)) is not None:
+            return self.dvc_root / self.project_dir.resolve().relative_to(copy)
+        return self.project_dir
 
     @property
     def effective_tracking_uri(self) -> str:

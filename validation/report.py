@@ -6,7 +6,7 @@ from collections import defaultdict
 from collections.abc import Sequence
 from html import escape
 
-from core.evaluate import describe_drop
+from core.wording import describe_drop
 from validation.accuracy import GateParams, PairedComparison, PowerRow, ResultRow, Summary, Verdict
 
 _STYLE = """

@@ -1,15 +1,17 @@
 """The status page ``GET /`` and the JSON it polls, ``GET /status.json``.
 
-Champion, canary, weight; per version the requests, errors and p50/p95 of this replica over the
-last window (from its own counters, so they match ``/metrics``) and since start; the registry's
-recent events (every action with who, why and the figures the controller decided on); the
-controller's last report; whether MLflow and Triton answer. The page is one self-contained HTML
-document (no external assets) that re-renders from ``/status.json`` every two seconds, writing
-text only through ``textContent`` (reasons are free text).
+Champion, canary, weight and the rollout's one state word; the whole fleet's figures as the rollout
+controller last summed them over every gateway replica (``serving.gateway.fleet``); the registry's
+recent events (every action with who, why and the figures the controller decided on); whether
+MLflow and Triton answer; and, folded away, this replica's own counters (they match its
+``/metrics``, one replica of several). The page is one self-contained HTML document (no external
+assets) that re-renders from ``/status.json`` every two seconds, writing text only through
+``textContent`` (reasons are free text).
 """
 
 from __future__ import annotations
 
+import time
 from datetime import UTC, datetime
 from functools import cache
 from pathlib import Path
@@ -19,6 +21,7 @@ from fastapi import APIRouter
 from starlette.responses import HTMLResponse
 
 from serving.gateway.faults import Faults
+from serving.gateway.fleet import controller_view, rollout_state
 from serving.gateway.metrics import Metrics, Window
 from serving.gateway.reconcile import Health, Reconciler, View
 from serving.telemetry import RETRIES
@@ -56,6 +59,9 @@ def snapshot(view: View, metrics: Metrics, window: Window, faults: Faults) -> di
     registry = _health(view.registry)
     if not view.registry.reachable and view.state is not None:
         registry["note"] = "MLflow is unreachable: serving the last known split"
+    controller = controller_view(view.controller, time.time())
+    paused = view.state.paused if view.state is not None else False
+    state, why = rollout_state(paused, aliases.get("canary"), controller)
     return {
         "model": view.model,
         "generated_at": datetime.now(UTC).isoformat(timespec="seconds"),
@@ -64,7 +70,8 @@ def snapshot(view: View, metrics: Metrics, window: Window, faults: Faults) -> di
         "candidate": aliases.get("candidate"),
         "previous_champion": aliases.get("previous-champion"),
         "weight": view.state.canary_weight if view.state is not None else 0,
-        "paused": view.state.paused if view.state is not None else False,
+        "paused": paused,
+        "rollout": {"state": state, "detail": why},
         "generation": view.state.generation if view.state is not None else None,
         "registry": registry,
         "triton": {**_health(view.triton), "ready": sorted(view.ready)},
@@ -93,7 +100,7 @@ def snapshot(view: View, metrics: Metrics, window: Window, faults: Faults) -> di
             }
             for event in view.history
         ],
-        "controller": view.controller,
+        "controller": controller,
         "faults": [rule.model_dump() for rule in faults.rules()],
     }
 

@@ -10,6 +10,7 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -18,11 +19,13 @@ from tests.conftest import ROOT
 pytestmark = pytest.mark.slow
 
 
-def _run(cmd: list[str], cwd: Path) -> str:
+def _run(cmd: list[str], cwd: Path, *, plain_shell: bool = False) -> str:
     env = os.environ | {
         "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
         "PYTHONPATH": str(cwd),
     }
+    if plain_shell:  # as a new user's shell has it: no HF_HUB_OFFLINE, which the Makefile and conftest export
+        env = {k: v for k, v in env.items() if k not in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")}
     proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=900, check=False)
     assert proc.returncode == 0, f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}"
     return proc.stdout + proc.stderr
@@ -47,7 +50,7 @@ def repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def test_repro_runs_every_stage_and_reproduces_the_committed_lock(repo: Path) -> None:
-    out = _run(["dvc", "repro"], repo)
+    out = _run(["dvc", "repro"], repo, plain_shell=True)
     for stage in ("golden", "base_model", "quantize", "package", "validate", "register"):
         assert f"Running stage '{stage}'" in out
     # Same hashes, same metrics: nothing a fresh clone's demo writes is machine-dependent.
@@ -134,6 +137,42 @@ def test_switching_back_registers_again_instead_of_restoring_a_stale_answer(repo
         check=True,
     )
     assert json.loads(status.stdout)["candidate"]["version"] == 1
+
+
+def _status(repo: Path) -> dict[str, Any]:
+    proc = subprocess.run(
+        [sys.executable, "-m", "registry", "status", "--json"],
+        cwd=repo,
+        env=os.environ | {"PYTHONPATH": str(repo)},
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    status: dict[str, Any] = json.loads(proc.stdout)
+    return status
+
+
+def test_a_temp_experiment_registers_into_the_projects_store(repo: Path, tmp_path: Path) -> None:
+    """`dvc exp run --temp` runs in a copy under .dvc/tmp/exps/ that DVC deletes afterwards: the build
+    must land in the project's own store (.mlflow/), not in the copy's."""
+    from registry import materialize
+    from registry.settings import RegistrySettings
+    from registry.store import Store
+
+    before = _status(repo)["candidate"]["version"]
+    out = _run(["dvc", "exp", "run", "--temp", "-S", "package.version=101"], repo)
+
+    assert "Running stage 'register'" in out, out
+    assert not [p for p in (repo / ".dvc" / "tmp" / "exps").glob("tmp*") if p.is_dir()], "the copy is still there"
+    candidate = _status(repo)["candidate"]
+    assert candidate["version"] > before, f"no new candidate in {repo / '.mlflow'}:\n{out}"
+    settings = RegistrySettings(project_dir=repo, tracking_uri=None, store_dir=None)
+    store = Store(settings)
+    run = store.client.get_run(candidate["run_id"])
+    assert (run.data.tags["package.model"], run.data.params["package.version"]) == ("qwen3-vl-v101", "101")
+    # Its files outlived the copy: they materialize, every one verified.
+    folder = materialize.materialize_version(store, candidate["version"], tmp_path / "served")
+    assert 'name: "qwen3-vl-v101"' in (folder / "config.pbtxt").read_text()
 
 
 def test_strict_accuracy_gate_fails_with_the_rule_named(repo: Path) -> None:

@@ -77,3 +77,41 @@ def test_bad_input_fails_without_touching_the_previous_output(tmp_path: Path) ->
 def test_unknown_method_lists_valid_ones() -> None:
     with pytest.raises(StageError, match="valid methods: none, bnb-int8, bnb-nf4"):
         quantization_config("awq", SKIP, "float32")
+
+
+_QUANTIZE = (
+    "import sys; from pathlib import Path; from core.quantization import QuantizeParams, quantize_checkpoint; "
+    "quantize_checkpoint(Path(sys.argv[1]), Path(sys.argv[2]), "
+    "QuantizeParams(method='bnb-nf4', skip_modules=['model.visual', 'lm_head']), 'cpu')"
+)
+
+
+def test_the_saved_checkpoint_is_the_same_bytes_whatever_the_shell_sets(tiny_checkpoint: Path, tmp_path: Path) -> None:
+    """`make` exports HF_HUB_OFFLINE=1, a plain shell does not; transformers wrote that into
+    tokenizer_config.json (`"local_files_only": true` or `false`), so a fresh clone's `dvc repro` from
+    a plain shell changed artifacts/quantized by one byte and reran everything after it."""
+    import os
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT
+
+    outputs = {}
+    for label, offline in (("offline", {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}), ("online", {})):
+        env = {k: v for k, v in os.environ.items() if k not in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")}
+        env |= offline | {"PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+        out = tmp_path / label
+        proc = subprocess.run(
+            [sys.executable, "-c", _QUANTIZE, str(tiny_checkpoint), str(out)],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=600,
+            check=False,
+        )
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        outputs[label] = {p.name: p.read_bytes() for p in sorted(out.iterdir())}
+    assert sorted(outputs["offline"]) == sorted(outputs["online"])
+    differ = [name for name in outputs["offline"] if outputs["offline"][name] != outputs["online"][name]]
+    assert differ == [], f"these files depend on HF_HUB_OFFLINE: {differ}"
+    assert json.loads(outputs["online"]["tokenizer_config.json"])["local_files_only"] is True

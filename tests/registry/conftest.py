@@ -164,11 +164,16 @@ def write_project(
         "drop": round(0.92 - accuracy, 4),
         "per_category": {"color": accuracy, "shape": accuracy, "count": accuracy},
         "config_errors": 0 if passed else 2,
+        "questions": 1,
         "passed": passed,
         "failures": [] if passed else ["accuracy below the gate"],
     }
     (metrics / "validate.json").write_text(json.dumps(validate))
     (metrics / "base_model.json").write_text(json.dumps({"accuracy": 0.92, "bytes": 20}))
+    golden = root / "artifacts" / "golden"
+    (golden / "images").mkdir(parents=True, exist_ok=True)
+    (golden / "golden.jsonl").write_text('{"id": "q1", "image": "images/q1.png", "question": "?", "answer": "red"}\n')
+    (golden / "images" / "q1.png").write_bytes(b"\x89PNG fixture")
     if git:
         run = ["git", "-C", str(root), "-c", "user.email=t@example.com", "-c", "user.name=t"]
         subprocess.run([*run, "init", "-q"], check=True)
@@ -182,6 +187,7 @@ def write_project(
         quantize_metrics=metrics / "quantize.json",
         other_metrics=(metrics / "base_model.json",),
         triton_repo=root / "triton-models",
+        golden=golden,
     )
 
 

@@ -108,7 +108,7 @@ def test_workflow_style_promotion_through_the_cli(
     assert _in_process(settings, monkeypatch, "materialize", "--out", str(tmp_path / "repo"), "--json") == 0
     materialized = json.loads(capsys.readouterr().out)
     assert materialized["champion"]["version"] == 1 and materialized["canary"] is None
-    assert materialized["champion"]["served_model"] == "qwen3-vl-v1"
+    assert materialized["champion"]["served_model"] == f"{settings.model_name}-v1"
     assert (tmp_path / "repo" / "1" / "version" / "model.py").is_file()
 
 

@@ -58,7 +58,8 @@ def test_each_served_version_materializes_into_its_own_verified_folder(
 
     assert result.champion is not None and result.canary is not None
     assert (result.champion.version, result.canary.version) == (1, 2)
-    assert (result.champion.served_model, result.canary.served_model) == ("qwen3-vl-v1", "qwen3-vl-v2")
+    served = (result.champion.served_model, result.canary.served_model)
+    assert served == (f"{store.model}-v1", f"{store.model}-v2")
     assert sorted(p.name for p in out.iterdir()) == ["1", "2", "7"]
     for number, inputs in ((1, first), (2, second)):
         folder = out / str(number)

@@ -27,7 +27,7 @@ def _argv(inputs: RegisterInputs, out: Path) -> list[str]:
         "--params", str(inputs.params), "--lock", str(inputs.lock),
         "--validate", str(inputs.validate_metrics), "--package", str(inputs.package_metrics),
         "--quantize", str(inputs.quantize_metrics), "--metrics", *map(str, inputs.other_metrics),
-        "--triton-repo", str(inputs.triton_repo), "--out", str(out),
+        "--triton-repo", str(inputs.triton_repo), "--golden", str(inputs.golden), "--out", str(out),
     ]  # fmt: skip
 
 
@@ -84,13 +84,14 @@ def test_register_records_run_version_tags_manifest_and_candidate_alias(
     root = {f.path for f in store.client.list_artifacts(candidate.run_id)}
     assert root == {"manifest.json", "model"}
     listed = {f.path for f in store.client.list_artifacts(candidate.run_id, "model")}
-    assert listed == {"model/config.pbtxt", "model/version", "model/warmup"}
+    assert listed == {"model/config.pbtxt", "model/version", "model/warmup", "model/MLmodel"}
 
     assert candidate.source.endswith("/model")
     assert candidate.accuracy == pytest.approx(0.9) and candidate.drop == pytest.approx(0.02)
     assert candidate.dvc_lock_sha256 == lock_digest
     assert candidate.quantization == "bnb-nf4"
-    assert candidate.triton_model == "qwen3-vl"
+    # The Triton model that serves it, as the controller names it: not the bare model name.
+    assert candidate.triton_model == f"{settings.model_name}-v1"
     assert candidate.served_digest == served
     # The version page shows every tag: the dozen lineage tags, no per-file checksums.
     assert set(candidate.tags) == set(VERSION_TAGS) and len(candidate.tags) <= 12
@@ -121,6 +122,7 @@ def test_python_bytecode_is_never_uploaded(
     on_disk = settings.artifacts_dir / registration.source.removeprefix("mlflow-artifacts:/")
     uploaded = sorted(p.relative_to(on_disk).as_posix() for p in on_disk.rglob("*") if p.is_file())
     assert uploaded == [
+        "MLmodel",
         "config.pbtxt",
         "version/model.py",
         "version/model.safetensors",
@@ -129,6 +131,45 @@ def test_python_bytecode_is_never_uploaded(
     ]
     folder = materialize.materialize_version(store, registration.version, tmp_path / "v1")
     assert not list(folder.rglob("*.pyc"))
+    # The signature is for MLflow's UI: Triton gets exactly the manifest's files.
+    assert not (folder / "MLmodel").exists()
+
+
+def test_the_version_shows_its_accuracy_signature_and_evaluation_set_where_mlflow_shows_them(
+    settings: RegistrySettings, store: Store, make_project: Callable[..., RegisterInputs], tmp_path: Path
+) -> None:
+    """What the MLflow UI reads: descriptions in words, the schema from MLmodel, the run's dataset input."""
+    import yaml
+    from mlflow.models.signature import ModelSignature
+
+    inputs = make_project(accuracy=0.8967)
+    registration = stage.register(inputs, settings, Actor(name="t"))
+    version = store.client.get_model_version(settings.model_name, str(registration.version))
+
+    assert "accuracy 89.7% (2.3 points lower than the base model) on the golden set (1 question)" in (
+        version.description
+    )
+    assert "drop" not in version.description and "+0." not in version.description
+    model = store.client.get_registered_model(settings.model_name)
+    assert "<" not in model.description and f"`{settings.model_name}-v3`" in model.description
+    assert version.tags["triton.model"] == f"{settings.model_name}-v1"
+
+    # The version page's schema: MLmodel next to the version's files, from the packaged config.pbtxt.
+    mlmodel = Path(store.download_file(version.source, "MLmodel", tmp_path))
+    signature = ModelSignature.from_dict(yaml.safe_load(mlmodel.read_text())["signature"])
+    assert [(t.name, t.type.name, t.shape) for t in signature.inputs.inputs] == [("messages", "object", (-1, 1))]
+    assert [(t.name, t.type.name, t.shape) for t in signature.outputs.inputs] == [("answer", "object", (-1, 1))]
+
+    run = store.client.get_run(str(registration.run_id))
+    (dataset,) = run.inputs.dataset_inputs
+    assert (dataset.dataset.name, json.loads(dataset.dataset.source)) == ("golden", {"uri": str(inputs.golden)})
+    assert {t.key: t.value for t in dataset.tags} == {"mlflow.data.context": "evaluation"}
+    assert json.loads(str(dataset.dataset.profile)) == {"files": 2, "questions": 1}
+    digest = manifest_digest({p.relative_to(inputs.golden).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+                              for p in sorted(inputs.golden.rglob("*")) if p.is_file()})  # fmt: skip
+    assert dataset.dataset.digest == digest[:16]
+    assert run.data.metrics["validate.accuracy"] == pytest.approx(0.8967)
+    assert run.data.tags["mlflow.note.content"] == version.description
 
 
 def test_files_that_differ_from_what_validate_served_are_refused(
@@ -209,7 +250,7 @@ def test_a_version_that_failed_validation_is_refused_and_nothing_is_registered(
 
     err = capsys.readouterr().err
     assert "validation did not pass" in err
-    assert "accuracy 0.5000 vs reference 0.9200" in err and "config errors: 2" in err
+    assert "accuracy 50.0% (42.0 points lower than the base model), base 92.0%" in err and "config errors: 2" in err
     assert "failures: ['accuracy below the gate']" in err
     assert not out.exists()
     assert store.client.search_registered_models(f"name = '{settings.model_name}'") == []
@@ -237,7 +278,8 @@ def test_embedded_store_is_the_store_make_mlflow_serves(
     assert read_state(served).aliases == {"candidate": 1}
     rollout.promote_to_champion(served, Actor(name="online"))
     result = materialize.materialize_serving(served, tmp_path / "repo")
-    assert result.champion is not None and result.champion.served_model == "qwen3-vl-v1"
+    # Served under the registered model's name, as the controller loads it (not the params' model name).
+    assert result.champion is not None and result.champion.served_model == "embedded-model-v1"
     assert (tmp_path / "repo" / "1" / "version" / "model.py").is_file()
 
 

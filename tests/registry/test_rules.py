@@ -216,7 +216,9 @@ def test_actor_from_cli_user_or_github_run() -> None:
 
 def test_stage_inputs_are_checked_before_mlflow_is_touched(tmp_path: Path) -> None:
     inputs = write_project(tmp_path / "p", passed=False, accuracy=0.6)
-    with pytest.raises(NotValidatedError, match=r"drop 0\.3200\); config errors: 2"):
+    with pytest.raises(
+        NotValidatedError, match=r"32\.0 points lower than the base model\), base 92\.0%; config errors: 2"
+    ):
         stage.build_candidate(inputs)
     good = write_project(tmp_path / "q")
     original_validate = good.validate_metrics.read_text()
