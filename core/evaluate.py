@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import re
-import string
 import warnings
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
@@ -14,12 +12,7 @@ from PIL import Image
 from pydantic import BaseModel
 from tqdm import tqdm
 
-_PUNCT = re.compile(f"[{re.escape(string.punctuation)}]")
-
-
-def normalize_answer(text: str) -> str:
-    """Lowercase, drop punctuation and collapse whitespace: 'Red.' and ' red' both become 'red'."""
-    return " ".join(_PUNCT.sub(" ", text.lower()).split())
+from core.answers import normalize_answer
 
 
 @dataclass(frozen=True)

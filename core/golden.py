@@ -2,21 +2,18 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from pydantic import ValidationError
 
+from core.answers import ROWS_FILE, read_rows
 from core.evaluate import Accuracy, Answer, Question, generate_answers, judge, score
 from core.files import write_bytes
 from core.gx import Finding, run_suite
 from core.params import EvalParams
 from core.stage import StageError
-
-#: The rows file inside a golden set folder; images sit beside it, paths relative to it.
-ROWS_FILE = "golden.jsonl"
 
 
 def _image_ok(base: Path, rel: object) -> bool:
@@ -60,24 +57,6 @@ def check_golden(rows: Sequence[dict[str, Any]], base: Path, categories: Sequenc
             gxe.ExpectColumnValuesToBeInSet(column="image_decodes", value_set=[True]),
         ],
     )
-
-
-def read_rows(jsonl: Path) -> list[dict[str, Any]]:
-    """Parse a golden JSONL file; a line that is not a JSON object is named with its number."""
-    if not jsonl.is_file():
-        raise StageError(f"golden set {jsonl}: file not found (set golden.path to a golden.jsonl)")
-    rows = []
-    for number, line in enumerate(jsonl.read_text().splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise StageError(f"{jsonl}:{number}: not valid JSON ({exc.msg})") from exc
-        if not isinstance(row, dict):
-            raise StageError(f"{jsonl}:{number}: each line must be a JSON object")
-        rows.append(row)
-    return rows
 
 
 def load_questions(golden_dir: Path) -> list[Question]:

@@ -22,23 +22,12 @@ promoted after the last step only on the final margins.
 
 from __future__ import annotations
 
-import itertools
-from collections.abc import Sequence
 from typing import Annotated
 
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-
-def check_steps(steps: Sequence[int]) -> list[int]:
-    """Canary steps are percents from 1 to 100, strictly increasing; ValueError says which rule broke."""
-    if not steps:
-        raise ValueError("give at least one canary weight step")
-    if any(isinstance(s, bool) or not isinstance(s, int) or not 1 <= s <= 100 for s in steps):
-        raise ValueError(f"steps {list(steps)}: each must be a whole percent from 1 to 100")
-    if any(a >= b for a, b in itertools.pairwise(steps)):
-        raise ValueError(f"steps {list(steps)} must be strictly increasing")
-    return list(steps)
+from core.steps import check_steps
 
 
 class RolloutPolicy(BaseSettings):

@@ -107,8 +107,13 @@ def _ready(url: str) -> bool:
 
 
 @contextmanager
-def scratch_stack(run_dir: Path, actor: Actor, timings: dict[str, float] | None = None) -> Iterator[Scratch]:
-    """The stack with build 1 as champion, serving; stopped (nothing left running) when the block ends."""
+def scratch_stack(
+    run_dir: Path, actor: Actor, timings: dict[str, float] | None = None, rollout_policy: dict[str, str] | None = None
+) -> Iterator[Scratch]:
+    """The stack with build 1 as champion, serving; stopped (nothing left running) when the block ends.
+
+    ``rollout_policy``: ``ROLLOUT_*`` settings for its controller (the shipped policy where not given).
+    """
     timings = timings if timings is not None else {}
     shutil.rmtree(run_dir, ignore_errors=True)
     (run_dir / "triton-repo").mkdir(parents=True)
@@ -117,6 +122,9 @@ def scratch_stack(run_dir: Path, actor: Actor, timings: dict[str, float] | None 
         edge=edge, gateways=(gw1, gw2), triton_http=http, triton_grpc=grpc, triton_metrics=metrics, mlflow=mlflow
     )
     stack = services(run_dir, ports, store_dir=run_dir / "mlflow")
+    for service in stack:
+        if service.name == "controller":
+            service.env.update(rollout_policy or {})
     mlflow_url = f"http://127.0.0.1:{ports.mlflow}"
     env = {
         **os.environ,

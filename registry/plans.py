@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
-from core.rollout_policy import check_steps
+from core.steps import check_steps
 from registry.errors import InvalidTransitionError
 from registry.state import ALIASES, ROLLED_BACK_TAG, WEIGHT_KEY, RolloutState
 

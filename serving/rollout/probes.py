@@ -24,8 +24,7 @@ from typing import Any
 
 import httpx
 
-from core.evaluate import normalize_answer
-from core.golden import ROWS_FILE, read_rows
+from core.answers import ROWS_FILE, normalize_answer, read_rows
 
 log = logging.getLogger(__name__)
 
