@@ -86,9 +86,8 @@ def run_canary(stack: Stack, canary: int, timeout_s: float, faults: list[dict[st
     finally:
         answers = load.stop()
         stack.set_faults(None)
-    print(
-        f"\nv{canary}: {event.action} {seen - started:.0f} s after promotion to canary: {event.reason}\n{summary(answers)}"
-    )
+    took = seen - started
+    print(f"\nv{canary}: {event.action} {took:.0f} s after promotion to canary: {event.reason}\n{summary(answers)}")
 
     def champions_own(answer: Answer) -> bool:
         # A champion's injected errors reach its clients (nothing answers for it): the old champion's, and
