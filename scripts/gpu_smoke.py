@@ -5,7 +5,7 @@
 batching and throughput on a GPU, never accuracy.
 
 ``bench REPOSITORY MODEL``: serve one packaged model (KIND_GPU) in the project's Triton and measure it
-the way serving/triton/bench.py does: median and p99 latency of single requests, throughput of
+with the benchmark harness's closed loop (bench/load.py): median and p99 latency of single requests, throughput of
 closed-loop clients at concurrency 1 and 8, and GPU memory in use (nvidia-smi) while loaded. The last
 line printed is one JSON object.
 """
@@ -84,7 +84,7 @@ def gpu_memory_mib() -> list[int]:
 
 
 def bench(repository: Path, model: str, *, requests: int, seconds: float, run_dir: Path) -> dict[str, Any]:
-    from serving.triton.bench import closed_loop, conversations
+    from bench.load import closed_loop, conversations
     from serving.triton.client import TritonChatClient
     from serving.triton.launcher import TritonServer, free_ports
     from serving.triton.settings import TritonSettings
