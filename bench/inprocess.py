@@ -61,6 +61,7 @@ def backend_module(model_py: Path) -> ModuleType:
     if spec is None or spec.loader is None:
         raise RuntimeError(f"cannot import {model_py}")
     module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # its dataclasses look their module up there
     spec.loader.exec_module(module)
     return module
 

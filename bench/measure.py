@@ -78,7 +78,10 @@ def inprocess(stack: Scratch, model_dir: Path, rounds: int, seconds: float) -> d
     )
     baseline = f"http://127.0.0.1:{port}"
     try:
-        wait_for("the in-process server", lambda: _ok(f"{baseline}/healthz"), 120)
+        wait_for("the in-process server", lambda: _ok(f"{baseline}/healthz") or not server.is_running(), 120)
+        if not server.is_running():
+            log_tail = (stack.run_dir / "logs" / "inprocess.log").read_text().strip().splitlines()[-1:]
+            raise RuntimeError(f"the in-process server exited ({server.poll()}): {' '.join(log_tail)}")
         targets = {"triton": f"{stack.edge_url}/v1/chat/completions", "inprocess": f"{baseline}/v1/chat/completions"}
         body = chat_body()
         for url in targets.values():

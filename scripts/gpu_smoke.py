@@ -106,8 +106,14 @@ def bench(repository: Path, model: str, *, requests: int, seconds: float, run_di
         done, took = closed_loop(client, asked, 8, seconds)
         rps_c8 = done / took
         under_load = gpu_memory_mib()
+    from bench.triton import served_instances
+
+    instances, _ = served_instances(repository / model)
     return {
         "model": model,
+        # KIND_GPU's count is per GPU: each GPU holds this many copies of the model.
+        "instances": instances,
+        "gpu_mib_per_instance": [(after - before) // instances for before, after in zip(idle, loaded, strict=True)],
         "p50_ms": round(statistics.median(latencies), 2),
         "p99_ms": round(statistics.quantiles(latencies, n=100)[98], 2),
         "rps_c1": round(rps_c1, 1),

@@ -328,3 +328,28 @@ def test_the_hop_part_times_the_gateway_over_a_zero_work_model(tmp_path: Path) -
     assert hop["direct"]["failed"] == 0 and hop["gateway"]["failed"] == 0
     assert hop["direct"]["rps_c8"] > 0 and hop["gateway"]["rps_c8"] > 0
     assert hop["direct"]["p50_ms"] > 0 and hop["gateway"]["p50_ms"] > 0
+
+
+@pytest.mark.slow
+def test_the_in_process_baseline_serves_the_build_s_own_weights_in_its_dtype(
+    int8_checkpoint: Path, tmp_path: Path
+) -> None:
+    from fastapi.testclient import TestClient
+
+    from bench.inprocess import create_app, served_precision
+    from bench.requests import chat_body
+    from serving.triton.packaging import package
+    from tests.serving.conftest import BACKEND, MODEL, serving_params
+
+    result = package(int8_checkpoint, BACKEND, tmp_path, MODEL, serving_params(compute_dtype="float32"))
+    model_dir = tmp_path / result.triton_model
+
+    with TestClient(create_app(model_dir)) as client:
+        response = client.post(
+            "/v1/chat/completions", content=chat_body(), headers={"Content-Type": "application/json"}
+        )
+
+    assert served_precision(model_dir) == (model_dir / "1", "float32")
+    assert response.status_code == 200, response.text
+    assert response.json()["choices"][0]["message"]["content"]
+    assert response.json()["usage"]["completion_tokens"] >= 1
