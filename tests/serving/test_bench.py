@@ -180,6 +180,16 @@ def test_a_gateway_faster_than_direct_triton_is_inconclusive_not_met() -> None:
     assert "direct side is the broken one" in row["why"]
 
 
+def test_a_gateway_that_adds_less_than_nothing_is_inconclusive() -> None:
+    results = _results()
+    results["overhead"]["gateway"]["p99_ms"] = results["overhead"]["direct"]["p99_ms"] - 1.7
+
+    row = _verdicts(results)["gateway_added_p99_ms"]
+
+    assert row["verdict"] == "inconclusive"
+    assert "direct side measured slower" in row["why"]
+
+
 def test_a_missed_target_shows_what_the_run_measured_about_it() -> None:
     results = _results()
     results["triton"]["c8"] |= {"p99_ms": 520.0, "max_ms": 531.0}
