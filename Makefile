@@ -75,8 +75,8 @@ test: lint typecheck pytest ## ruff, mypy and pytest
 triton: $(STAMP) ## Serve triton-models/ in a real Triton, foreground (TRITON_HTTP_PORT/GRPC_PORT/METRICS_PORT)
 	$(PY) -m serving.triton --model-repository triton-models
 
-bench-triton: $(STAMP) ## Latency and dynamic-batching gain of the tiny model in a real Triton (~45 s)
-	$(PY) -m serving.triton.bench --checkpoint tiny_model/checkpoint
+bench-triton: $(STAMP) ## Direct Triton only: batching gain, stall check, Triton's own times, memory per instance (~1 min)
+	$(PY) -m bench --parts triton
 
 check-config: $(STAMP) ## Check every config.pbtxt under triton-models/ against Triton's rules (no server)
 	$(PY) -m validation check-config triton-models --backends python
@@ -142,11 +142,11 @@ gpu-smoke: $(STAMP) ## Prove the GPU path on one NVIDIA GPU (~10 min; QWEN3_VL_C
 gateway: $(STAMP) ## Serve the OpenAI-compatible canary gateway (GATEWAY_PORT, default 8000), foreground
 	$(PY) -m serving.gateway
 
-bench-gateway: $(STAMP) ## Upstream-client and gateway-hop cost against a zero-work Triton model (~80 s)
-	$(PY) -m serving.gateway.bench
+bench-gateway: $(STAMP) ## The gateway hop alone, against a zero-work Triton model (~1 min)
+	$(PY) -m bench --parts hop
 
 canary-eval: $(STAMP) ## How often the rollout controller promotes a bad build or rolls back a good one, simulated (~6 min)
 	$(PY) -m bench.canary
 
-bench: $(STAMP) ## Every speed claim measured: gateway overhead, batching, vs in-process, quantization, rollback, pipeline (~8 min)
+bench: $(STAMP) ## Every speed claim measured and checked against its target; writes bench/ and the README's Figures (~10 min)
 	$(PY) -m bench

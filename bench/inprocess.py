@@ -1,8 +1,10 @@
 """The setup a user would otherwise pick: ``transformers.generate`` inside a FastAPI handler.
 
-One model in the server process, one request at a time (a lock: generate is not re-entrant and
-two at once only fight over the cores), the same OpenAI-style request as the gateway takes, so the
-benchmark sends identical traffic to both. Run: ``python -m bench.inprocess --port 8900``.
+The same weights and precision as the Triton side: the served build's own version folder, loaded by
+the backend's own ``load_model`` in the compute dtype its config.pbtxt names (``COMPUTE_DTYPE``), so
+a quantized build is quantized here too. One model in the server process, one request at a time (a
+lock: generate is not re-entrant and two at once only fight over the cores), the same OpenAI-style
+request as the gateway takes. Run: ``python -m bench.inprocess --port 8900 --model-dir DIR``.
 """
 
 from __future__ import annotations
@@ -10,18 +12,21 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
+import importlib.util
 import io
+import sys
 import threading
 import time
 import uuid
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 from fastapi import FastAPI, HTTPException
 from PIL import Image
 from pydantic import BaseModel
 
-from tiny_model import CHECKPOINT_DIR
+from core.contract import CONFIG_FILE, PARAM_COMPUTE_DTYPE, parse_config
 
 
 class _Request(BaseModel):
@@ -47,12 +52,34 @@ def _decode(messages: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[
     return rendered, images
 
 
-def create_app(checkpoint: Path) -> FastAPI:
-    import torch
-    from transformers import AutoModelForImageTextToText, AutoProcessor
+def backend_module(model_py: Path) -> ModuleType:
+    """The build's model.py imported the way the stub imports it, next to the real triton_python_backend_utils."""
+    from serving.triton.launcher import _pytriton_root
 
-    processor = AutoProcessor.from_pretrained(checkpoint)
-    model = AutoModelForImageTextToText.from_pretrained(checkpoint, dtype=torch.float32).eval()
+    sys.path.insert(0, str(_pytriton_root() / "tritonserver" / "backends" / "python"))
+    spec = importlib.util.spec_from_file_location("bench_backend_model", model_py)
+    if spec is None or spec.loader is None:
+        raise RuntimeError(f"cannot import {model_py}")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # its dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+def served_precision(model_dir: Path) -> tuple[Path, str]:
+    """The version folder and compute dtype a model folder (``<model>-v<N>/``) serves."""
+    config = parse_config((model_dir / CONFIG_FILE).read_text())
+    (version,) = config.version_policy.specific.versions
+    return model_dir / str(version), config.parameters[PARAM_COMPUTE_DTYPE].string_value
+
+
+def create_app(model_dir: Path) -> FastAPI:
+    import torch
+    from transformers import AutoProcessor
+
+    folder, dtype = served_precision(model_dir)
+    processor = AutoProcessor.from_pretrained(folder)
+    model = backend_module(folder / "model.py").load_model(folder, "cpu", dtype).eval()
     lock = threading.Lock()
     app = FastAPI(title="in-process baseline")
 
@@ -97,9 +124,9 @@ def main() -> None:
 
     parser = argparse.ArgumentParser(prog="python -m bench.inprocess", description=__doc__.splitlines()[0])
     parser.add_argument("--port", type=int, default=8900)
-    parser.add_argument("--checkpoint", type=Path, default=CHECKPOINT_DIR)
+    parser.add_argument("--model-dir", type=Path, required=True, help="a served model folder, <model>-v<N>/")
     args = parser.parse_args()
-    uvicorn.run(create_app(args.checkpoint), host="127.0.0.1", port=args.port, log_level="warning")
+    uvicorn.run(create_app(args.model_dir), host="127.0.0.1", port=args.port, log_level="warning")
 
 
 if __name__ == "__main__":

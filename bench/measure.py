@@ -9,22 +9,22 @@ from __future__ import annotations
 import json
 import logging
 import os
+import resource
 import shutil
-import statistics
-import struct
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import httpx
 
-from bench import wrk
-from core.contract import INPUT_MAX_TOKENS, INPUT_MESSAGES, OUTPUT_TEXT
+from bench.load import alternate, http_figures, median
+from bench.requests import chat_body, triton_request
 from core.processes import ManagedProcess
 from demo.scratch import Scratch, run, wait_for
-from demo.traffic import Traffic, _question
+from demo.traffic import Traffic
 from registry import rollout
 from registry.state import read_state
 from serving.triton.launcher import free_ports
@@ -35,42 +35,8 @@ log = logging.getLogger(__name__)
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def chat_body() -> bytes:
-    body, _ = _question(0)
-    return json.dumps(body).encode()
-
-
-def triton_request() -> tuple[bytes, dict[str, str]]:
-    """The same conversation as a raw KServe v2 request, encoded as ``tritonclient`` encodes one by
-    default (the binary tensor extension: a JSON header, then the BYTES element as a 4-byte
-    little-endian length and the bytes), with the ``max_tokens`` the chat body asks for, so both
-    sides generate the same number of tokens. Returns the body and its headers."""
-    body, _ = _question(0)
-    document = json.dumps(body["messages"]).encode()
-    header = json.dumps(
-        {
-            "inputs": [
-                {
-                    "name": INPUT_MESSAGES,
-                    "shape": [1, 1],
-                    "datatype": "BYTES",
-                    "parameters": {"binary_data_size": len(document) + 4},
-                },
-                {"name": INPUT_MAX_TOKENS, "shape": [1, 1], "datatype": "INT32", "data": [body["max_tokens"]]},
-            ],
-            "outputs": [{"name": OUTPUT_TEXT}],
-        }
-    ).encode()
-    headers = {"Content-Type": "application/octet-stream", "Inference-Header-Content-Length": str(len(header))}
-    return header + struct.pack("<I", len(document)) + document, headers
-
-
-def _median(values: list[float]) -> float:
-    return round(statistics.median(values), 3)
-
-
 def overhead(stack: Scratch, rounds: int, seconds: float) -> dict[str, Any]:
-    """Direct Triton vs gateway vs nginx + gateway: p50/p99 at concurrency 1, req/s at 8."""
+    """Direct Triton vs gateway vs nginx + gateway: p50/p99 at concurrency 1, req/s (and p50/p99) at 8."""
     model = f"{stack.store.model}-v1"
     direct_body, direct_headers = triton_request()
     targets = {
@@ -79,54 +45,64 @@ def overhead(stack: Scratch, rounds: int, seconds: float) -> dict[str, Any]:
         "nginx": (f"{stack.edge_url}/v1/chat/completions", chat_body(), {}),
     }
     for url, body, headers in targets.values():  # warm every path first
-        wrk.load(url, body, connections=2, seconds=2, headers=headers)
-    samples: dict[str, dict[str, list[float]]] = {
-        name: {"p50_ms": [], "p99_ms": [], "rps_c1": [], "rps_c8": [], "failed": []} for name in targets
-    }
-    for index in range(rounds):
-        order = list(targets) if index % 2 == 0 else list(reversed(targets))
-        for name in order:
-            url, body, headers = targets[name]
-            c1 = wrk.load(url, body, connections=1, seconds=seconds, headers=headers)
-            c8 = wrk.load(url, body, connections=8, seconds=seconds, headers=headers)
-            sample = samples[name]
-            sample["p50_ms"].append(c1.p50_ms)
-            sample["p99_ms"].append(c1.p99_ms)
-            sample["rps_c1"].append(c1.rps)
-            sample["rps_c8"].append(c8.rps)
-            sample["failed"].append(c1.failed + c8.failed)
-            log.info("round %d %-8s c1 p50 %.2f p99 %.2f ms %.0f req/s | c8 %.0f req/s",
-                     index + 1, name, c1.p50_ms, c1.p99_ms, c1.rps, c8.rps)  # fmt: skip
-    result: dict[str, Any] = {name: {k: _median(v) for k, v in sample.items()} for name, sample in samples.items()}
-    result["rounds"] = rounds
-    result["seconds_per_run"] = seconds
-    return result
+        http_figures(url, body, headers, 2, 2)
+
+    def side(url: str, body: bytes, headers: dict[str, str]) -> Any:
+        def once() -> dict[str, float]:
+            c1 = http_figures(url, body, headers, 1, seconds)
+            c8 = http_figures(url, body, headers, 8, seconds)
+            return {
+                "p50_ms": c1["p50_ms"], "p99_ms": c1["p99_ms"], "rps_c1": c1["rps"],
+                "rps_c8": c8["rps"], "p50_ms_c8": c8["p50_ms"], "p99_ms_c8": c8["p99_ms"],
+                "failed": c1["failed"] + c8["failed"],
+            }  # fmt: skip
+
+        return once
+
+    medians, _ = alternate({name: side(*target) for name, target in targets.items()}, rounds, "overhead")
+    return {**medians, "rounds": rounds, "seconds_per_run": seconds}
 
 
-def inprocess(stack: Scratch, rounds: int, seconds: float) -> dict[str, Any]:
-    """The Triton path (nginx + gateway + Triton) vs transformers.generate in a FastAPI handler, at c8."""
+def inprocess(stack: Scratch, model_dir: Path, rounds: int, seconds: float) -> dict[str, Any]:
+    """The Triton path (nginx + gateway + Triton) vs transformers.generate in a FastAPI handler, at c8.
+
+    Both sides serve ``model_dir``'s weights in its compute dtype (the build the stack's champion is).
+    """
+    from bench.inprocess import served_precision
+
     (port,) = free_ports(1)
     server = ManagedProcess(
-        [sys.executable, "-m", "bench.inprocess", "--port", str(port)],
+        [sys.executable, "-m", "bench.inprocess", "--port", str(port), "--model-dir", str(model_dir)],
         env={**os.environ, "PYTHONPATH": str(ROOT)},
         log_file=stack.run_dir / "logs" / "inprocess.log",
     )
     baseline = f"http://127.0.0.1:{port}"
     try:
-        wait_for("the in-process server", lambda: _ok(f"{baseline}/healthz"), 120)
+        wait_for("the in-process server", lambda: _ok(f"{baseline}/healthz") or not server.is_running(), 120)
+        if not server.is_running():
+            log_tail = (stack.run_dir / "logs" / "inprocess.log").read_text().strip().splitlines()[-1:]
+            raise RuntimeError(f"the in-process server exited ({server.poll()}): {' '.join(log_tail)}")
         targets = {"triton": f"{stack.edge_url}/v1/chat/completions", "inprocess": f"{baseline}/v1/chat/completions"}
         body = chat_body()
         for url in targets.values():
-            wrk.load(url, body, connections=2, seconds=2)
-        rps: dict[str, list[float]] = {name: [] for name in targets}
-        for index in range(rounds):
-            for name in targets if index % 2 == 0 else reversed(list(targets)):
-                rps[name].append(wrk.load(targets[name], body, connections=8, seconds=seconds).rps)
-                log.info("round %d %-9s c8 %.0f req/s", index + 1, name, rps[name][-1])
+            http_figures(url, body, {}, 2, 2)
+        sides = {name: _c8(url, body, seconds) for name, url in targets.items()}
+        medians, _ = alternate(sides, rounds, "Triton vs in-process")
     finally:
         server.stop()
-    medians = {name: _median(values) for name, values in rps.items()}
-    return {"rps_c8": medians, "ratio": round(medians["triton"] / medians["inprocess"], 2)}
+    folder, dtype = served_precision(model_dir)
+    quantization = json.loads((folder / "config.json").read_text()).get("quantization_config", {})
+    return {
+        "rps_c8": {name: m["rps"] for name, m in medians.items()},
+        "p50_ms_c8": {name: m["p50_ms"] for name, m in medians.items()},
+        "failed": {name: m["failed"] for name, m in medians.items()},
+        "ratio": round(medians["triton"]["rps"] / medians["inprocess"]["rps"], 2),
+        "weights": str(folder.relative_to(model_dir.parent.parent)),
+        "compute_dtype": dtype,
+        "quantization": quantization.get("quant_method", "none")
+        + (" 4-bit" if quantization.get("load_in_4bit") else " 8-bit" if quantization.get("load_in_8bit") else ""),
+        "rounds": rounds,
+    }
 
 
 def quantization_latency(stack: Scratch, builds: dict[str, Path], rounds: int, seconds: float) -> dict[str, float]:
@@ -144,13 +120,13 @@ def quantization_latency(stack: Scratch, builds: dict[str, Path], rounds: int, s
             )
             control.load(result.triton_model)
             names[method] = result.triton_model
-    p50: dict[str, list[float]] = {method: [] for method in names}
     body, headers = triton_request()
-    for index in range(rounds):
-        for method in names if index % 2 == 0 else reversed(list(names)):
-            url = f"{stack.triton_url}/v2/models/{names[method]}/infer"
-            p50[method].append(wrk.load(url, body, connections=1, seconds=seconds, headers=headers).p50_ms)
-    return {method: _median(values) for method, values in p50.items()}
+    sides = {
+        method: _c1(f"{stack.triton_url}/v2/models/{name}/infer", body, headers, seconds)
+        for method, name in names.items()
+    }
+    medians, _ = alternate(sides, rounds, "quantization")
+    return {method: m["p50_ms"] for method, m in medians.items()}
 
 
 def rollouts(stack: Scratch, canary_build: Path, runs: int) -> dict[str, Any]:
@@ -196,11 +172,19 @@ def rollouts(stack: Scratch, canary_build: Path, runs: int) -> dict[str, Any]:
     return {
         "runs": seconds,
         "max_s": max(seconds),
-        "median_s": _median(seconds),
+        "median_s": median(seconds),
         "client_errors": tally.errors,
         "requests": tally.requests,
         "error_samples": tally.error_samples,
     }
+
+
+def _c8(url: str, body: bytes, seconds: float) -> Callable[[], dict[str, float]]:
+    return lambda: http_figures(url, body, {}, 8, seconds)
+
+
+def _c1(url: str, body: bytes, headers: dict[str, str], seconds: float) -> Callable[[], dict[str, float]]:
+    return lambda: http_figures(url, body, headers, 1, seconds)
 
 
 def _ok(url: str) -> bool:
@@ -227,25 +211,42 @@ def copy_repository(dest: Path) -> Path:
     return dest
 
 
-def pipeline(copy: Path, env: dict[str, str]) -> dict[str, Any]:
-    """A full `dvc repro` of a fresh copy, the no-op repro after it, and the other quantizations."""
+def _copy_env(copy: Path, env: dict[str, str]) -> dict[str, str]:
     env = {**env, "PYTHONPATH": str(copy)}
-    env.pop("MLFLOW_TRACKING_URI", None)
+    env.pop("MLFLOW_TRACKING_URI", None)  # the copy's own local store
+    return env
+
+
+def repro(copy: Path, env: dict[str, str], noops: int = 3) -> dict[str, Any]:
+    """A full `dvc repro` of a fresh copy, then the no-op repro after it: wall time, and the CPU time it used.
+
+    CPU time well under wall time means the no-op waited for a core (other load), not that DVC worked longer.
+    """
+    env = _copy_env(copy, env)
     started = time.monotonic()
     run(["dvc", "repro"], env, "dvc repro", cwd=copy)
     full = round(time.monotonic() - started, 1)
-    noop = []
-    for _ in range(3):
+    wall, cpu = [], []
+    for _ in range(noops):
+        before = resource.getrusage(resource.RUSAGE_CHILDREN)
         started = time.monotonic()
         out = run(["dvc", "repro"], env, "no-op dvc repro", cwd=copy)
-        noop.append(time.monotonic() - started)
+        wall.append(time.monotonic() - started)
+        after = resource.getrusage(resource.RUSAGE_CHILDREN)
+        cpu.append(after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime)
         if "Running stage" in out:
             raise RuntimeError(f"the second dvc repro was not a no-op:\n{out}")
+    return {"full_repro_s": full, "noop_repro_s": median(wall), "noop_repro_cpu_s": median(cpu), "noop_runs": noops}
+
+
+def quantization_table(copy: Path, env: dict[str, str]) -> dict[str, Any]:
+    """Each quantization through the pipeline (`dvc exp run -S quantize.method=...`); the copy ends on bnb-int8."""
+    env = _copy_env(copy, env)
     table = {"bnb-nf4": _quant_row(copy)}
     for method in ("none", "bnb-int8"):
         run(["dvc", "exp", "run", "-S", f"quantize.method={method}"], env, f"dvc exp run ({method})", cwd=copy)
         table[method] = _quant_row(copy)
-    return {"full_repro_s": full, "noop_repro_s": _median(noop), "quantization": table}
+    return table
 
 
 def _quant_row(copy: Path) -> dict[str, Any]:

@@ -1,156 +1,315 @@
-"""Turn bench results into the summary line, bench/REPORT.md, PNG plots and the README's Figures section."""
+"""Turn one run's results into the summary line, bench/REPORT.md, PNG plots and the README's Figures section.
+
+Every number printed comes from the results of that run (``results.json``); the only numbers written
+here are the targets. A missed target shows what the run measured about it, never a stock excuse.
+Another measurement may add a section: a renderer in ``SECTIONS`` for ``bench/<name>.json`` (written
+by its own make target, saying when it ran) is copied into results.json and rendered after the figures.
+"""
 
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-#: (summary key, target, "max" or "min", what it is)
-TARGETS: tuple[tuple[str, float, str, str], ...] = (
-    ("gateway_added_p50_ms", 1.0, "max", "p50 the gateway adds over direct Triton (concurrency 1)"),
-    ("gateway_added_p99_ms", 2.0, "max", "p99 the gateway adds over direct Triton (concurrency 1)"),
-    ("gateway_throughput_ratio_c8", 0.8, "min", "gateway throughput / direct Triton throughput (concurrency 8)"),
-    ("batching_gain", 4.0, "min", "Triton throughput at concurrency 8 / at 1 (dynamic batching)"),
-    ("triton_vs_inprocess_c8", 4.0, "min", "Triton path / transformers.generate in FastAPI (concurrency 8)"),
-    ("rollback_s_max", 10.0, "max", "fault onset to canary weight 0, worst of the runs (s)"),
-    ("rollback_client_errors", 0.0, "max", "client-visible errors during the rollback runs"),
-    ("noop_repro_s", 1.5, "max", "no-op `dvc repro` (s)"),
-)
+#: ``bench/<name>.json`` sections a renderer knows: name -> function from that file's JSON to Markdown.
+SECTIONS: dict[str, Callable[[dict[str, Any]], str]] = {}
 
-#: Why a target can be missed on these machines; shown next to a missed target.
-CAUSES = {
-    "gateway_added_p50_ms": "the gateway and Triton share 2 cores: the hop's CPU time competes with the model's",
-    "gateway_added_p99_ms": "tail latency on a shared 2-core machine is dominated by scheduling noise",
-    "gateway_throughput_ratio_c8": (
-        "at concurrency 8 Triton alone saturates both cores; every gateway request's CPU is taken from the model"
+
+@dataclass(frozen=True)
+class Target:
+    key: str
+    target: float
+    kind: str  # "max" or "min"
+    what: str
+    part: str  # the part that measures it
+
+
+TARGETS: tuple[Target, ...] = (
+    Target("direct_c8_p99_over_p50", 3.0, "max", "stall check: direct Triton p99 / p50 at concurrency 8", "triton"),
+    Target("batching_gain", 6.0, "min", "dynamic batching: direct Triton req/s at concurrency 8 / at 1", "triton"),
+    Target(
+        "gateway_added_p50_ms", 1.0, "max", "p50 the gateway adds over direct Triton, concurrency 1 (ms)", "overhead"
     ),
-    "batching_gain": (
-        "measured from wrk straight to Triton, whose requests queue far longer than the same load through the "
-        "gateway's persistent connections (below, with the gain seen there); a batch of 8 on 2 cores is also "
-        "compute-bound: batching saves per-call overhead, not the arithmetic, and a GPU gains far more"
+    Target(
+        "gateway_added_p99_ms", 2.0, "max", "p99 the gateway adds over direct Triton, concurrency 1 (ms)", "overhead"
     ),
-    "triton_vs_inprocess_c8": (
-        "one generate call in-process skips the HTTP, IPC and batching hops, so it is much faster than Triton's "
-        "single request on this tiny model; Triton's batching gain on 2 cores does not cover that gap"
+    Target("gateway_throughput_ratio_c8", 0.8, "min", "gateway req/s / direct Triton req/s, concurrency 8", "overhead"),
+    Target(
+        "triton_vs_inprocess_c8", 4.0, "min", "Triton path / transformers.generate in FastAPI, req/s at 8", "inprocess"
     ),
-    "rollback_s_max": "the canary got too little traffic at its first step to reach the floor's minimum sample",
-    "rollback_client_errors": "a canary failure was not retried on the champion",
-    "noop_repro_s": "DVC's own start-up (importing its dependencies) dominates on a slow machine",
-}
+    Target("noop_repro_s", 1.5, "max", "no-op `dvc repro` (s)", "pipeline"),
+    Target("ttft_p50_ratio", 1.2, "max", "TTFT p50 through nginx / direct Triton", "ttft"),
+    Target("rollback_s_max", 10.0, "max", "fault onset to canary weight 0, worst run (s)", "rollback"),
+    Target("rollback_client_errors", 0.0, "max", "client-visible errors during the rollback runs", "rollback"),
+)
+#: Above this, gateway req/s / direct req/s says the direct side is broken, not that the gateway is fast.
+BROKEN_DIRECT_RATIO = 1.05
+
+
+def _ratio(a: float, b: float) -> float:
+    return round(a / b, 3) if b else float("inf")
 
 
 def summarize(results: dict[str, Any]) -> dict[str, Any]:
-    """The one JSON line ``make bench`` prints last."""
-    overhead = results["overhead"]
-    direct, gateway, nginx = overhead["direct"], overhead["gateway"], overhead["nginx"]
-    return {
-        "gateway_added_p50_ms": round(gateway["p50_ms"] - direct["p50_ms"], 2),
-        "gateway_added_p99_ms": round(gateway["p99_ms"] - direct["p99_ms"], 2),
-        "gateway_throughput_ratio_c8": round(gateway["rps_c8"] / direct["rps_c8"], 3),
-        "edge_added_p50_ms": round(nginx["p50_ms"] - direct["p50_ms"], 2),
-        "edge_throughput_ratio_c8": round(nginx["rps_c8"] / direct["rps_c8"], 3),
-        "batching_gain": round(direct["rps_c8"] / direct["rps_c1"], 2),
-        "triton_vs_inprocess_c8": results["inprocess"]["ratio"],
-        "rollback_s_max": results["rollout"]["max_s"],
-        "rollback_client_errors": results["rollout"]["client_errors"],
-        "noop_repro_s": results["pipeline"]["noop_repro_s"],
-        "full_repro_s": results["pipeline"]["full_repro_s"],
-        "bench_s": results["bench_s"],
-    }
+    """The one JSON line ``make bench`` prints last: every target's figure the run measured."""
+    summary: dict[str, Any] = {}
+    if triton := results.get("triton"):
+        summary["direct_c8_p99_over_p50"] = _ratio(triton["c8"]["p99_ms"], triton["c8"]["p50_ms"])
+        summary["batching_gain"] = round(triton["c8"]["rps"] / triton["c1"]["rps"], 2)
+        summary["instances"] = triton["instances"]
+        summary["instance_rss_mib"] = max(m["rss_mib"] for m in triton["memory"])
+    if overhead := results.get("overhead"):
+        direct, gateway, nginx = overhead["direct"], overhead["gateway"], overhead["nginx"]
+        summary["gateway_added_p50_ms"] = round(gateway["p50_ms"] - direct["p50_ms"], 2)
+        summary["gateway_added_p99_ms"] = round(gateway["p99_ms"] - direct["p99_ms"], 2)
+        summary["gateway_throughput_ratio_c8"] = _ratio(gateway["rps_c8"], direct["rps_c8"])
+        summary["edge_added_p50_ms"] = round(nginx["p50_ms"] - direct["p50_ms"], 2)
+        summary["edge_throughput_ratio_c8"] = _ratio(nginx["rps_c8"], direct["rps_c8"])
+    if hop := results.get("hop"):
+        summary["hop_added_p50_ms"] = round(hop["gateway"]["p50_ms"] - hop["direct"]["p50_ms"], 2)
+    if inprocess := results.get("inprocess"):
+        summary["triton_vs_inprocess_c8"] = inprocess["ratio"]
+    if pipeline := results.get("pipeline"):
+        summary["noop_repro_s"] = round(pipeline["noop_repro_s"], 2)
+        summary["noop_repro_cpu_s"] = round(pipeline["noop_repro_cpu_s"], 2)
+        summary["full_repro_s"] = pipeline["full_repro_s"]
+    if (ttft := results.get("ttft")) and ttft.get("measured"):
+        summary["ttft_p50_ratio"] = ttft["ratio"]
+    if rollback := results.get("rollback"):
+        summary["rollback_s_max"] = rollback["max_s"]
+        summary["rollback_client_errors"] = rollback["client_errors"]
+    summary["bench_s"] = results.get("bench_s")
+    summary["verdicts"] = {row["key"]: row["verdict"] for row in verdicts(results, summary)}
+    summary["failed_parts"] = sorted(results.get("failed", {}))
+    return summary
 
 
-def verdicts(summary: dict[str, Any]) -> list[dict[str, Any]]:
+def verdicts(results: dict[str, Any], summary: dict[str, Any]) -> list[dict[str, Any]]:
+    """Each target: met, missed, inconclusive or not measured, with what the run measured about it."""
     rows = []
-    for key, target, kind, what in TARGETS:
-        value = float(summary[key])
-        met = value <= target if kind == "max" else value >= target
-        rows.append({"key": key, "what": what, "value": value, "target": target, "kind": kind, "met": met})
+    for t in TARGETS:
+        row: dict[str, Any] = {"key": t.key, "what": t.what, "target": t.target, "kind": t.kind}
+        if t.key not in summary:
+            row["verdict"] = "not measured"
+            row["why"] = _not_measured(results, t.part)
+        else:
+            value = float(summary[t.key])
+            met = value <= t.target if t.kind == "max" else value >= t.target
+            row |= {"value": value, "verdict": "met" if met else "missed"}
+            if t.key == "gateway_throughput_ratio_c8" and value > BROKEN_DIRECT_RATIO:
+                row["verdict"] = "inconclusive"
+            # The gateway path contains the direct one: adding less than nothing is the direct side's noise.
+            if t.key.startswith("gateway_added") and value < 0:
+                row["verdict"] = "inconclusive"
+            if row["verdict"] != "met":
+                row["why"] = _why(t.key, results, summary)
+        rows.append(row)
     return rows
+
+
+def _not_measured(results: dict[str, Any], part: str) -> str:
+    if why := results.get("failed", {}).get(part):
+        return f"the {part} part failed: {why.splitlines()[0]}"
+    if part == "ttft" and "ttft" in results:
+        return str(results["ttft"]["why"])
+    return f"the {part} part was not run"
+
+
+def _why(key: str, results: dict[str, Any], summary: dict[str, Any]) -> str:
+    """What this run measured about a target it did not meet (figures of this run only)."""
+    triton, overhead, hop = results.get("triton"), results.get("overhead"), results.get("hop")
+    if key == "direct_c8_p99_over_p50" and triton:
+        c8, stats = triton["c8"], triton["triton_c8"]
+        return (
+            f"direct Triton at 8: p50 {c8['p50_ms']:.1f} ms, p99 {c8['p99_ms']:.1f} ms, worst {c8['max_ms']:.0f} ms; "
+            f"Triton's queue time {stats['queue_ms']:.1f} ms and compute {stats['compute_infer_ms']:.1f} ms "
+            f"per request ({triton['instances']} instances)"
+        )
+    if key == "batching_gain" and triton:
+        return f"Triton's batches at 8: {_batches(triton['triton_c8'])}; at 1: {_batches(triton['triton_c1'])}"
+    if key.startswith("gateway_added") and overhead:
+        d, g = overhead["direct"], overhead["gateway"]
+        text = (
+            f"concurrency 1: direct p50 {d['p50_ms']:.2f} / p99 {d['p99_ms']:.2f} ms, gateway p50 {g['p50_ms']:.2f} / "
+            f"p99 {g['p99_ms']:.2f} ms"
+        )
+        if summary[key] < 0:
+            text += " (the direct side measured slower than the path through the gateway)"
+        if hop:
+            text += (
+                f"; against a zero-work model the hop alone adds {summary['hop_added_p50_ms']:.2f} ms p50 and "
+                f"{hop['gateway']['p99_ms'] - hop['direct']['p99_ms']:.2f} ms p99"
+            )
+        return text
+    if key == "gateway_throughput_ratio_c8" and overhead:
+        d, g = overhead["direct"], overhead["gateway"]
+        text = f"direct {d['rps_c8']:.0f} req/s (p99 {d['p99_ms_c8']:.0f} ms), gateway {g['rps_c8']:.0f} req/s at 8"
+        if summary["gateway_throughput_ratio_c8"] > BROKEN_DIRECT_RATIO:
+            text += f": above {BROKEN_DIRECT_RATIO}, the direct side is the broken one"
+        return text
+    if key == "triton_vs_inprocess_c8" and (inproc := results.get("inprocess")):
+        text = (
+            f"in-process {inproc['rps_c8']['inprocess']:.0f} req/s (one generate at a time, p50 "
+            f"{inproc['p50_ms_c8']['inprocess']:.1f} ms at 8), Triton path {inproc['rps_c8']['triton']:.0f} req/s"
+        )
+        if triton:
+            text += f"; direct Triton {triton['c8']['rps']:.0f} req/s with batches: {_batches(triton['triton_c8'])}"
+        return text
+    if key == "noop_repro_s" and (pipeline := results.get("pipeline")):
+        return (
+            f"median of {pipeline['noop_runs']}: {pipeline['noop_repro_s']:.2f} s wall, of which "
+            f"{pipeline['noop_repro_cpu_s']:.2f} s CPU; load average {results['load_average'].get('pipeline', 0):.1f} "
+            f"on {results['machine']['cores']} cores as the part started"
+        )
+    if key.startswith("rollback") and (rollback := results.get("rollback")):
+        return f"runs {', '.join(f'{s:.1f}' for s in rollback['runs'])} s; errors seen: {rollback['error_samples'][:3]}"
+    return "no measurement of its cause in this run"
+
+
+def _batches(stats: dict[str, Any]) -> str:
+    sizes = stats["by_batch_size"]
+    parts = [f"{e['executions']} of {size} at {e['compute_infer_ms']:.1f} ms" for size, e in sizes.items()]
+    return f"mean {stats['mean_batch']:.2f} ({', '.join(parts) or 'none'})"
 
 
 def _fmt(value: float) -> str:
     return f"{value:,.0f}" if abs(value) >= 100 else f"{value:.2f}"
 
 
+def _verdict_cell(row: dict[str, Any]) -> str:
+    return row["verdict"] if row["verdict"] == "met" else f"{row['verdict']}: {row['why']}"
+
+
 def markdown(results: dict[str, Any]) -> str:
     summary, machine = results["summary"], results["machine"]
-    overhead, quant = results["overhead"], results["pipeline"]["quantization"]
+    loads = results.get("load_average", {})
     lines = [
-        f"Measured by `make bench` on {machine['date']}: {machine['cpu']}, {machine['cores']} cores, "
-        f"{'GPU ' + machine['gpu'] if machine['gpu'] else 'no GPU'}, Python {machine['python']}, torch "
-        f"{machine['torch']}; the tiny model. Each comparison alternates its sides over "
-        f"{overhead['rounds']} rounds of {overhead['seconds_per_run']:.0f} s (wrk, keep-alive); medians.",
+        f"Measured by `make bench`, started {machine['started']}: {machine['cpu']}, {machine['cores']} cores, "
+        f"{machine['memory_gib']} GiB, {'GPU ' + machine['gpu'] if machine['gpu'] else 'no GPU'}, Python "
+        f"{machine['python']}, torch {machine['torch']}; the tiny model. Comparisons alternate their sides over "
+        f"rounds of wrk runs (keep-alive); medians. The machine is shared: 1-minute load average as each part "
+        f"started (this run's own work included): "
+        + ", ".join(f"{part} {value:.1f}" for part, value in loads.items())
+        + ".",
         "",
-        "| figure | measured | target | |",
+        "| target | measured | target | verdict |",
         "|---|---|---|---|",
     ]
-    for row in verdicts(summary):
+    for row in verdicts(results, summary):
         sign = "≤" if row["kind"] == "max" else "≥"
-        mark = "met" if row["met"] else f"missed: {CAUSES[row['key']]}"
-        if row["key"].startswith("gateway_added") and row["value"] < 0:
-            mark = "inconclusive: the direct side's tail caught a backend pause (below)"
-        lines.append(f"| {row['what']} | {_fmt(row['value'])} | {sign} {_fmt(row['target'])} | {mark} |")
-    lines += [
+        value = _fmt(row["value"]) if "value" in row else "-"
+        lines.append(f"| {row['what']} | {value} | {sign} {_fmt(row['target'])} | {_verdict_cell(row)} |")
+    if failed := results.get("failed"):
+        lines += ["", "Failed parts: " + "; ".join(f"{part}: {why.splitlines()[0]}" for part, why in failed.items())]
+    lines += _triton_lines(results) + _path_lines(results) + _other_lines(results)
+    for name, section in results.get("sections", {}).items():
+        lines += ["", SECTIONS[name](section).rstrip()]
+    return "\n".join(lines) + "\n"
+
+
+def _triton_lines(results: dict[str, Any]) -> list[str]:
+    if not (triton := results.get("triton")):
+        return []
+    lines = [
         "",
-        "| path | p50 ms (c1) | p99 ms (c1) | req/s (c1) | req/s (c8) |",
-        "|---|---|---|---|---|",
+        f"Direct Triton, `{triton['model']}` alone in its own Triton, {triton['instances']} {triton['kind']} "
+        f"instances, {triton['rounds']} rounds of {triton['seconds_per_run']:.0f} s:",
+        "",
+        "| concurrency | req/s | p50 ms | p99 ms | worst ms | mean batch | queue ms/request | compute ms/request |",
+        "|---|---|---|---|---|---|---|---|",
     ]
-    for name, label in (
-        ("direct", "Triton directly (KServe v2)"),
-        ("gateway", "gateway"),
-        ("nginx", "nginx + gateway"),
-    ):
-        row = overhead[name]
+    for level in ("c1", "c8"):
+        f, s = triton[level], triton[f"triton_{level}"]
         lines.append(
-            f"| {label} | {row['p50_ms']:.2f} | {row['p99_ms']:.2f} | {row['rps_c1']:.0f} | {row['rps_c8']:.0f} |"
+            f"| {level[1:]} | {f['rps']:.0f} | {f['p50_ms']:.1f} | {f['p99_ms']:.1f} | {f['max_ms']:.0f} | "
+            f"{s['mean_batch']:.2f} | {s['queue_ms']:.2f} | {s['compute_infer_ms']:.2f} |"
         )
-    direct, gateway = overhead["direct"], overhead["gateway"]
+    sizes = triton["triton_c8"]["by_batch_size"]
     lines += [
         "",
-        f"Batching gain seen through the gateway (its persistent upstream connections): "
-        f"{gateway['rps_c8'] / gateway['rps_c1']:.2f}x; directly from wrk: "
-        f"{direct['rps_c8'] / direct['rps_c1']:.2f}x.",
+        "Triton's statistics at concurrency 8, per batch size (executions, compute per execution): "
+        + ", ".join(f"{size}: {e['executions']} x {e['compute_infer_ms']:.1f} ms" for size, e in sizes.items())
+        + ".",
+        "Memory per instance (each backend stub, RSS / PSS): "
+        + ", ".join(f"{m['rss_mib']} / {m['pss_mib']} MiB" for m in triton["memory"])
+        + ".",
     ]
-    if direct["rps_c8"] < gateway["rps_c8"]:
+    return lines
+
+
+def _path_lines(results: dict[str, Any]) -> list[str]:
+    lines = []
+    if overhead := results.get("overhead"):
         lines += [
             "",
-            "Direct Triton is slower than the gateway at concurrency 8 in this run. What is known: the Python "
-            "backend pauses every in-flight request together for about 530 ms a few times a minute (whatever "
-            "the client: wrk, aiohttp, http.client, the gateway; not Python's GC, `gc.freeze()` keeps it; not "
-            "a batch size's first use, warming sizes 1-8 at load keeps it), which sets every p99 here; and "
-            "wrk's 8 fresh connections straight to Triton's HTTP server queue far longer (Triton's metrics: "
-            "60-155 ms queue per request with the instance 20-40% busy) than the same load from a threaded "
-            "Python client (170-215 req/s). The cause of the second is not found yet; the gateway ratios "
-            "above are against this direct figure.",
+            f"Through the serving stack (the champion in the stack's Triton), {overhead['rounds']} rounds of "
+            f"{overhead['seconds_per_run']:.0f} s:",
+            "",
+            "| path | p50 ms (c1) | p99 ms (c1) | req/s (c1) | req/s (c8) | p99 ms (c8) |",
+            "|---|---|---|---|---|---|",
         ]
-    inproc = results["inprocess"]["rps_c8"]
-    lines += [
-        "",
-        f"transformers.generate in a FastAPI handler, one request at a time: {inproc['inprocess']:.0f} req/s at "
-        f"concurrency 8, against {inproc['triton']:.0f} req/s for nginx + gateway + Triton "
-        f"({results['inprocess']['ratio']:.1f}x).",
-        "",
-        "| quantization | weight bytes | golden accuracy (in-process) | served accuracy | served p50 ms (c1) |",
-        "|---|---|---|---|---|",
-    ]
-    p50 = results["quantization_p50_ms"]
-    for method in ("none", "bnb-int8", "bnb-nf4"):
-        row = quant[method]
-        lines.append(
-            f"| {method} | {row['weights_bytes']:,} | {row['golden_accuracy']:.1%} | {row['served_accuracy']:.1%} "
-            f"| {p50[method]:.1f} |"
-        )
-    roll = results["rollout"]
-    lines += [
-        "",
-        f"Rollback, {len(roll['runs'])} runs under synthetic traffic through nginx: fault onset to canary weight 0 "
-        f"in {', '.join(f'{s:.1f}' for s in roll['runs'])} s; {roll['client_errors']} client-visible errors "
-        f"in {roll['requests']:,} requests.",
-        f"Pipeline: a fresh copy's full `dvc repro` {results['pipeline']['full_repro_s']:.0f} s; no-op "
-        f"{results['pipeline']['noop_repro_s']:.2f} s. Whole benchmark: {results['bench_s']:.0f} s.",
-    ]
-    return "\n".join(lines) + "\n"
+        for name, label in (
+            ("direct", "Triton directly (KServe v2)"),
+            ("gateway", "gateway"),
+            ("nginx", "nginx + gateway"),
+        ):
+            r = overhead[name]
+            lines.append(
+                f"| {label} | {r['p50_ms']:.2f} | {r['p99_ms']:.2f} | {r['rps_c1']:.0f} | {r['rps_c8']:.0f} | "
+                f"{r['p99_ms_c8']:.0f} |"
+            )
+    if hop := results.get("hop"):
+        d, g = hop["direct"], hop["gateway"]
+        lines += [
+            "",
+            f"The hop alone, against a zero-work model: direct p50 {d['p50_ms']:.2f} / p99 {d['p99_ms']:.2f} ms, "
+            f"{d['rps_c8']:.0f} req/s at 8; through the gateway p50 {g['p50_ms']:.2f} / p99 {g['p99_ms']:.2f} ms, "
+            f"{g['rps_c8']:.0f} req/s at 8.",
+        ]
+    if inproc := results.get("inprocess"):
+        lines += [
+            "",
+            f"transformers.generate in a FastAPI handler, one request at a time, the same weights "
+            f"(`{inproc['weights']}`, {inproc['quantization']}, computing in {inproc['compute_dtype']}) as the "
+            f"Triton side: {inproc['rps_c8']['inprocess']:.0f} req/s at concurrency 8, against "
+            f"{inproc['rps_c8']['triton']:.0f} req/s for nginx + gateway + Triton ({inproc['ratio']:.2f}x).",
+        ]
+    return lines
+
+
+def _other_lines(results: dict[str, Any]) -> list[str]:
+    lines = []
+    if quant := results.get("quantization"):
+        lines += [
+            "",
+            "| quantization | weight bytes | golden accuracy (in-process) | served accuracy | served p50 ms (c1) |",
+            "|---|---|---|---|---|",
+        ]
+        for method in ("none", "bnb-int8", "bnb-nf4"):
+            row = quant["pipeline"][method]
+            lines.append(
+                f"| {method} | {row['weights_bytes']:,} | {row['golden_accuracy']:.1%} | "
+                f"{row['served_accuracy']:.1%} | {quant['served_p50_ms'][method]:.1f} |"
+            )
+    if roll := results.get("rollback"):
+        lines += [
+            "",
+            f"Rollback, {len(roll['runs'])} runs under synthetic traffic through nginx: fault onset to canary weight "
+            f"0 in {', '.join(f'{s:.1f}' for s in roll['runs'])} s; {roll['client_errors']} client-visible errors in "
+            f"{roll['requests']:,} requests.",
+        ]
+    if pipeline := results.get("pipeline"):
+        lines += [
+            "",
+            f"Pipeline: a fresh copy's full `dvc repro` {pipeline['full_repro_s']:.0f} s; no-op "
+            f"{pipeline['noop_repro_s']:.2f} s ({pipeline['noop_repro_cpu_s']:.2f} s CPU).",
+        ]
+    if results.get("bench_s") is not None:
+        lines.append(f"Whole benchmark: {results['bench_s']:.0f} s.")
+    return lines
 
 
 def plots(results: dict[str, Any], out: Path) -> list[Path]:
@@ -159,57 +318,62 @@ def plots(results: dict[str, Any], out: Path) -> list[Path]:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    overhead = results["overhead"]
-    names = ["direct", "gateway", "nginx"]
-    labels = ["Triton", "gateway", "nginx+gateway"]
     files = []
-    fig, (left, right) = plt.subplots(1, 2, figsize=(9, 3.5))
-    x = range(len(names))
-    left.bar([i - 0.2 for i in x], [overhead[n]["p50_ms"] for n in names], 0.4, label="p50")
-    left.bar([i + 0.2 for i in x], [overhead[n]["p99_ms"] for n in names], 0.4, label="p99")
-    left.set_xticks(list(x), labels)
-    left.set_ylabel("ms at concurrency 1")
-    left.legend()
-    throughput = [*(overhead[n]["rps_c8"] for n in names), results["inprocess"]["rps_c8"]["inprocess"]]
-    right.bar([*labels, "in-process"], throughput)
-    right.set_ylabel("req/s at concurrency 8")
-    fig.tight_layout()
-    files.append(out / "latency_throughput.png")
-    fig.savefig(files[-1], dpi=110)
-    plt.close(fig)
-
-    quant = results["pipeline"]["quantization"]
-    methods = ["none", "bnb-int8", "bnb-nf4"]
-    fig, axes = plt.subplots(1, 3, figsize=(9, 3))
-    axes[0].bar(methods, [quant[m]["weights_bytes"] / 1e6 for m in methods])
-    axes[0].set_title("weights (MB)")
-    axes[1].bar(methods, [quant[m]["golden_accuracy"] * 100 for m in methods])
-    axes[1].set_ylim(90, 100)
-    axes[1].set_title("golden accuracy (%)")
-    axes[2].bar(methods, [results["quantization_p50_ms"][m] for m in methods])
-    axes[2].set_title("served p50 (ms)")
-    fig.tight_layout()
-    files.append(out / "quantization.png")
-    fig.savefig(files[-1], dpi=110)
-    plt.close(fig)
-
-    runs = results["rollout"]["runs"]
-    fig, axis = plt.subplots(figsize=(5, 3))
-    axis.bar([str(i + 1) for i in range(len(runs))], runs)
-    axis.axhline(10, color="red", linestyle="--", label="target 10 s")
-    axis.set_xlabel("run")
-    axis.set_ylabel("fault onset to weight 0 (s)")
-    axis.legend()
-    fig.tight_layout()
-    files.append(out / "rollback.png")
-    fig.savefig(files[-1], dpi=110)
-    plt.close(fig)
+    if (overhead := results.get("overhead")) and (inproc := results.get("inprocess")):
+        names, labels = ["direct", "gateway", "nginx"], ["Triton", "gateway", "nginx+gateway"]
+        fig, (left, right) = plt.subplots(1, 2, figsize=(9, 3.5))
+        x = range(len(names))
+        left.bar([i - 0.2 for i in x], [overhead[n]["p50_ms"] for n in names], 0.4, label="p50")
+        left.bar([i + 0.2 for i in x], [overhead[n]["p99_ms"] for n in names], 0.4, label="p99")
+        left.set_xticks(list(x), labels)
+        left.set_ylabel("ms at concurrency 1")
+        left.legend()
+        throughput = [*(overhead[n]["rps_c8"] for n in names), inproc["rps_c8"]["inprocess"]]
+        right.bar([*labels, "in-process"], throughput)
+        right.set_ylabel("req/s at concurrency 8")
+        fig.tight_layout()
+        files.append(out / "latency_throughput.png")
+        fig.savefig(files[-1], dpi=110)
+        plt.close(fig)
+    if quant := results.get("quantization"):
+        methods = ["none", "bnb-int8", "bnb-nf4"]
+        table = quant["pipeline"]
+        fig, axes = plt.subplots(1, 3, figsize=(9, 3))
+        axes[0].bar(methods, [table[m]["weights_bytes"] / 1e6 for m in methods])
+        axes[0].set_title("weights (MB)")
+        axes[1].bar(methods, [table[m]["golden_accuracy"] * 100 for m in methods])
+        axes[1].set_ylim(90, 100)
+        axes[1].set_title("golden accuracy (%)")
+        axes[2].bar(methods, [quant["served_p50_ms"][m] for m in methods])
+        axes[2].set_title("served p50 (ms)")
+        fig.tight_layout()
+        files.append(out / "quantization.png")
+        fig.savefig(files[-1], dpi=110)
+        plt.close(fig)
+    if roll := results.get("rollback"):
+        fig, axis = plt.subplots(figsize=(5, 3))
+        axis.bar([str(i + 1) for i in range(len(roll["runs"]))], roll["runs"])
+        axis.axhline(10, color="red", linestyle="--", label="target 10 s")
+        axis.set_xlabel("run")
+        axis.set_ylabel("fault onset to weight 0 (s)")
+        axis.legend()
+        fig.tight_layout()
+        files.append(out / "rollback.png")
+        fig.savefig(files[-1], dpi=110)
+        plt.close(fig)
     return files
+
+
+def collect_sections(out: Path) -> dict[str, Any]:
+    """Every ``out/<name>.json`` a renderer in ``SECTIONS`` knows, so results.json holds what the report shows."""
+    return {name: json.loads(path.read_text()) for name in SECTIONS if (path := out / f"{name}.json").is_file()}
 
 
 def write(results: dict[str, Any], out: Path) -> None:
     out.mkdir(parents=True, exist_ok=True)
     (out / "results.json").write_text(json.dumps(results, indent=2, sort_keys=True) + "\n")
+    for stale in out.glob("*.png"):
+        stale.unlink()  # a plot this run did not draw must not stay beside its report
     images = plots(results, out)
     pictures = "\n".join(f"![{p.stem}]({p.name})" for p in images)
     (out / "REPORT.md").write_text("# Benchmark report\n\n" + markdown(results) + "\n" + pictures + "\n")
@@ -232,5 +396,7 @@ def update_readme(results: dict[str, Any], readme: Path) -> None:
         "audit result is recorded here."
     )
     readme.write_text(
-        f"{head}{START}\n{body}\n{audit}\n\nPlots and every number: [bench/REPORT.md](bench/REPORT.md).\n{END}{tail}"
+        f"{head}{START}\n{body}\n{audit}\n\nThe stall, its cause in Triton's source and the instance count "
+        "that removes it: [docs/performance.md](docs/performance.md). Plots and every number: "
+        f"[bench/REPORT.md](bench/REPORT.md).\n{END}{tail}"
     )

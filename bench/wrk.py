@@ -16,6 +16,7 @@ wrk.body = f:read("*all")
 f:close()
 """
 _UNITS = {"us": 1e-3, "ms": 1.0, "s": 1000.0, "m": 60000.0}
+_LATENCY = re.compile(r"^\s+Latency\s+([\d.]+)(us|ms|s|m)\s+([\d.]+)(us|ms|s|m)\s+([\d.]+)(us|ms|s|m)", re.M)
 _PERCENTILE = re.compile(r"^\s+(50|75|90|99)%\s+([\d.]+)(us|ms|s|m)\s*$", re.M)
 _RPS = re.compile(r"^Requests/sec:\s+([\d.]+)", re.M)
 _TOTAL = re.compile(r"^\s+(\d+) requests in", re.M)
@@ -29,6 +30,7 @@ class Run:
 
     p50_ms: float
     p99_ms: float
+    max_ms: float
     rps: float
     requests: int
     failed: int
@@ -42,8 +44,9 @@ def parse(output: str) -> Run:
         raise ValueError(f"cannot read wrk's output:\n{output}")
     non_2xx = int(m.group(1)) if (m := _NON_2XX.search(output)) else 0
     socket = sum(int(x) for x in m.groups()) if (m := _ERRORS.search(output)) else 0
-    return Run(percentiles[50], percentiles.get(99, percentiles[50]), float(rps.group(1)), int(total.group(1)),
-               non_2xx + socket)  # fmt: skip
+    p99 = percentiles.get(99, percentiles[50])
+    worst = float(m.group(5)) * _UNITS[m.group(6)] if (m := _LATENCY.search(output)) else p99
+    return Run(percentiles[50], p99, worst, float(rps.group(1)), int(total.group(1)), non_2xx + socket)
 
 
 def load(

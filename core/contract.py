@@ -83,6 +83,47 @@ PARAMETERS = (
 )
 
 ComputeDtype = Literal["auto", "float32", "bfloat16", "float16"]
+#: A positive count, or ``auto``: derived when the build is packaged (``resolve_instance_count``).
+InstanceCount = PositiveInt | Literal["auto"]
+
+# Triton 2.51's dynamic batcher can sleep its full 500 ms wait when a model's only instance is busy
+# (a lost wakeup: docs/performance.md). A second instance gives the waiting batcher a second completion
+# to wake on; on a GPU it also overlaps one batch's pre/post-processing with the other's compute.
+MIN_BATCHING_INSTANCES = 2
+#: KIND_GPU's count is per GPU, so this is the same on every machine.
+GPU_INSTANCES_AUTO = 2
+# What one Python-backend instance holds besides its weights (the stub, torch, transformers, the
+# processor): make bench measures it per build; with the tiny model each stub held 841 MiB RSS (556 MiB
+# PSS) on 2026-12-04 here, so this planning figure rounds up.
+INSTANCE_OVERHEAD_BYTES = 2**30
+# An auto count leaves at least half of the machine's memory to everything else on it.
+_MEMORY_SHARE = 0.5
+
+
+@dataclass(frozen=True)
+class Machine:
+    """What an ``auto`` instance count is derived from on CPU builds."""
+
+    cores: int
+    memory_bytes: int
+
+
+def resolve_instance_count(count: int | str, kind: str, machine: Machine, weights_bytes: int, engine: str) -> int:
+    """The instance count rendered into config.pbtxt; ``auto`` is derived, a number is kept as it is.
+
+    auto: one vLLM engine per GPU (vLLM batches continuously; Triton's batcher is off); two
+    Python-backend instances per GPU; on CPU one instance per usable core (each stub computes on one
+    OpenMP thread, so more instances than cores only contend), at least two, and no more than half
+    the machine's memory holds (weights plus ``INSTANCE_OVERHEAD_BYTES`` each).
+    """
+    if count != "auto":
+        return int(count)
+    if engine == "vllm":
+        return 1
+    if kind == "gpu":
+        return GPU_INSTANCES_AUTO
+    fits = int(machine.memory_bytes * _MEMORY_SHARE // (weights_bytes + INSTANCE_OVERHEAD_BYTES))
+    return max(1, min(max(MIN_BATCHING_INSTANCES, machine.cores), fits))
 
 
 class ServingParams(ParamsGroup):
@@ -96,7 +137,8 @@ class ServingParams(ParamsGroup):
     # queue full, or that waited longer than the timeout (the gateway answers 503 with Retry-After).
     max_queue_size: PositiveInt
     queue_timeout_us: PositiveInt
-    instance_count: PositiveInt
+    # auto: derived when the build is packaged (resolve_instance_count); a number is rendered as is.
+    instance_count: InstanceCount
     instance_kind: Literal["cpu", "gpu"]
     # auto: bfloat16 on GPU instances, float32 on CPU ones (rendered resolved into config.pbtxt).
     compute_dtype: ComputeDtype
@@ -259,6 +301,8 @@ class PackageParams(ServingParams):
             raise ValueError("engine 'vllm' needs the package.vllm group (model_path, gpu_memory_utilization, ...)")
         if self.instance_kind != "gpu":
             raise ValueError("engine 'vllm' runs on GPUs only: set package.instance_kind to gpu")
+        if self.instance_count == "auto":
+            return self  # one engine per GPU (resolve_instance_count)
         if self.vllm.tensor_parallel_size > 1 and self.instance_count != 1:
             raise ValueError("a multi-GPU vLLM engine (tensor_parallel_size > 1) is one instance: set instance_count 1")
         # KIND_GPU puts instance_count engines on every GPU, each taking its share of that GPU's memory.
@@ -270,10 +314,17 @@ class PackageParams(ServingParams):
         return self
 
 
+def _count(params: ServingParams) -> int:
+    if params.instance_count == "auto":
+        raise ValueError("instance_count 'auto' must be resolved (resolve_instance_count) before rendering")
+    return params.instance_count
+
+
 def render_config(model_name: str, version: int, params: ServingParams, *, warmup: bool = True) -> str:
     """``config.pbtxt`` for the Triton model ``model_name`` serving exactly ``version``.
 
-    ``warmup`` adds a request read from the model's warmup folder.
+    ``warmup`` adds a request read from the model's warmup folder. ``params.instance_count`` must be
+    a number by now (``resolve_instance_count``).
     """
     config = pb.ModelConfig(name=model_name, backend="python", max_batch_size=params.max_batch_size)
     for spec in INPUTS:
@@ -284,7 +335,7 @@ def render_config(model_name: str, version: int, params: ServingParams, *, warmu
         config.output.add(name=spec.name, data_type=pb.DataType.Value(spec.data_type), dims=spec.dims)
     config.version_policy.specific.versions.append(version)
     kind = {"cpu": pb.ModelInstanceGroup.KIND_CPU, "gpu": pb.ModelInstanceGroup.KIND_GPU}[params.instance_kind]
-    config.instance_group.add(count=params.instance_count, kind=kind)
+    config.instance_group.add(count=_count(params), kind=kind)
     if params.dynamic_batching:
         batching = config.dynamic_batching
         batching.preferred_batch_size.extend(params.preferred_batch_sizes)
@@ -359,7 +410,7 @@ def render_vllm_config(model_name: str, version: int, params: PackageParams) -> 
         config.output.add(name=spec.name, data_type=pb.DataType.Value(spec.data_type), dims=spec.dims)
     config.version_policy.specific.versions.append(version)
     if params.vllm.tensor_parallel_size == 1:
-        config.instance_group.add(count=params.instance_count, kind=pb.ModelInstanceGroup.KIND_GPU)
+        config.instance_group.add(count=_count(params), kind=pb.ModelInstanceGroup.KIND_GPU)
     else:
         # The backend refuses KIND_GPU for a multi-GPU engine: KIND_MODEL leaves placement to vLLM.
         config.instance_group.add(count=1, kind=pb.ModelInstanceGroup.KIND_MODEL)

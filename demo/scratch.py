@@ -85,8 +85,8 @@ def run(command: list[str], env: dict[str, str], what: str, cwd: Path = ROOT) ->
     return done.stdout + done.stderr
 
 
-def register_build(env: dict[str, str], out: Path) -> None:
-    """Register the build `dvc repro` validated, with the register stage's own command."""
+def register_build(env: dict[str, str], out: Path, build: Path = ROOT) -> None:
+    """Register the build `dvc repro` validated in ``build`` (a checkout), with the register stage's own command."""
     run(
         [
             sys.executable, "-m", "pipelines.register", "--params", "params.yaml", "--lock", "dvc.lock",
@@ -94,8 +94,9 @@ def register_build(env: dict[str, str], out: Path) -> None:
             "--quantize", "metrics/quantize.json", "--metrics", "metrics/base_model.json",
             "--triton-repo", "triton-models", "--golden", "artifacts/golden", "--out", str(out),
         ],
-        env,
+        {**env, "PYTHONPATH": str(build)},
         "registering the build",
+        cwd=build,
     )  # fmt: skip
 
 
@@ -108,9 +109,13 @@ def _ready(url: str) -> bool:
 
 @contextmanager
 def scratch_stack(
-    run_dir: Path, actor: Actor, timings: dict[str, float] | None = None, rollout_policy: dict[str, str] | None = None
+    run_dir: Path,
+    actor: Actor,
+    timings: dict[str, float] | None = None,
+    build: Path = ROOT,
+    rollout_policy: dict[str, str] | None = None,
 ) -> Iterator[Scratch]:
-    """The stack with build 1 as champion, serving; stopped (nothing left running) when the block ends.
+    """The stack with build 1 (of the checkout ``build``) as champion, serving; stopped when the block ends.
 
     ``rollout_policy``: ``ROLLOUT_*`` settings for its controller (the shipped policy where not given).
     """
@@ -144,7 +149,7 @@ def scratch_stack(
             watchdogs.append(GroupWatchdog(start(service, run_dir), grace_s=10.0, join=False))
         timings["stack_up_s"] = round(time.monotonic() - t0, 1)
         t0 = time.monotonic()
-        register_build(env, run_dir / "register-build-1.json")
+        register_build(env, run_dir / "register-build-1.json", build)
         rollout.promote_to_champion(scratch.store, actor)
         wait_for("the gateways to serve the champion", lambda: all(_ready(u) for u in scratch.gateway_urls), 120)
         timings["champion_serving_s"] = round(time.monotonic() - t0, 1)

@@ -11,8 +11,9 @@ from typing import Any
 
 from pydantic import Field, field_validator
 
+from core.answers import ROWS_FILE, read_rows
 from core.files import atomic_dir
-from core.golden import ROWS_FILE, check_golden, read_rows
+from core.golden import check_golden
 from core.gx import describe
 from core.params import ModelParams, ParamsGroup, load_group
 from core.stage import StageError, run_stage

@@ -5,7 +5,7 @@
 batching and throughput on a GPU, never accuracy.
 
 ``bench REPOSITORY MODEL``: serve one packaged model (KIND_GPU) in the project's Triton and measure it
-the way serving/triton/bench.py does: median and p99 latency of single requests, throughput of
+with the benchmark harness's closed loop (bench/load.py): median and p99 latency of single requests, throughput of
 closed-loop clients at concurrency 1 and 8, and GPU memory in use (nvidia-smi) while loaded. The last
 line printed is one JSON object.
 """
@@ -84,7 +84,7 @@ def gpu_memory_mib() -> list[int]:
 
 
 def bench(repository: Path, model: str, *, requests: int, seconds: float, run_dir: Path) -> dict[str, Any]:
-    from serving.triton.bench import closed_loop, conversations
+    from bench.load import closed_loop, conversations
     from serving.triton.client import TritonChatClient
     from serving.triton.launcher import TritonServer, free_ports
     from serving.triton.settings import TritonSettings
@@ -106,8 +106,14 @@ def bench(repository: Path, model: str, *, requests: int, seconds: float, run_di
         done, took = closed_loop(client, asked, 8, seconds)
         rps_c8 = done / took
         under_load = gpu_memory_mib()
+    from bench.triton import served_instances
+
+    instances, _ = served_instances(repository / model)
     return {
         "model": model,
+        # KIND_GPU's count is per GPU: each GPU holds this many copies of the model.
+        "instances": instances,
+        "gpu_mib_per_instance": [(after - before) // instances for before, after in zip(idle, loaded, strict=True)],
         "p50_ms": round(statistics.median(latencies), 2),
         "p99_ms": round(statistics.quantiles(latencies, n=100)[98], 2),
         "rps_c1": round(rps_c1, 1),

@@ -137,7 +137,8 @@ f = json.loads(sys.argv[1])
 print(f"==> {f['model']} on the GPU: p50 {f['p50_ms']} ms, p99 {f['p99_ms']} ms; "
       f"{f['rps_c1']} req/s at concurrency 1, {f['rps_c8']} req/s at 8")
 print(f"==> GPU memory (MiB per GPU): idle {f['gpu_mib_idle']}, model loaded {f['gpu_mib_loaded']}, "
-      f"after concurrency 8 {f['gpu_mib_after_c8']}")
+      f"after concurrency 8 {f['gpu_mib_after_c8']}; {f['instances']} instances per GPU, "
+      f"{f['gpu_mib_per_instance']} each")
 EOF
 nvidia-smi --query-gpu=index,name,memory.used,memory.total,utilization.gpu --format=csv
 

@@ -29,7 +29,8 @@ import numpy.typing as npt
 from pydantic import BaseModel, Field
 from scipy import optimize, stats
 
-from core.evaluate import Answer, normalize_answer
+from core.answers import normalize_answer
+from core.evaluate import Answer
 from core.gx import Finding, run_suite
 from core.params import ParamsGroup
 from core.stage import StageError

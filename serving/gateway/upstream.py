@@ -1,6 +1,7 @@
 """The gateway's Triton client: one keep-alive aiohttp session posting KServe v2 requests with binary tensors.
 
-Chosen by measurement, ``python -m serving.gateway.bench``: a real Triton 2.51 serving a zero-work
+Chosen by measurement (the former ``serving/gateway/bench.py``, in git history; ``make bench-gateway``
+now times the gateway hop with this client): a real Triton 2.51 serving a zero-work
 stand-in with the real tensor contract; each client in one uvloop loop; per candidate and round
 1000 sequential requests (p50, p99) and 3 s at concurrency 8; three alternated rounds, medians;
 2 cores shared with other work. The steadiest figure is the client's own CPU time per request,

@@ -14,6 +14,8 @@ import base64
 import io
 import json
 import logging
+import math
+import os
 import shutil
 import struct
 from pathlib import Path
@@ -23,13 +25,16 @@ from pydantic import BaseModel, ConfigDict
 from core.checkpoint import missing_parts
 from core.contract import (
     CONFIG_FILE,
+    MIN_BATCHING_INSTANCES,
     VLLM_ENGINE_ARGS_FILE,
     WARMUP_DIR,
     WARMUP_MESSAGES_FILE,
+    Machine,
     PackageParams,
     render_config,
     render_engine_args,
     render_vllm_config,
+    resolve_instance_count,
     vllm_engine_args,
 )
 from core.files import atomic_dir
@@ -55,6 +60,9 @@ class PackageResult(BaseModel):
     version: int
     bytes: int
     files: int
+    # The instance group as rendered (an `auto` count resolved on the packaging machine).
+    instance_count: int
+    instance_kind: str
 
 
 def package(checkpoint: Path, backend: Path, repository: Path, model: str, params: PackageParams) -> PackageResult:
@@ -72,6 +80,7 @@ def package(checkpoint: Path, backend: Path, repository: Path, model: str, param
     if not backend.is_file():
         raise StageError(f"backend {backend} does not exist; pass the path of serving/backend/model.py")
     name = served_model_name(model, params.version)
+    params = _resolved(params, _weights_bytes(checkpoint))
     config = render_config(name, params.version, params)
     # atomic_dir stages under a dot-prefixed name, which Triton never mistakes for a model.
     with atomic_dir(repository / name) as staging:
@@ -89,8 +98,13 @@ def package(checkpoint: Path, backend: Path, repository: Path, model: str, param
             version=params.version,
             bytes=sum(path.stat().st_size for path in files),
             files=len(files),
+            instance_count=params.instance_count,
+            instance_kind=params.instance_kind,
         )
-    logger.info("packaged %s: %d files, %d bytes", name, result.files, result.bytes)
+    logger.info(
+        "packaged %s: %d files, %d bytes, %d %s instance(s)",
+        name, result.files, result.bytes, result.instance_count, result.instance_kind,
+    )  # fmt: skip
     return result
 
 
@@ -102,6 +116,7 @@ def package_vllm(repository: Path, model: str, params: PackageParams) -> Package
     (``<model>-v<MLflow version>``), so a path inside it could not be written down here.
     """
     name = served_model_name(model, params.version)
+    params = _resolved(params, 0)
     try:
         config = render_vllm_config(name, params.version, params)
         engine_args = render_engine_args(vllm_engine_args(params))
@@ -120,11 +135,53 @@ def package_vllm(repository: Path, model: str, params: PackageParams) -> Package
             version=params.version,
             bytes=sum(path.stat().st_size for path in files),
             files=len(files),
+            instance_count=params.instance_count,
+            instance_kind=params.instance_kind,
         )
     logger.info(
         "packaged %s for the vLLM backend (weights at %s)", name, params.vllm.model_path if params.vllm else "-"
     )
     return result
+
+
+def this_machine() -> Machine:
+    """The cores and memory this process may use: CPU affinity and the cgroup's limits, where set."""
+    cores = len(os.sched_getaffinity(0))
+    memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    cgroup = Path("/sys/fs/cgroup")
+    try:
+        quota, period = (cgroup / "cpu.max").read_text().split()
+        if quota != "max":
+            cores = min(cores, max(1, math.ceil(int(quota) / int(period))))
+    except (OSError, ValueError):
+        pass
+    try:
+        limit = (cgroup / "memory.max").read_text().strip()
+        if limit != "max":
+            memory = min(memory, int(limit))
+    except (OSError, ValueError):
+        pass
+    return Machine(cores=cores, memory_bytes=memory)
+
+
+def _weights_bytes(checkpoint: Path) -> int:
+    return sum(path.stat().st_size for path in checkpoint.glob("*.safetensors")) or sum(
+        path.stat().st_size for path in checkpoint.glob("*.bin")
+    )
+
+
+def _resolved(params: PackageParams, weights_bytes: int) -> PackageParams:
+    """``params`` with a number for ``instance_count`` (``auto`` derived from this machine)."""
+    count = resolve_instance_count(
+        params.instance_count, params.instance_kind, this_machine(), weights_bytes, params.engine
+    )
+    if params.dynamic_batching and params.engine == "transformers" and count < MIN_BATCHING_INSTANCES:
+        logger.warning(
+            "one %s instance with dynamic batching: Triton 2.51's batcher can stall a full 500 ms waiting for it "
+            "(docs/performance.md); set package.instance_count to %d or auto",
+            params.instance_kind, MIN_BATCHING_INSTANCES,
+        )  # fmt: skip
+    return params.model_copy(update={"instance_count": count})
 
 
 def warmup_messages() -> bytes:

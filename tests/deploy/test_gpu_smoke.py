@@ -147,6 +147,7 @@ def test_bench_serves_a_packaged_model_and_reports_json(tiny_checkpoint: Path, t
     assert figures["model"] == "qwen3-vl-v1"
     assert figures["p50_ms"] > 0 and figures["rps_c1"] > 0 and figures["rps_c8"] > 0
     assert figures["gpu_mib_loaded"] == [1234]
+    assert (figures["instances"], figures["gpu_mib_per_instance"]) == (1, [0])  # the fake GPU's memory never moves
 
 
 @pytest.mark.gpu

@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from core.golden import ROWS_FILE, check_golden, read_rows
+from core.answers import ROWS_FILE, read_rows
+from core.golden import check_golden
 from core.stage import StageError
 from pipelines.golden import GoldenParams, build_golden, generate_rows
 from tiny_model import GENERATOR_FILE

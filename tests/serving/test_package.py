@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import json
+import os
 import struct
 from pathlib import Path
 
 import pytest
 
-from core.contract import parse_config
+from core.contract import Machine, parse_config
 from core.stage import StageError
 from pipelines.package import main
-from serving.triton.packaging import package, warmup_messages
+from serving.triton import packaging
+from serving.triton.packaging import package, this_machine, warmup_messages
 from tests.serving.conftest import BACKEND, MODEL, Packager, serving_params
 
 
@@ -131,6 +133,8 @@ def test_main_writes_metrics(fake_checkpoint: Path, tmp_path: Path) -> None:
         "version": 5,
         "bytes": size,
         "files": 6,
+        "instance_count": 1,
+        "instance_kind": "cpu",
     }
 
 
@@ -138,3 +142,30 @@ def test_main_fails_with_a_message(tmp_path: Path, capsys: pytest.CaptureFixture
     assert main(_argv(tmp_path / "nowhere", tmp_path, _params_file(tmp_path / "params.yaml"))) == 1
     assert "run the quantize stage first" in capsys.readouterr().err
     assert not (tmp_path / "metrics" / "package.json").exists()
+
+
+def test_an_auto_instance_count_is_derived_from_the_packaging_machine(
+    fake_checkpoint: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(packaging, "this_machine", lambda: Machine(cores=6, memory_bytes=64 * 2**30))
+
+    result = package(fake_checkpoint, BACKEND, tmp_path, MODEL, serving_params(instance_count="auto"))
+
+    [group] = parse_config((tmp_path / "qwen3-vl-v1" / "config.pbtxt").read_text()).instance_group
+    assert (group.count, result.instance_count, result.instance_kind) == (6, 6, "cpu")
+
+
+def test_an_auto_gpu_build_gets_two_instances_per_gpu(fake_checkpoint: Path, tmp_path: Path) -> None:
+    result = package(
+        fake_checkpoint, BACKEND, tmp_path, MODEL, serving_params(instance_count="auto", instance_kind="gpu")
+    )
+
+    [group] = parse_config((tmp_path / "qwen3-vl-v1" / "config.pbtxt").read_text()).instance_group
+    assert (group.count, result.instance_count) == (2, 2)
+
+
+def test_this_machine_reports_what_the_process_may_use() -> None:
+    machine = this_machine()
+
+    assert 1 <= machine.cores <= len(os.sched_getaffinity(0))
+    assert machine.memory_bytes > 2**28

@@ -6,7 +6,16 @@ import pytest
 from pydantic import ValidationError
 from tritonclient.grpc import model_config_pb2 as pb
 
-from core.contract import INPUTS, OUTPUTS, PARAMETERS, parse_config, render_config
+from core.contract import (
+    INPUTS,
+    INSTANCE_OVERHEAD_BYTES,
+    OUTPUTS,
+    PARAMETERS,
+    Machine,
+    parse_config,
+    render_config,
+    resolve_instance_count,
+)
 from tests.serving.conftest import serving_params
 
 
@@ -82,6 +91,46 @@ def test_gpu_instances() -> None:
     assert (config.instance_group[0].kind, config.instance_group[0].count) == (pb.ModelInstanceGroup.KIND_GPU, 2)
 
 
+_GIB = 2**30
+
+
+@pytest.mark.parametrize(
+    ("count", "kind", "machine", "weights", "engine", "expected"),
+    [
+        # CPU: one instance per usable core, never fewer than two (one stalls the batcher).
+        ("auto", "cpu", Machine(cores=2, memory_bytes=24 * _GIB), 2_000_000, "transformers", 2),
+        ("auto", "cpu", Machine(cores=1, memory_bytes=24 * _GIB), 2_000_000, "transformers", 2),
+        ("auto", "cpu", Machine(cores=16, memory_bytes=256 * _GIB), 2_000_000, "transformers", 16),
+        # ... and no more than half the memory holds: 16 GB of weights on a 64-core, 128 GiB machine.
+        ("auto", "cpu", Machine(cores=64, memory_bytes=128 * _GIB), 16 * _GIB, "transformers", 3),
+        # One fits at most: one, not an out-of-memory load.
+        ("auto", "cpu", Machine(cores=8, memory_bytes=40 * _GIB), 16 * _GIB, "transformers", 1),
+        # GPU: two per GPU whatever the host; vLLM: one engine per GPU.
+        ("auto", "gpu", Machine(cores=1, memory_bytes=1 * _GIB), 16 * _GIB, "transformers", 2),
+        ("auto", "gpu", Machine(cores=64, memory_bytes=512 * _GIB), 0, "vllm", 1),
+        # A number is the user's choice, kept as it is.
+        (1, "cpu", Machine(cores=16, memory_bytes=256 * _GIB), 0, "transformers", 1),
+        (5, "gpu", Machine(cores=16, memory_bytes=256 * _GIB), 0, "transformers", 5),
+    ],
+)
+def test_instance_count_resolution(
+    count: int | str, kind: str, machine: Machine, weights: int, engine: str, expected: int
+) -> None:
+    assert resolve_instance_count(count, kind, machine, weights, engine) == expected
+
+
+def test_memory_bound_counts_the_overhead_of_each_instance() -> None:
+    per_instance = 4 * _GIB + INSTANCE_OVERHEAD_BYTES
+    machine = Machine(cores=64, memory_bytes=2 * 10 * per_instance)
+
+    assert resolve_instance_count("auto", "cpu", machine, 4 * _GIB, "transformers") == 10
+
+
+def test_an_unresolved_auto_count_is_refused_at_render() -> None:
+    with pytest.raises(ValueError, match="resolve_instance_count"):
+        render_config("m", 1, serving_params(instance_count="auto"))
+
+
 @pytest.mark.parametrize(
     ("override", "key"),
     [
@@ -91,6 +140,8 @@ def test_gpu_instances() -> None:
         ({"max_queue_size": 0}, "max_queue_size"),
         ({"compute_dtype": "int4"}, "compute_dtype"),
         ({"max_batch_size": 0}, "max_batch_size"),
+        ({"instance_count": 0}, "instance_count"),
+        ({"instance_count": "many"}, "instance_count"),
     ],
 )
 def test_bad_params_fail_naming_the_problem(override: dict[str, object], key: str) -> None:

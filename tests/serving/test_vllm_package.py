@@ -310,3 +310,10 @@ def test_python_backend_models_are_left_to_check_config(fake_checkpoint: Path, t
     package(fake_checkpoint, BACKEND, tmp_path / "repo", MODEL, serving_params())
 
     assert check_vllm_paths([tmp_path / "repo"]) == []
+
+
+def test_an_auto_instance_count_is_one_engine_per_gpu(tmp_path: Path) -> None:
+    result = package(tmp_path, BACKEND, tmp_path / "repo", MODEL, vllm_params(tmp_path, instance_count="auto"))
+
+    [group] = parse_config((tmp_path / "repo" / "qwen3-vl-v1" / "config.pbtxt").read_text()).instance_group
+    assert (group.count, group.kind, result.instance_count) == (1, pb.ModelInstanceGroup.KIND_GPU, 1)
