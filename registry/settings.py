@@ -13,6 +13,7 @@ import yaml
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from core import ports
 from core.names import PlainName
 from registry.errors import RegistryError
 
@@ -41,9 +42,9 @@ class RegistrySettings(BaseSettings):
     project_dir: Path = Field(default_factory=_project_dir)
     backend_store_uri: str | None = None
     artifacts_destination: Path | None = None
-    host: str = "127.0.0.1"
+    host: str = ports.LOOPBACK
     allow_public_bind: bool = False
-    port: int = Field(default=5000, ge=1, le=65535)
+    port: int = Field(default=ports.DEFAULT.mlflow, ge=1, le=65535)
     # Default: the `registry` group of the project's params.yaml, the one place these names live.
     model_name: PlainName
     experiment: PlainName
