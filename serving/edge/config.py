@@ -121,7 +121,7 @@ http {{
 
     # The public listener: the OpenAI API and /healthz; everything else is a 404 here.
     server {{
-        listen {settings.host}:{settings.port} reuseport;
+        listen {_address(settings.host, settings.port)} reuseport;
         access_log {run}/access.log json;
         client_max_body_size {settings.client_max_body_size};
         client_body_buffer_size 1m;
@@ -140,7 +140,7 @@ http {{
 
     # The internal listener (loopback or a private address): every gateway path, no rate limit.
     server {{
-        listen {settings.internal_host}:{settings.internal_port};
+        listen {_address(settings.internal_host, settings.internal_port)};
         access_log {run}/access.log json;
         client_max_body_size {settings.client_max_body_size};
         client_body_buffer_size 1m;
@@ -154,6 +154,11 @@ http {{
     }}
 }}
 """
+
+
+def _address(host: str, port: int) -> str:
+    """``host:port`` as nginx's ``listen`` takes it (an IPv6 address in brackets)."""
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 def _proxy(settings: EdgeSettings) -> str:

@@ -383,3 +383,8 @@ def test_bodies_buffer_where_the_workers_can_reach_them(tmp_path: Path) -> None:
     elsewhere = temp_folder(hidden / "run", "www-data")
     assert not elsewhere.is_relative_to(hidden) and elsewhere.parent == Path(tempfile.gettempdir())
     assert temp_folder(hidden / "run", None) == hidden / "run" / "tmp"  # not root: nginx's workers are us
+
+
+def test_ipv6_listeners_pass_nginx_t(tmp_path: Path) -> None:
+    text = write_config(EdgeSettings(host="::", internal_host="::1"), tmp_path / "run").read_text()
+    assert "listen [::]:8080 reuseport;" in text and "listen [::1]:8081;" in text
