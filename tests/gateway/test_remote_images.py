@@ -56,7 +56,7 @@ class _Slow(BaseHTTPRequestHandler):
 
     protocol_version = "HTTP/1.1"
 
-    def do_GET(self) -> None:  # noqa: N802 (the http.server API)
+    def do_GET(self) -> None:
         body = IMAGE if self.path == "/cat.png" else IMAGE * 4
         self.send_response(200)
         self.send_header("Content-Type", "image/png")

@@ -6,6 +6,7 @@ subfolder for a model, refused the whole repository over it and exited.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -61,10 +62,8 @@ def test_a_repository_packaged_twice_is_served(tiny_checkpoint: Path, tmp_path: 
         deadline = time.monotonic() + 240
         ready = False
         while not ready and server.poll() is None and time.monotonic() < deadline:
-            try:
+            with contextlib.suppress(httpx.HTTPError):
                 ready = httpx.get(f"http://127.0.0.1:{http}/v2/models/{model}/ready", timeout=2).status_code == 200
-            except httpx.HTTPError:
-                pass
             time.sleep(0.5)
         assert ready, f"Triton did not serve {model} (exit {server.poll()}):\n{log.read_text(errors='replace')[-3000:]}"
         config = httpx.get(f"http://127.0.0.1:{http}/v2/models/{model}/config", timeout=10).json()
