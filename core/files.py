@@ -46,8 +46,10 @@ def atomic_dir(target: Path) -> Iterator[Path]:
     tmp.chmod(0o755)  # mkdtemp's 0700 would hide the output from a server running as another user
     try:
         yield tmp
-    except BaseException:
+    except BaseException as exc:
         shutil.rmtree(tmp, ignore_errors=True)
+        if isinstance(exc, OSError):
+            exc.add_note(f"while building {target}")  # the temp path alone does not say which output
         raise
     if not target.exists() and not target.is_symlink():
         tmp.rename(target)

@@ -236,3 +236,18 @@ def test_version_folders_with_unicode_digits_are_not_versions(make_model: MakeMo
         "ignore version directory '²' which fails to convert to integral number",
         "ignore version directory '٣' which fails to convert to integral number",
     ]
+
+
+def test_a_cycle_through_a_model_that_names_itself_otherwise_is_found(tmp_path: Path) -> None:
+    """Found by the fuzzer: an ensemble step leading to an ensemble whose config calls itself by
+    another name than its folder, and steps to itself, made the cycle walk recurse without end."""
+    repository = tmp_path / "repo"
+    ensemble("ens_a", [step("ens_c", {"INPUT0": "INPUT0"}, {"OUTPUT0": "OUTPUT0"})]).write(repository)
+    ensemble("ens_c", [step("ens_b", {"INPUT0": "INPUT0"}, {"OUTPUT0": "OUTPUT0"})]).write(repository)
+    loop = ensemble("ens_b", [step("ens_b", {"INPUT0": "INPUT0"}, {"OUTPUT0": "OUTPUT0"})]).write(repository)
+    config = loop / "config.pbtxt"
+    config.write_text(config.read_text().replace('name: "ens_b"', 'name: "renamed"', 1))
+
+    messages = errors(repository / "ens_a")
+
+    assert messages, "an ensemble leading to a broken one must not pass"
