@@ -9,6 +9,7 @@ from collections.abc import Callable
 import orjson
 import pytest
 
+from serving.gateway import chat
 from serving.gateway.errors import UpstreamFailedError, UpstreamTimeoutError, UpstreamUnavailableError, error_response
 from serving.gateway.lograte import RateLimitedLog
 from tests.gateway.conftest import Harness, chat_body
@@ -77,8 +78,10 @@ def test_a_warning_repeated_per_request_is_one_line_then_one_count_per_interval(
 
 
 def test_a_canary_failing_every_request_does_not_log_a_line_per_request(
-    harness: Callable[..., Harness], caplog: pytest.LogCaptureFixture
+    harness: Callable[..., Harness], caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    # The aggregation is per process, as the log is: start from a fresh one, not from earlier tests' runs.
+    monkeypatch.setattr(chat, "_aggregated", RateLimitedLog(chat.log))
     h = harness(weight=100)
     h.upstream.fail["qwen3-vl-v2"] = UpstreamFailedError("Triton answered 500: the model failed")
     caplog.set_level(logging.WARNING, logger="serving.gateway.chat")
