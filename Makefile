@@ -104,7 +104,7 @@ metrics-diff: $(STAMP) ## Markdown table of metric changes against BASE (a git r
 	fi
 
 clean: ## Remove generated artefacts, the local MLflow store and run state (not the venv)
-	rm -rf artifacts reports .mlflow .run .pytest_cache .mypy_cache .ruff_cache
+	rm -rf artifacts reports .mlflow .run .pytest_cache .mypy_cache .ruff_cache .*.swap
 	find triton-models -mindepth 1 -maxdepth 1 -type d -exec rm -rf {} +
 
 up: $(STAMP) ## Start MLflow, Triton, the controller, two gateways and nginx (127.0.0.1:8080) in the background

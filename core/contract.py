@@ -70,6 +70,11 @@ PARAM_MAX_IMAGE_PIXELS = "MAX_IMAGE_PIXELS"
 PARAM_MAX_PROMPT_TOKENS = "MAX_PROMPT_TOKENS"
 #: The dtype the weights compute in (bitsandbytes' compute dtype follows it), never the checkpoint's guess.
 PARAM_COMPUTE_DTYPE = "COMPUTE_DTYPE"
+#: The image formats a request may send (Pillow's names), the one list: the gateway refuses any other
+#: with a 400, and model.py opens only these. model.py ships without this package (a Triton model
+#: folder holds model.py alone), so it reads the list from its config.pbtxt, comma-separated.
+IMAGE_FORMATS = ("PNG", "JPEG", "WEBP", "GIF", "BMP")
+PARAM_IMAGE_FORMATS = "IMAGE_FORMATS"
 #: Every ``parameters`` key model.py reads; a config without one of them is refused at load.
 PARAMETERS = (
     PARAM_MAX_NEW_TOKENS,
@@ -80,6 +85,7 @@ PARAMETERS = (
     PARAM_MAX_IMAGE_PIXELS,
     PARAM_MAX_PROMPT_TOKENS,
     PARAM_COMPUTE_DTYPE,
+    PARAM_IMAGE_FORMATS,
 )
 
 ComputeDtype = Literal["auto", "float32", "bfloat16", "float16"]
@@ -352,6 +358,7 @@ def render_config(model_name: str, version: int, params: ServingParams, *, warmu
         (PARAM_MAX_IMAGE_PIXELS, params.max_image_pixels),
         (PARAM_MAX_PROMPT_TOKENS, params.max_prompt_tokens),
         (PARAM_COMPUTE_DTYPE, params.resolved_dtype()),
+        (PARAM_IMAGE_FORMATS, ",".join(IMAGE_FORMATS)),
     ):
         config.parameters[key].string_value = str(value)
     if warmup:

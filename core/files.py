@@ -11,27 +11,50 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+#: The folder beside ``<parent>`` where swaps of ``<parent>/<name>`` stage: ``.<parent>.swap``.
+SWAP_SUFFIX = ".swap"
+
+
+def staging_dir(target: Path) -> Path:
+    """Where a swap of ``target`` builds the new tree and leaves the old one: beside the folder that
+    holds ``target``, never in it. Every subfolder of a Triton model repository is a model to Triton
+    (a leftover ``.qwen3-vl-v1.previous`` there makes it refuse the whole repository), and a DVC out's
+    folder holds only what its stage wrote. Falls back to ``target``'s own folder only where the one
+    beside it is not on the same filesystem (a rename cannot cross one) or cannot be written.
+    """
+    parent = target.parent.resolve()
+    outer = parent.parent
+    staging = outer / f".{parent.name}{SWAP_SUFFIX}"
+    if outer == parent or not os.access(outer, os.W_OK) or outer.stat().st_dev != parent.stat().st_dev:
+        return parent
+    staging.mkdir(exist_ok=True)
+    return staging
+
 
 @contextmanager
 def atomic_dir(target: Path) -> Iterator[Path]:
     """Yield a temp folder that replaces ``target`` only if the block succeeds.
 
     The swap is one step, so a reader finds the old tree or the new one, never none; the old tree is
-    kept as ``.<name>.previous`` until the next swap, so a reader still inside it (a server loading
-    the model it holds open) can finish.
+    kept as ``<name>.previous`` in ``staging_dir(target)`` until the next swap, so a reader still
+    inside it (a server loading the model it holds open) can finish.
     """
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+    staging = staging_dir(target)
+    hidden = "." if staging == target.parent.resolve() else ""  # in target's own folder: at least hidden
+    tmp = Path(tempfile.mkdtemp(prefix=f"{hidden}{target.name}.tmp-", dir=staging))
     tmp.chmod(0o755)  # mkdtemp's 0700 would hide the output from a server running as another user
     try:
         yield tmp
-    except BaseException:
+    except BaseException as exc:
         shutil.rmtree(tmp, ignore_errors=True)
+        if isinstance(exc, OSError):
+            exc.add_note(f"while building {target}")  # the temp path alone does not say which output
         raise
     if not target.exists() and not target.is_symlink():
         tmp.rename(target)
         return
-    previous = target.with_name(f".{target.name}.previous")
+    previous = staging / f"{hidden}{target.name}.previous"
     shutil.rmtree(previous, ignore_errors=True)
     try:
         exchange(tmp, target)

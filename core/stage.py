@@ -17,13 +17,15 @@ def describe_os_error(exc: OSError) -> str:
     """One line for an OS error, also for ``shutil.Error`` (copytree's list of every failed file)."""
     import shutil
 
+    # Notes say what was being built (core.files.atomic_dir adds the output's path to its errors).
+    notes = "".join(f" ({note})" for note in getattr(exc, "__notes__", ()))
     if isinstance(exc, shutil.Error) and exc.args and isinstance(exc.args[0], list) and exc.args[0]:
         failures = exc.args[0]
         source, dest, why = failures[0]
         more = f" (and {len(failures) - 1} more files)" if len(failures) > 1 else ""
-        return f"cannot copy {source} to {dest}: {why}{more}"
+        return f"cannot copy {source} to {dest}: {why}{more}{notes}"
     where = f" {exc.filename}" if exc.filename else ""
-    return f"cannot write{where}: {exc.strerror or exc}"
+    return f"cannot write{where}: {exc.strerror or exc}{notes}"
 
 
 def run_stage(name: str, body: Callable[[], str]) -> int:

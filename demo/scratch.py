@@ -122,9 +122,15 @@ def scratch_stack(
     timings = timings if timings is not None else {}
     shutil.rmtree(run_dir, ignore_errors=True)
     (run_dir / "triton-repo").mkdir(parents=True)
-    http, grpc, metrics, mlflow, edge, gw1, gw2 = free_ports(7)
+    http, grpc, metrics, mlflow, edge, internal, gw1, gw2 = free_ports(8)
     ports = Ports(
-        edge=edge, gateways=(gw1, gw2), triton_http=http, triton_grpc=grpc, triton_metrics=metrics, mlflow=mlflow
+        edge=edge,
+        edge_internal=internal,
+        gateways=(gw1, gw2),
+        triton_http=http,
+        triton_grpc=grpc,
+        triton_metrics=metrics,
+        mlflow=mlflow,
     )
     stack = services(run_dir, ports, store_dir=run_dir / "mlflow")
     for service in stack:

@@ -11,6 +11,7 @@ import yaml
 from pydantic import AliasChoices, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from core import ports
 from core.names import PlainName
 
 _LOOPBACK = ("127.0.0.1", "localhost", "::1")
@@ -57,9 +58,9 @@ class RegistrySettings(BaseSettings):
     dvc_root: Path | None = Field(default=None, validation_alias="DVC_ROOT")
     backend_store_uri: str | None = None
     artifacts_destination: Path | None = None
-    host: str = "127.0.0.1"
+    host: str = ports.LOOPBACK
     allow_public_bind: bool = False
-    port: int = Field(default=5000, ge=1, le=65535)
+    port: int = Field(default=ports.DEFAULT.mlflow, ge=1, le=65535)
     # Default: the `registry` group of the project's params.yaml, the one place these names live.
     model_name: PlainName
     experiment: PlainName

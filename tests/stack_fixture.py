@@ -45,6 +45,7 @@ from registry.settings import RegistrySettings
 from registry.state import RolloutState, read_state
 from registry.store import Store
 from serving import stack as stack_module
+from serving.gateway.drain import drain_limit_s
 from serving.stack import Ports
 from serving.triton.launcher import free_ports
 from serving.triton.packaging import package
@@ -266,9 +267,15 @@ class Stack:
         (self.project / "params.yaml").write_text(
             yaml.safe_dump({"registry": {"model_name": MODEL, "experiment": EXPERIMENT}})
         )
-        http, grpc, metrics, mlflow, edge, gw1, gw2 = free_ports(7)
+        http, grpc, metrics, mlflow, edge, internal, gw1, gw2 = free_ports(8)
         self.ports = Ports(
-            edge=edge, gateways=(gw1, gw2), triton_http=http, triton_grpc=grpc, triton_metrics=metrics, mlflow=mlflow
+            edge=edge,
+            edge_internal=internal,
+            gateways=(gw1, gw2),
+            triton_http=http,
+            triton_grpc=grpc,
+            triton_metrics=metrics,
+            mlflow=mlflow,
         )
         self.store_dir = run_dir / "mlflow"
         with mock.patch.dict(os.environ, {"GATEWAY_ADMIN_TOKEN": TOKEN}):
@@ -293,6 +300,7 @@ class Stack:
                     "GATEWAY_UPSTREAM_TIMEOUT_S": "2",
                 }
             )
+            self.services[name].stop_timeout_s = drain_limit_s(2.0) + 10.0
         for name in ("mlflow", "triton", "controller", "nginx"):
             # services() copied the environment it ran in: the token is the gateways' business only.
             self.services[name].env.pop("GATEWAY_ADMIN_TOKEN", None)
@@ -316,7 +324,13 @@ class Stack:
 
     @property
     def edge_url(self) -> str:
+        """nginx's public listener: the OpenAI API and /healthz only."""
         return f"http://127.0.0.1:{self.ports.edge}"
+
+    @property
+    def internal_url(self) -> str:
+        """nginx's internal listener: every gateway path (status page, metrics, admin API)."""
+        return f"http://127.0.0.1:{self.ports.edge_internal}"
 
     @property
     def gateway_urls(self) -> list[str]:

@@ -44,7 +44,8 @@ _FILE_BACKEND = {
 }
 _BACKEND_PLATFORM = {"tensorrt": "tensorrt_plan", "onnxruntime": "onnxruntime_onnx", "pytorch": "pytorch_libtorch"}
 # Triton's std::stoll takes the leading integer of a folder name ("1abc" is version 1).
-_LEADING_INT = re.compile(r"\s*([+-]?\d+)")
+# ASCII only, as C's isspace and isdigit read them (Python's \s and \d take "²" and "٣" too).
+_LEADING_INT = re.compile(r"[ \t\n\v\f\r]*([+-]?[0-9]+)")
 # model_lifecycle.cc VersionsToLoad skips these folders (2.51 logs no warning for "configs": it skips it too).
 SKIPPED_VERSION_DIRS = frozenset({"warmup", "initial_state", "configs"})
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1

@@ -46,7 +46,7 @@ def config_paths(path: Path) -> list[Path] | Finding:
         )  # fmt: skip
     subfolders = [sub for sub in sorted(path.iterdir()) if sub.is_dir() and not sub.name.startswith(".")]
     if not _holds_a_config(path):
-        if subfolders and all(sub.name.isdigit() for sub in subfolders):
+        if subfolders and all(sub.name.isascii() and sub.name.isdigit() for sub in subfolders):
             return [path / CONFIG_NAME]  # a model folder (only version folders) without its config
         return Finding(
             path, 0, 0, Severity.ERROR, "path",

@@ -65,7 +65,9 @@ def _cycle(pc: ParsedConfig, ctx: CheckContext) -> tuple[str, str] | None:
     cleared: set[str] = set()
 
     def visit(model: ParsedConfig) -> tuple[str, str] | None:
-        path.append(model.name)
+        # By folder, the name steps are looked up by: a config naming itself otherwise would never
+        # be found on the path again, and the walk would recurse until Python gave up.
+        path.append(model.model_dir.name)
         for step in model.config.ensemble_scheduling.step:
             if step.model_name in path:
                 return step.model_name, model.name

@@ -7,6 +7,7 @@ Messages quote Triton 2.51's own load errors (core ``src/model_config_utils.cc``
 
 from __future__ import annotations
 
+import posixpath
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -41,6 +42,11 @@ _NEWER_THAN_SERVER: tuple[tuple[tuple[str, ...], str, str], ...] = (
     ((), "ModelConfig", "model_metrics"),
     (("ensemble_scheduling",), "ModelEnsembling", "max_inflight_requests"),
 )
+# Python-based backends (a model.py in the server's backend folder, run by the Python backend) among
+# the standard container's: a config may name their runtime "model.py".
+PYTHON_BASED_BACKENDS = frozenset({"vllm"})
+_PYTHON_RUNTIME = "model.py"
+_BACKEND_DIR = "<backends>"  # the server's --backend-directory, unknown offline
 _EXEC_ENV = "EXECUTION_ENV_PATH"
 _MODEL_DIR_VAR = "$$TRITON_MODEL_DIRECTORY"
 # The Python backend names a version's folder by the version as an unsigned 64-bit number.
@@ -123,13 +129,80 @@ def _backend(pc: ParsedConfig, ctx: CheckContext) -> Iterator[Finding]:
         yield pc.finding(
             "backend-platform", f"unexpected 'platform' and 'backend' pair, got:{platform}, {backend}", "platform"
         )
-    if backend not in ctx.target.backends:
+    if backend not in ctx.target.backends and not cfg.runtime:
         yield pc.finding(
             "backend-unknown",
             f"unable to find backend library for backend '{backend}', try specifying runtime on the model "
             f"configuration. (known here: {', '.join(sorted(ctx.target.backends))})",
             "backend",
         )
+    if cfg.runtime:
+        yield from _runtime(pc, backend, backend in ctx.target.backends)
+
+
+def _runtime(pc: ParsedConfig, backend: str, installed: bool) -> Iterator[Finding]:
+    """``runtime``: the library Triton loads for the model (backend_model.cc ``GetBackendLibraryProperties``).
+
+    Triton looks for it in the version folder, the model folder, then ``<backends>/<backend>``, and
+    refuses a path that leaves the folder it was found in: a ``runtime`` is a way to make the server
+    load a shared library, so one that climbs out (``../``) is refused here whether or not the file
+    exists, and one the named backend's folder does not hold (the checker knows each backend's own
+    library, ``libtriton_<backend>.so``) is refused unless the model's own folders hold it.
+    """
+    runtime = pc.config.runtime
+    if runtime == _PYTHON_RUNTIME:
+        if backend not in PYTHON_BASED_BACKENDS or not installed:
+            why = "is not Python-based" if installed else "is not on the target server"
+            yield pc.finding(
+                "runtime",
+                f"unable to find Python backend based backend library '{_PYTHON_RUNTIME}' for model '{pc.name}', "
+                f"searched: '{_BACKEND_DIR}/{backend}/{_PYTHON_RUNTIME}' (the {backend} backend {why})",
+                "runtime",
+            )
+        return
+    versions = selected_versions(pc) or [1]
+    for version in versions:
+        # Triton joins the strings ("<folder>/<runtime>"), so an absolute runtime is not absolute there.
+        for folder in (pc.model_dir / str(version), pc.model_dir):
+            found = Path(f"{folder}/{runtime}")
+            if not found.exists():
+                continue
+            if not found.resolve().is_relative_to(folder.resolve()):
+                yield _escapes(pc, runtime, str(folder))
+            break
+        else:
+            yield from _backend_library(pc, backend, installed, runtime, version)
+
+
+def _backend_library(pc: ParsedConfig, backend: str, installed: bool, runtime: str, version: int) -> Iterator[Finding]:
+    """``runtime`` is not in the model's folders: it must be the backend's own library in the server's folder."""
+    folder = f"{_BACKEND_DIR}/{backend}"
+    resolved = posixpath.normpath(f"{folder}/{runtime}")
+    if not resolved.startswith(folder + "/"):
+        yield _escapes(pc, runtime, folder)
+        return
+    if resolved == f"{folder}/libtriton_{backend}.so" and installed:
+        return
+    why = (
+        f"the {backend} backend's own library is libtriton_{backend}.so"
+        if installed
+        else f"the target server has no {backend} backend"
+    )
+    yield pc.finding(
+        "runtime",
+        f"unable to find backend library '{runtime}' for model '{pc.name}', searched: "
+        f"'{pc.model_dir / str(version)}' '{pc.model_dir}' '{folder}' ({why})",
+        "runtime",
+    )
+
+
+def _escapes(pc: ParsedConfig, runtime: str, folder: str) -> Finding:
+    return pc.finding(
+        "runtime",
+        f"backend library name '{runtime}' escapes backend directory '{folder}', for model '{pc.name}', "
+        "check model config runtime field",
+        "runtime",
+    )
 
 
 def _versions(pc: ParsedConfig) -> Iterator[Finding]:

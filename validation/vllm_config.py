@@ -68,7 +68,7 @@ def check_vllm_model(model_dir: Path) -> list[Finding]:
         return []
     findings = _check_config(config_path, config)
     versions = list(config.version_policy.specific.versions) or sorted(
-        int(sub.name) for sub in model_dir.iterdir() if sub.is_dir() and sub.name.isdigit()
+        int(sub.name) for sub in model_dir.iterdir() if sub.is_dir() and sub.name.isascii() and sub.name.isdigit()
     )
     if not versions:
         findings.append(_error(model_dir, 0, f"{model_dir}: no version folder holds a {VLLM_ENGINE_ARGS_FILE}"))

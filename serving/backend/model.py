@@ -44,6 +44,7 @@ _TEXT, _PROMPT_TOKENS, _COMPLETION_TOKENS, _MODEL_VERSION = (
 _MAX_NEW_TOKENS, _DEFAULT_TEMPERATURE, _TOP_P, _MAX_HISTORY = "MAX_NEW_TOKENS", "TEMPERATURE", "TOP_P", "MAX_HISTORY"
 _MAX_IMAGES, _MAX_IMAGE_PIXELS, _MAX_PROMPT_TOKENS = "MAX_IMAGES", "MAX_IMAGE_PIXELS", "MAX_PROMPT_TOKENS"
 _COMPUTE_DTYPE = "COMPUTE_DTYPE"
+_IMAGE_FORMATS = "IMAGE_FORMATS"
 #: Every ``parameters`` key this file reads; core.contract.PARAMETERS renders exactly these.
 _PARAMETERS = (
     _MAX_NEW_TOKENS,
@@ -54,6 +55,7 @@ _PARAMETERS = (
     _MAX_IMAGE_PIXELS,
     _MAX_PROMPT_TOKENS,
     _COMPUTE_DTYPE,
+    _IMAGE_FORMATS,
 )
 # Keys the Python backend itself reads from the same ``parameters`` map; they may sit next to ours.
 _BACKEND_PARAMETERS = ("EXECUTION_ENV_PATH", "FORCE_CPU_ONLY_INPUT_TENSORS")
@@ -157,7 +159,7 @@ def count_images(messages: list[dict[str, Any]]) -> int:
     )
 
 
-def decode_image(url: str, where: str, max_pixels: int) -> Image.Image:
+def decode_image(url: str, where: str, max_pixels: int, formats: tuple[str, ...]) -> Image.Image:
     """A ``data:image/...;base64,`` URI as an RGB image; remote URLs are refused, not fetched.
 
     The pixel count an image declares in its header is checked before a single pixel is decoded,
@@ -171,7 +173,7 @@ def decode_image(url: str, where: str, max_pixels: int) -> Image.Image:
         with warnings.catch_warnings():
             # PIL's own, much higher, bomb threshold would warn; MAX_IMAGE_PIXELS is the rule here.
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            image = Image.open(io.BytesIO(data))
+            image = Image.open(io.BytesIO(data), formats=formats)
     except Image.DecompressionBombError as exc:
         raise BadRequestError(f"{where}: the image is over {_MAX_IMAGE_PIXELS}={max_pixels} ({exc})") from exc
     except (binascii.Error, UnidentifiedImageError, OSError, ValueError) as exc:
@@ -188,7 +190,9 @@ def decode_image(url: str, where: str, max_pixels: int) -> Image.Image:
     return image.convert("RGB")
 
 
-def to_template(messages: list[dict[str, Any]], max_pixels: int) -> tuple[list[dict[str, Any]], list[Image.Image]]:
+def to_template(
+    messages: list[dict[str, Any]], max_pixels: int, formats: tuple[str, ...]
+) -> tuple[list[dict[str, Any]], list[Image.Image]]:
     """Messages for the chat template (images become placeholders) and the images in prompt order."""
     rendered: list[dict[str, Any]] = []
     images: list[Image.Image] = []
@@ -199,7 +203,7 @@ def to_template(messages: list[dict[str, Any]], max_pixels: int) -> tuple[list[d
             for number, part in enumerate(content):
                 if part["type"] == "image_url":
                     url = part["image_url"]["url"]
-                    images.append(decode_image(url, f"message {index} part {number}", max_pixels))
+                    images.append(decode_image(url, f"message {index} part {number}", max_pixels, formats))
                     parts.append({"type": "image"})
                 else:
                     parts.append({"type": "text", "text": part["text"]})
@@ -382,6 +386,11 @@ class TritonPythonModel:
             max_image_pixels=number(_MAX_IMAGE_PIXELS, int, 1),
             max_prompt_tokens=number(_MAX_PROMPT_TOKENS, int, 1),
         )
+        self.image_formats = tuple(parameters[_IMAGE_FORMATS].split(","))
+        if not set(self.image_formats) <= set(Image.registered_extensions().values()):
+            raise RuntimeError(
+                f"config.pbtxt parameter {_IMAGE_FORMATS}={parameters[_IMAGE_FORMATS]!r} names unknown formats"
+            )
         self.compute_dtype = parameters[_COMPUTE_DTYPE]
         if self.compute_dtype not in _DTYPES:
             raise RuntimeError(
@@ -422,7 +431,7 @@ class TritonPythonModel:
                 f"the conversation holds {images} images (after dropping old turns), over "
                 f"{_MAX_IMAGES}={limits.max_images}; send fewer images"
             )
-        rendered, decoded = to_template(messages, limits.max_image_pixels)
+        rendered, decoded = to_template(messages, limits.max_image_pixels, self.image_formats)
         try:
             prompt = self.processor.apply_chat_template(rendered, add_generation_prompt=True, tokenize=False)
         except Exception as exc:  # the template is checkpoint data: any failure is about this request

@@ -40,7 +40,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"nginx config OK: {write_config(settings, args.run_dir.resolve())}")
             return 0
         edge.start()
-        print(f"edge ready on {edge.url} (logs: {args.run_dir}/access.log)", flush=True)
+        print(f"edge ready on {edge.url}, internal {edge.internal_url} (logs: {args.run_dir}/access.log)", flush=True)
         while edge.is_running():
             time.sleep(1)
         print("serving.edge: nginx exited; see its error.log", file=sys.stderr)

@@ -107,7 +107,13 @@ class Edge:
 
     @property
     def url(self) -> str:
+        """The public listener: the OpenAI API and /healthz."""
         return self.settings.url
+
+    @property
+    def internal_url(self) -> str:
+        """The internal listener: every gateway path (status page, metrics, readiness, admin API)."""
+        return self.settings.internal_url
 
     @property
     def access_log(self) -> Path:
@@ -137,11 +143,18 @@ class Edge:
         except BaseException:
             self.stop()
             raise
-        log.info("nginx edge on %s over %s", self.url, ", ".join(self.settings.upstreams))
+        log.info(
+            "nginx edge on %s (internal %s) over %s", self.url, self.internal_url, ", ".join(self.settings.upstreams)
+        )
         return self
 
     def reload(self) -> None:
-        """Re-render, check, and reload gracefully (SIGHUP): in-flight requests finish on old workers."""
+        """Re-render, check, and reload gracefully (SIGHUP): in-flight requests finish on old workers.
+
+        The old workers close their *idle* client connections at once; a client that sends on one
+        at that instant gets a reset before nginx read its request, and should send it again (the
+        official OpenAI client does; see the README's edge section).
+        """
         if self._process is None or not self._process.is_running():
             raise EdgeError("nginx is not running")
         write_config(self.settings, self.run_dir)
@@ -161,8 +174,13 @@ class Edge:
             if self._process is not None and self._process.poll() is not None:
                 raise EdgeError(f"nginx exited with {self._process.poll()}: {self._error_tail()}")
             try:
-                with socket.create_connection((self.settings.host, self.settings.port), timeout=0.5):
-                    return
+                for host, port in (
+                    (self.settings.host, self.settings.port),
+                    (self.settings.internal_host, self.settings.internal_port),
+                ):
+                    with socket.create_connection((host, port), timeout=0.5):
+                        pass
+                return
             except OSError as exc:
                 if time.monotonic() > deadline:
                     raise EdgeError(

@@ -1,4 +1,4 @@
-"""Settings of the nginx edge (env prefix ``EDGE_``): the one public port, limits and upstreams."""
+"""Settings of the nginx edge (env prefix ``EDGE_``): the public port, the internal one, limits and upstreams."""
 
 from __future__ import annotations
 
@@ -9,6 +9,8 @@ from typing import Annotated
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from core import ports
+
 _SIZE = re.compile(r"^[1-9][0-9]*[kmKM]?$")
 _HOST_PORT = re.compile(r"^[A-Za-z0-9.-]+:[0-9]{1,5}$")
 
@@ -18,11 +20,16 @@ class EdgeSettings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix="EDGE_", extra="forbid")
 
-    host: str = "127.0.0.1"
-    port: int = Field(8080, ge=1, le=65535)
+    # The public listener: the OpenAI API (/v1/...) and /healthz, nothing else.
+    host: str = ports.LOOPBACK
+    port: int = Field(ports.DEFAULT.edge, ge=1, le=65535)
+    # The internal listener: every path of the gateways (status page, /metrics, /readyz, the admin
+    # API). Loopback or a private address only: it must never face the clients the public port serves.
+    internal_host: str = ports.LOOPBACK
+    internal_port: int = Field(ports.DEFAULT.edge_internal, ge=1, le=65535)
     # The gateway replicas (host:port), comma-separated in the environment.
     upstreams: Annotated[list[str], NoDecode] = Field(
-        default_factory=lambda: ["127.0.0.1:8000", "127.0.0.1:8010"], min_length=1
+        default_factory=lambda: [f"{ports.LOOPBACK}:{port}" for port in ports.DEFAULT.gateways], min_length=1
     )
     # Idle keep-alive connections nginx keeps open to the gateways (per worker).
     upstream_keepalive: int = Field(32, ge=1)
@@ -60,16 +67,33 @@ class EdgeSettings(BaseSettings):
 
     @model_validator(mode="after")
     def _address(self) -> EdgeSettings:
-        if self.host != "localhost":
-            try:
-                ipaddress.ip_address(self.host)
-            except ValueError as exc:
-                raise ValueError(f"EDGE_HOST={self.host!r} is not an IP address or 'localhost'") from exc
+        for name, host in (("EDGE_HOST", self.host), ("EDGE_INTERNAL_HOST", self.internal_host)):
+            if host != "localhost":
+                try:
+                    ipaddress.ip_address(host)
+                except ValueError as exc:
+                    raise ValueError(f"{name}={host!r} is not an IP address or 'localhost'") from exc
+        if self.internal_host != "localhost":
+            address = ipaddress.ip_address(self.internal_host)
+            if address.is_unspecified or not (address.is_loopback or address.is_private):
+                raise ValueError(
+                    f"EDGE_INTERNAL_HOST={self.internal_host!r}: the internal listener serves the admin API and "
+                    "the status page, so it binds to loopback or a private address, never to all addresses or "
+                    "a public one"
+                )
+        if self.internal_port == self.port:
+            raise ValueError(f"EDGE_INTERNAL_PORT and EDGE_PORT must differ (both {self.port})")
         return self
 
     @property
     def url(self) -> str:
-        return f"http://{self.host}:{self.port}"
+        """The public entry: the OpenAI API."""
+        return ports.url(self.port, ports.LOOPBACK if self.host in ("0.0.0.0", "::") else self.host)
+
+    @property
+    def internal_url(self) -> str:
+        """The internal entry: status page, metrics, readiness and the admin API."""
+        return ports.url(self.internal_port, self.internal_host)
 
     def body_limit_bytes(self) -> int:
         """``client_max_body_size`` in bytes (the gateway's own limit should not exceed it)."""

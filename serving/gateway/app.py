@@ -2,9 +2,14 @@
 
 Routes: ``POST /v1/chat/completions`` and ``GET /v1/models`` (OpenAI-compatible), ``/healthz``,
 ``/readyz``, ``/metrics``, the status page ``/`` with ``/status.json``, and the admin API under
-``/admin/``. An outer ASGI middleware gives every response an ``X-Request-Id`` (the client's, when
-it sends a sane one), adds ``X-Model-Version`` where a version was chosen, counts every answer in
-``gateway_requests_total``, and turns anything unforeseen into a plain 500 without a traceback.
+``/admin/``. Only the first three are public: the edge's public listener serves exactly those
+(``serving.edge.config.PUBLIC_PATHS``); the rest are for operators, on its internal listener.
+
+An outer ASGI middleware gives every response an ``X-Request-Id`` (the client's, when it sends a
+sane one), adds ``X-Model-Version`` where a version was chosen, counts every answer in
+``gateway_requests_total``, tracks requests in flight for a graceful drain (``serving.gateway.drain``),
+and turns anything unforeseen into a plain 500 without a traceback. A client that goes away while
+its body is read is counted as 499 (nginx's "client closed request"), not as a server error.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ from typing import Any
 import orjson
 from fastapi import FastAPI, Request
 from prometheus_client import CONTENT_TYPE_LATEST
+from starlette.requests import ClientDisconnect
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -29,8 +35,10 @@ from registry.settings import RegistrySettings
 from serving.gateway import admin, errors, openapi_doc, status
 from serving.gateway import openai_schema as wire
 from serving.gateway.chat import ChatService
+from serving.gateway.drain import Drain
 from serving.gateway.faults import Faults
 from serving.gateway.images import RemoteImages
+from serving.gateway.lograte import RateLimitedLog, flush_all
 from serving.gateway.metrics import Metrics, Window
 from serving.gateway.reconcile import Reconciler
 from serving.gateway.registry_client import MlflowRegistry, RegistryPort
@@ -40,14 +48,18 @@ from serving.gateway.upstream import TritonUpstream, Upstream
 log = logging.getLogger(__name__)
 
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
+#: The status a request gets when its client disconnected before the answer (nginx's code for it).
+CLIENT_CLOSED = 499
+_aggregated = RateLimitedLog(log)
 
 
 class EdgeMiddleware:
     """Request ids, the version header, per-route counts, and the last line of defence."""
 
-    def __init__(self, app: ASGIApp, metrics: Metrics, paths: set[str]) -> None:
+    def __init__(self, app: ASGIApp, metrics: Metrics, paths: set[str], drain: Drain) -> None:
         self.app = app
         self.metrics = metrics
+        self.drain = drain
         # The app's route paths: a request's label is its route, never a client-chosen path.
         self.paths = paths
 
@@ -68,11 +80,25 @@ class EdgeMiddleware:
                 headers = [*message.get("headers", ()), (b"x-request-id", request_id.encode())]
                 if "model_version" in state:
                     headers.append((b"x-model-version", str(state["model_version"]).encode()))
+                if self.drain.draining:
+                    # The client (nginx) drops this connection after the answer instead of reusing it.
+                    headers.append((b"connection", b"close"))
                 message = {**message, "headers": headers}
             await send(message)
 
+        self.drain.request_started()
         try:
             await self.app(scope, receive, send_with_headers)
+        except ClientDisconnect:
+            # Gone before its body arrived: nothing to answer, nothing wrong with this replica.
+            _aggregated.warning(
+                "client-disconnect",
+                "a client disconnected before sending its whole body (%s %s, request %s)",
+                scope["method"],
+                scope["path"],
+                request_id,
+            )
+            status_code = status_code or CLIENT_CLOSED
         except Exception:
             log.exception("unhandled error in %s %s (request %s)", scope["method"], scope["path"], request_id)
             if status_code:
@@ -82,6 +108,7 @@ class EdgeMiddleware:
             )
             await Response(body, status_code=500, media_type="application/json")(scope, receive, send_with_headers)
         finally:
+            self.drain.request_finished()
             path = scope["path"]
             self.metrics.request(path if path in self.paths else "unmatched", status_code or 500)
 
@@ -92,8 +119,10 @@ def create_app(
     *,
     registry: RegistryPort | None = None,
     upstream: Upstream | None = None,
+    drain: Drain | None = None,
 ) -> FastAPI:
-    """The app; ``registry`` and ``upstream`` default to MLflow (``RegistrySettings()``) and Triton."""
+    """The app; ``registry`` and ``upstream`` default to MLflow (``RegistrySettings()``) and Triton;
+    ``drain`` is what the server's SIGTERM handler starts (``app.state.drain``)."""
     if registry is None:
         registry = MlflowRegistry(registry_settings if registry_settings is not None else RegistrySettings())
     if upstream is None:
@@ -101,6 +130,7 @@ def create_app(
             settings.triton_url, settings.upstream_timeout_s, connections=settings.upstream_connections
         )
     metrics, faults = Metrics(), Faults()
+    drain = drain if drain is not None else Drain()
     window = Window(metrics, settings.status_window_s)
     reconciler = Reconciler(
         registry,
@@ -134,7 +164,11 @@ def create_app(
         # Listen only once the split is known: a replica that takes requests before its first
         # reconcile answers them 503 (no champion known), and the edge does not retry a 503.
         await reconciler.sync()
-        tasks = [asyncio.create_task(reconciler.run()), asyncio.create_task(_snapshots(window))]
+        tasks = [
+            asyncio.create_task(reconciler.run()),
+            asyncio.create_task(_snapshots(window)),
+            asyncio.create_task(_flush_logs()),
+        ]
         try:
             yield
         finally:
@@ -149,9 +183,10 @@ def create_app(
 
     app = FastAPI(title="Canary gateway", version="1", lifespan=lifespan, docs_url=None, redoc_url=None)
     app.state.chat, app.state.reconciler, app.state.metrics, app.state.faults = chat, reconciler, metrics, faults
+    app.state.drain = drain
     errors.install(app)
     paths: set[str] = set()
-    app.add_middleware(EdgeMiddleware, metrics=metrics, paths=paths)
+    app.add_middleware(EdgeMiddleware, metrics=metrics, paths=paths, drain=drain)
 
     async def chat_completions(request: Request) -> Response:
         return await chat.handle(request)
@@ -170,7 +205,7 @@ def create_app(
 
     @app.get("/readyz")
     async def readyz() -> Response:
-        ready, detail = readiness(reconciler)
+        ready, detail = readiness(reconciler, drain)
         return Response(orjson.dumps(detail), status_code=200 if ready else 503, media_type="application/json")
 
     @app.get("/metrics")
@@ -184,11 +219,14 @@ def create_app(
     return app
 
 
-def readiness(reconciler: Reconciler) -> tuple[bool, dict[str, Any]]:
-    """Ready when a champion is known and Triton reports it READY; the detail says why not."""
+def readiness(reconciler: Reconciler, drain: Drain | None = None) -> tuple[bool, dict[str, Any]]:
+    """Ready when a champion is known, Triton reports it READY and the replica is not draining; the
+    detail says why not. For operators only (the edge's internal listener): it names Triton's errors."""
     view = reconciler.view
     champion = view.alias("champion")
-    if champion is None:
+    if drain is not None and drain.draining:
+        reason = "shutting down: finishing the requests in flight"
+    elif champion is None:
         reason = "no champion known" + ("" if view.registry.reachable else " (MLflow unreachable)")
     elif champion not in view.ready:
         reason = f"champion v{champion} is not READY in Triton"
@@ -215,3 +253,10 @@ async def _snapshots(window: Window) -> None:
     while True:
         await asyncio.sleep(window.step_s)
         window.snapshot()
+
+
+async def _flush_logs() -> None:
+    """Aggregated warnings write their counts on time, not only when the next one arrives."""
+    while True:
+        await asyncio.sleep(1.0)
+        flush_all()

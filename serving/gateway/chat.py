@@ -37,6 +37,7 @@ from serving.gateway.errors import (
 )
 from serving.gateway.faults import Faults
 from serving.gateway.images import ImageInfo, RemoteImages, check_data_uri, check_limits
+from serving.gateway.lograte import RateLimitedLog
 from serving.gateway.metrics import Metrics
 from serving.gateway.reconcile import Reconciler, VersionConfig, View
 from serving.gateway.routing import Route, choose, parse_pin
@@ -45,6 +46,7 @@ from serving.gateway.upstream import Inference, Upstream
 from serving.telemetry import OUTCOME_ERROR, OUTCOME_OK, OUTCOME_REJECTED
 
 log = logging.getLogger(__name__)
+_aggregated = RateLimitedLog(log)  # a canary failing every request must not log a line per request
 
 SESSION_HEADER = "x-session-id"
 PIN_HEADER = "x-model-version"
@@ -183,8 +185,12 @@ class ChatService:
         except UpstreamError as exc:
             if not exc.retryable or route.fallback is None:
                 raise
-            log.warning(
-                "canary v%d failed (%s); answering with champion v%d", route.version, exc.message, route.fallback
+            _aggregated.warning(
+                f"canary v{route.version} {exc.code}",
+                "canary v%d failed (%s); answering with champion v%d",
+                route.version,
+                exc.message,
+                route.fallback,
             )
             self.metrics.retry()
         request.state.model_version = route.fallback
@@ -214,7 +220,7 @@ class ChatService:
 
     async def _read_json(self, request: Request) -> dict[str, object]:
         declared = request.headers.get("content-length", "")
-        if declared.isdigit() and int(declared) > self.max_body_bytes:
+        if declared.isascii() and declared.isdigit() and int(declared) > self.max_body_bytes:
             raise PayloadTooLargeError(
                 f"the body is {declared} bytes; the limit is {self.max_body_bytes} (GATEWAY_MAX_BODY_BYTES)"
             )

@@ -10,6 +10,7 @@ outer middleware).
 from __future__ import annotations
 
 import logging
+import re
 from typing import Any
 
 import orjson
@@ -18,7 +19,10 @@ from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 
+from serving.gateway.lograte import RateLimitedLog
+
 log = logging.getLogger(__name__)
+_aggregated = RateLimitedLog(log)
 
 
 class GatewayError(Exception):
@@ -164,15 +168,36 @@ def error_body(message: str, kind: str, param: str | None = None, code: str | No
 #: What a client is told when Triton cannot be reached; the details (its address, the socket error)
 #: stay in the gateway's log: they tell an outsider about the inside and do not help the client.
 PUBLIC_UNAVAILABLE = "the model server is unavailable; retry shortly"
+#: Where a server error's message names an address of the inside (a URL, an IP, host:port), the
+#: client reads this instead; the whole message goes to the log.
+INTERNAL = "<internal>"
+_ADDRESS = re.compile(
+    r"[A-Za-z][A-Za-z0-9+.-]*://[^\s'\"),]+"  # a URL
+    r"|\[[0-9A-Fa-f:.]+\](?::[0-9]+)?"  # [IPv6] or [IPv6]:port
+    r"|\b[0-9]{1,3}(?:\.[0-9]{1,3}){3}(?::[0-9]+)?\b"  # IPv4 or IPv4:port
+    r"|\b[A-Za-z][A-Za-z0-9-]*(?:\.[A-Za-z0-9-]+)*:[0-9]{2,5}\b"  # host:port
+)
+
+
+def public_message(message: str) -> str:
+    """``message`` without internal addresses (each becomes ``<internal>``)."""
+    return _ADDRESS.sub(INTERNAL, message)
 
 
 def error_response(exc: GatewayError, headers: dict[str, str] | None = None) -> Response:
-    """The HTTP answer for ``exc``: OpenAI's error JSON, Retry-After on 503, a Bearer challenge on 401."""
+    """The HTTP answer for ``exc``: OpenAI's error JSON, Retry-After on 503, a Bearer challenge on 401.
+
+    A server error's message never shows an internal address: Triton's and MLflow's errors name
+    them, and the client can do nothing with them (they are logged, aggregated, instead).
+    """
     status, kind = status_of(exc)
     message = exc.message
     if isinstance(exc, UpstreamUnavailableError):
-        log.warning("upstream unavailable: %s", exc.message)
+        _aggregated.warning(f"unavailable {exc.code}", "upstream unavailable: %s", exc.message)
         message = PUBLIC_UNAVAILABLE
+    elif status >= 500 and (public := public_message(message)) != message:
+        _aggregated.warning(f"{status} {exc.code}", "%s answered %d: %s", type(exc).__name__, status, exc.message)
+        message = public
     extra = dict(headers or {})
     if status == 503:
         extra["Retry-After"] = str(RETRY_AFTER_S)

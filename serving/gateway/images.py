@@ -12,6 +12,7 @@ from __future__ import annotations
 import base64
 import binascii
 import io
+import ssl
 import struct
 import warnings
 from dataclasses import dataclass
@@ -20,10 +21,11 @@ from urllib.parse import urlsplit
 import aiohttp
 from PIL import Image, UnidentifiedImageError
 
+from core.contract import IMAGE_FORMATS
 from serving.gateway.errors import InvalidRequestError, PayloadTooLargeError
 
-#: Formats the model's processor reads; anything else is refused with a 400.
-FORMATS = ("PNG", "JPEG", "WEBP", "GIF", "BMP")
+#: Formats the model opens (the contract's one list); anything else is refused with a 400.
+FORMATS = IMAGE_FORMATS
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 _ALPHABET = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
 # Base64 characters decoded for the header check (a multiple of 4: 48 KiB of image).
@@ -126,12 +128,16 @@ def check_limits(images: list[tuple[str, ImageInfo]], max_images: int | None, ma
 
 
 class RemoteImages:
-    """Fetch allowed remote images; with no allowed hosts nothing is ever fetched."""
+    """Fetch allowed remote images; with no allowed hosts nothing is ever fetched.
 
-    def __init__(self, hosts: list[str], timeout_s: float, max_bytes: int) -> None:
+    ``tls`` is the certificate trust for the fetches (default: the system's).
+    """
+
+    def __init__(self, hosts: list[str], timeout_s: float, max_bytes: int, tls: ssl.SSLContext | None = None) -> None:
         self.hosts = frozenset(hosts)
         self.timeout_s = timeout_s
         self.max_bytes = max_bytes
+        self.tls = tls
         self._session: aiohttp.ClientSession | None = None
 
     async def close(self) -> None:
@@ -156,14 +162,17 @@ class RemoteImages:
         """The image at an allowed ``url`` as a data URI, and its header."""
         self.check_url(url, where)
         if self._session is None:
-            self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=self.timeout_s), trust_env=False)
+            connector = aiohttp.TCPConnector(ssl=self.tls) if self.tls is not None else None
+            self._session = aiohttp.ClientSession(
+                timeout=aiohttp.ClientTimeout(total=self.timeout_s), trust_env=False, connector=connector
+            )
         try:
             async with self._session.get(url, allow_redirects=False) as response:
                 if response.status != 200:
                     raise InvalidRequestError(
                         f"{where}: fetching the image answered HTTP {response.status}", param=where
                     )
-                raw = await response.content.read(self.max_bytes + 1)
+                raw = await _read_at_most(response.content, self.max_bytes + 1)
         except (aiohttp.ClientError, TimeoutError) as exc:
             raise InvalidRequestError(
                 f"{where}: the image could not be fetched: {type(exc).__name__}", param=where
@@ -173,3 +182,17 @@ class RemoteImages:
         info = check_bytes(raw, where)
         mime = f"image/{info.format.lower()}"
         return f"data:{mime};base64,{base64.b64encode(raw).decode()}", info
+
+
+async def _read_at_most(stream: aiohttp.StreamReader, limit: int) -> bytes:
+    """The body up to ``limit`` bytes. ``stream.read(n)`` returns what has arrived so far, which for a
+    body sent in several packets is only its beginning: read until the body ends or the limit."""
+    parts: list[bytes] = []
+    size = 0
+    while size < limit:
+        chunk = await stream.read(limit - size)
+        if not chunk:
+            break
+        parts.append(chunk)
+        size += len(chunk)
+    return b"".join(parts)

@@ -51,7 +51,7 @@ class VersionConfig:
     def from_parameters(cls, parameters: dict[str, str]) -> VersionConfig:
         def number(key: str) -> int | None:
             value = parameters.get(key, "")
-            return int(value) if value.isdigit() else None
+            return int(value) if value.isascii() and value.isdigit() else None
 
         return cls(number(PARAM_MAX_IMAGES), number(PARAM_MAX_IMAGE_PIXELS), number(PARAM_MAX_NEW_TOKENS))
 

@@ -11,11 +11,14 @@ its share to the champion.
 from __future__ import annotations
 
 import hashlib
+import re
 from dataclasses import dataclass
 
 from serving.gateway.errors import InvalidRequestError, ModelNotFoundError, NoReadyVersionError
 
 _SCALE = 100.0 / 2**64
+# ASCII digits only: str.isdigit() also takes "²" or "٣", which int() then refuses (or reads).
+_VERSION = re.compile(r"v?([0-9]{1,9})")
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,13 +50,13 @@ def parse_pin(header: str | None) -> int | None:
     """The version an ``X-Model-Version`` header asks for, or None without one."""
     if header is None or not header.strip():
         return None
-    text = header.strip().removeprefix("v")
-    if not text.isdigit() or int(text) < 1 or len(text) > 9:
+    match = _VERSION.fullmatch(header.strip())
+    if match is None or int(match[1]) < 1:
         raise InvalidRequestError(
             f"X-Model-Version must be a registry version number such as 3, got {header[:20]!r}",
             param="X-Model-Version",
         )
-    return int(text)
+    return int(match[1])
 
 
 def choose(split: Split, *, key: str | None, draw: float, pinned: int | None = None) -> Route:

@@ -12,6 +12,7 @@ import ipaddress
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from core import ports
 from serving.triton.settings import TritonSettings
 
 #: Shortest admin token accepted outside dev mode (a 128-bit random token is 22+ characters).
@@ -19,8 +20,7 @@ MIN_TOKEN_LENGTH = 16
 
 
 def _triton_url() -> str:
-    triton = TritonSettings()
-    return f"http://{triton.host}:{triton.http_port}"
+    return TritonSettings().http_url
 
 
 def _is_loopback(host: str) -> bool:
@@ -35,10 +35,10 @@ class GatewaySettings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix="GATEWAY_", extra="forbid")
 
-    host: str = "127.0.0.1"
+    host: str = ports.LOOPBACK
     # The gateway has no user authentication: the edge (nginx) in front of it is what clients reach.
     allow_non_loopback: bool = False
-    port: int = Field(8000, ge=1, le=65535)
+    port: int = Field(ports.DEFAULT.gateways[0], ge=1, le=65535)
     dev: bool = False
     admin_token: SecretStr | None = None
     triton_url: str = Field(default_factory=_triton_url)

@@ -8,6 +8,9 @@ from typing import Annotated
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from core import ports
+from serving.triton.settings import TritonSettings
+
 
 class ControllerSettings(BaseSettings):
     """Where the controller finds the gateways, Triton, its folders and the golden set (the policy: ``ROLLOUT_*``)."""
@@ -16,9 +19,10 @@ class ControllerSettings(BaseSettings):
 
     # Every gateway replica's metrics endpoint (comma-separated in the environment).
     gateways: Annotated[list[str], NoDecode] = Field(
-        default_factory=lambda: ["http://127.0.0.1:8000/metrics", "http://127.0.0.1:8010/metrics"], min_length=1
+        default_factory=lambda: [f"{ports.url(port)}/metrics" for port in ports.DEFAULT.gateways], min_length=1
     )
-    triton_http_url: str = "http://127.0.0.1:8001"
+    # Triton's own settings (TRITON_HOST, TRITON_HTTP_PORT) by default, so one environment configures both.
+    triton_http_url: str = Field(default_factory=lambda: TritonSettings().http_url)
     # The Triton model repository the controller keeps equal to champion + canary (Triton runs in
     # explicit model-control mode over it), and where verified registry artifacts are kept.
     triton_repository: Path = Path(".run/triton-repo")

@@ -1,11 +1,17 @@
 """``make up`` / ``make down`` / ``make status``: the whole serving stack on one machine, in the background.
 
 MLflow (the project store), Triton (explicit model control over ``.run/triton-repo``, which the
-controller fills with champion and canary), the rollout controller, two gateway replicas and the
-nginx edge, started in that order, each waited for with bounded, logged retries. Each runs in its
-own session, detached from the shell, with its pid (and start time, so a reused pid is never
-mistaken for it) in ``.run/<name>.pid`` and its log in ``.run/logs/<name>.log``. ``down`` stops
-exactly those processes, in reverse order.
+controller fills with champion and canary), the rollout controller, the gateway replicas and the
+nginx edge, started in that order, each waited for with bounded, logged retries; then ``up`` waits
+until the champion answers a chat request through nginx (with progress), or says there is no
+champion yet and the command that makes one. Each service runs in its own session, detached from
+the shell, with its pid (and start time, so a reused pid is never mistaken for it) in
+``.run/<name>.pid`` and its log in ``.run/logs/<name>.log``. ``down`` stops exactly those
+processes, in reverse order, each with its own grace (a gateway drains its requests in flight).
+
+Ports are the services' own settings (``core.ports`` holds the defaults): ``REGISTRY_PORT``,
+``TRITON_HTTP_PORT``/``_GRPC_PORT``/``_METRICS_PORT``, ``EDGE_PORT``, ``EDGE_INTERNAL_PORT``, and
+``EDGE_UPSTREAMS`` (one gateway replica per ``127.0.0.1:<port>`` entry).
 """
 
 from __future__ import annotations
@@ -24,24 +30,37 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import httpx
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from core.ports import LOOPBACK, Ports, url
+from registry.settings import RegistrySettings
+from serving.edge.settings import EdgeSettings
+from serving.gateway.drain import drain_limit_s
+from serving.gateway.settings import GatewaySettings
+from serving.triton.settings import TritonSettings
+
+__all__ = ["ROOT", "Ports", "Service", "StackError", "StackSettings", "down", "services", "start", "stop", "up"]
 
 log = logging.getLogger(__name__)
 
 ROOT = Path(__file__).resolve().parents[2]
+#: What ``up`` recorded: the services in start order, and where each listens.
+STACK_FILE = "stack.json"
+#: The command that makes the candidate the champion (the registry CLI; README "Registry and promotion").
+PROMOTE = "python -m registry promote --to champion"
 
 
-@dataclass(frozen=True)
-class Ports:
-    """The seed's ports: nginx is the one public entry; everything else stays on loopback."""
+class StackSettings(BaseSettings):
+    """How ``make up`` waits (env prefix ``STACK_``); ports are each service's own settings."""
 
-    edge: int = 8080
-    gateways: tuple[int, ...] = (8000, 8010)
-    triton_http: int = 8001
-    triton_grpc: int = 8002
-    triton_metrics: int = 8003
-    mlflow: int = 5000
+    model_config = SettingsConfigDict(env_prefix="STACK_", extra="forbid")
+
+    # How long `make up` waits for the champion to answer through nginx (loading a real model takes minutes).
+    champion_timeout_s: float = Field(300.0, gt=0)
 
 
 @dataclass
@@ -52,7 +71,32 @@ class Service:
     ready: Callable[[], bool]
     url: str
     ready_timeout_s: float = 120.0
+    # SIGTERM, then this long before SIGKILL: a gateway drains its requests in flight first.
+    stop_timeout_s: float = 20.0
     extra: dict[str, str] = field(default_factory=dict)
+
+
+def configured_ports() -> Ports:
+    """The ports the services' settings name (their environment variables, else ``core.ports``)."""
+    triton, edge = TritonSettings(), EdgeSettings()
+    gateways = []
+    for upstream in edge.upstreams:
+        host, _, port = upstream.rpartition(":")
+        if host not in (LOOPBACK, "localhost"):
+            raise StackError(
+                f"EDGE_UPSTREAMS entry {upstream!r}: `make up` starts the gateway replicas on this machine, "
+                f"so each entry is {LOOPBACK}:<port>"
+            )
+        gateways.append(int(port))
+    return Ports(
+        edge=edge.port,
+        edge_internal=edge.internal_port,
+        gateways=tuple(gateways),
+        triton_http=triton.http_port,
+        triton_grpc=triton.grpc_port,
+        triton_metrics=triton.metrics_port,
+        mlflow=RegistrySettings().port,
+    )
 
 
 def _http_ok(url: str) -> Callable[[], bool]:
@@ -91,10 +135,11 @@ def admin_token(run_dir: Path) -> str:
     return token
 
 
-def services(run_dir: Path, ports: Ports = Ports(), store_dir: Path | None = None) -> list[Service]:
+def services(run_dir: Path, ports: Ports | None = None, store_dir: Path | None = None) -> list[Service]:
     """The stack, in start order; ``store_dir`` puts MLflow on a scratch store instead of the project's."""
+    ports = ports if ports is not None else configured_ports()
     python = sys.executable
-    mlflow_url = f"http://127.0.0.1:{ports.mlflow}"
+    mlflow_url = url(ports.mlflow)
     base = {
         **os.environ,
         "PYTHONPATH": str(ROOT),
@@ -104,7 +149,8 @@ def services(run_dir: Path, ports: Ports = Ports(), store_dir: Path | None = Non
     }
     repository = run_dir / "triton-repo"
     token = admin_token(run_dir)
-    gateway_metrics = ",".join(f"http://127.0.0.1:{port}/metrics" for port in ports.gateways)
+    gateway_metrics = ",".join(f"{url(port)}/metrics" for port in ports.gateways)
+    triton_url = url(ports.triton_http)
     stack = [
         Service(
             "mlflow",
@@ -138,8 +184,8 @@ def services(run_dir: Path, ports: Ports = Ports(), store_dir: Path | None = Non
                 "TRITON_GRPC_PORT": str(ports.triton_grpc),
                 "TRITON_METRICS_PORT": str(ports.triton_metrics),
             },
-            _http_ok(f"http://127.0.0.1:{ports.triton_http}/v2/health/live"),
-            f"http://127.0.0.1:{ports.triton_http}",
+            _http_ok(f"{triton_url}/v2/health/live"),
+            triton_url,
         ),
         Service(
             "controller",
@@ -147,7 +193,7 @@ def services(run_dir: Path, ports: Ports = Ports(), store_dir: Path | None = Non
             {
                 **base,
                 "CONTROLLER_GATEWAYS": gateway_metrics,
-                "CONTROLLER_TRITON_HTTP_URL": f"http://127.0.0.1:{ports.triton_http}",
+                "CONTROLLER_TRITON_HTTP_URL": triton_url,
                 "CONTROLLER_TRITON_REPOSITORY": str(repository),
                 "CONTROLLER_CACHE_DIR": str(run_dir / "versions"),
                 "CONTROLLER_GOLDEN_PATH": str(ROOT / "artifacts" / "golden"),
@@ -156,6 +202,10 @@ def services(run_dir: Path, ports: Ports = Ports(), store_dir: Path | None = Non
             "(no port)",
         ),
     ]
+    # SIGTERM drains a gateway: its requests in flight may take two upstream timeouts (canary, then champion).
+    upstream_timeout_s = GatewaySettings.model_fields["upstream_timeout_s"].default
+    if "GATEWAY_UPSTREAM_TIMEOUT_S" in os.environ:
+        upstream_timeout_s = float(os.environ["GATEWAY_UPSTREAM_TIMEOUT_S"])
     for index, port in enumerate(ports.gateways):
         stack.append(
             Service(
@@ -164,11 +214,12 @@ def services(run_dir: Path, ports: Ports = Ports(), store_dir: Path | None = Non
                 {
                     **base,
                     "GATEWAY_PORT": str(port),
-                    "GATEWAY_TRITON_URL": f"http://127.0.0.1:{ports.triton_http}",
+                    "GATEWAY_TRITON_URL": triton_url,
                     "GATEWAY_ADMIN_TOKEN": token,
                 },
-                _http_ok(f"http://127.0.0.1:{port}/healthz"),
-                f"http://127.0.0.1:{port}",
+                _http_ok(f"{url(port)}/healthz"),
+                url(port),
+                stop_timeout_s=drain_limit_s(upstream_timeout_s) + 10.0,
             )
         )
     stack.append(
@@ -178,10 +229,12 @@ def services(run_dir: Path, ports: Ports = Ports(), store_dir: Path | None = Non
             {
                 **base,
                 "EDGE_PORT": str(ports.edge),
-                "EDGE_UPSTREAMS": ",".join(f"127.0.0.1:{port}" for port in ports.gateways),
+                "EDGE_INTERNAL_PORT": str(ports.edge_internal),
+                "EDGE_UPSTREAMS": ",".join(f"{LOOPBACK}:{port}" for port in ports.gateways),
             },
-            _tcp_open(ports.edge),
-            f"http://127.0.0.1:{ports.edge}",
+            _tcp_open(ports.edge_internal),
+            url(ports.edge),
+            extra={"internal": url(ports.edge_internal)},
         )
     )
     return stack
@@ -230,9 +283,13 @@ def start(service: Service, run_dir: Path) -> int:
             stdin=subprocess.DEVNULL,
             start_new_session=True,
         )
-    _pid_file(run_dir, service.name).write_text(
-        json.dumps({"pid": process.pid, "start": _start_time(process.pid), "url": service.url}) + "\n"
-    )
+    record = {
+        "pid": process.pid,
+        "start": _start_time(process.pid),
+        "url": service.url,
+        "stop_s": service.stop_timeout_s,
+    }
+    _pid_file(run_dir, service.name).write_text(json.dumps(record | service.extra) + "\n")
     deadline = time.monotonic() + service.ready_timeout_s
     attempt = 0
     while not service.ready():
@@ -252,9 +309,20 @@ def start(service: Service, run_dir: Path) -> int:
     return process.pid
 
 
-def stop(run_dir: Path, name: str, timeout_s: float = 20.0) -> bool:
-    """Stop the recorded process group of ``name``; True if something was stopped."""
+def _record(run_dir: Path, name: str) -> dict[str, Any]:
+    try:
+        record = json.loads(_pid_file(run_dir, name).read_text())
+    except (OSError, ValueError):
+        return {}
+    return record if isinstance(record, dict) else {}
+
+
+def stop(run_dir: Path, name: str, timeout_s: float | None = None) -> bool:
+    """Stop the recorded process group of ``name`` (SIGTERM, then SIGKILL after its grace); True if
+    something was stopped."""
     pid = running_pid(run_dir, name)
+    if timeout_s is None:
+        timeout_s = float(_record(run_dir, name).get("stop_s", 20.0))
     _pid_file(run_dir, name).unlink(missing_ok=True)
     if pid is None:
         return False
@@ -275,12 +343,15 @@ def _is_zombie(pid: int) -> bool:
         return True
 
 
-def up(run_dir: Path, ports: Ports = Ports()) -> list[Service]:
+def up(run_dir: Path, ports: Ports | None = None) -> list[Service]:
+    """Start every service not already running, in order; on a failure, stop what this call started."""
     stack = services(run_dir, ports)
     if all(running_pid(run_dir, s.name) is None for s in stack):
         # A fresh start: the controller rebuilds Triton's repository from the registry.
         shutil.rmtree(run_dir / "triton-repo", ignore_errors=True)
     (run_dir / "triton-repo").mkdir(parents=True, exist_ok=True)
+    recorded = {"services": [{"name": s.name, "url": s.url, **s.extra} for s in stack]}
+    (run_dir / STACK_FILE).write_text(json.dumps(recorded, indent=2) + "\n")
     try:
         for service in stack:
             start(service, run_dir)
@@ -290,6 +361,90 @@ def up(run_dir: Path, ports: Ports = Ports()) -> list[Service]:
     return stack
 
 
+def recorded_names(run_dir: Path) -> list[str]:
+    """The services ``up`` started, in start order (the default stack's names before any ``up``)."""
+    try:
+        return [entry["name"] for entry in json.loads((run_dir / STACK_FILE).read_text())["services"]]
+    except (OSError, ValueError, KeyError, TypeError):
+        return ["mlflow", "triton", "controller", "gateway-1", "gateway-2", "nginx"]
+
+
 def down(run_dir: Path, stack: list[Service] | None = None) -> list[str]:
-    names = [s.name for s in (stack if stack is not None else services(run_dir))]
+    names = [s.name for s in stack] if stack is not None else recorded_names(run_dir)
     return [name for name in reversed(names) if stop(run_dir, name)]
+
+
+# -- the champion through nginx ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Serving:
+    """What the gateways say about the champion (their ``/readyz``), and whether nginx answered with it."""
+
+    champion: int | None
+    registry_reachable: bool
+    answered: bool
+    reason: str
+
+
+def serving_state(gateways: list[str], edge: str, model: str, *, ask: bool = True) -> Serving:
+    """Every gateway's readiness; when all are ready (and ``ask``), one chat request through the edge."""
+    champion, reachable, reasons = None, False, []
+    ready = bool(gateways)
+    for gateway in gateways:
+        try:
+            detail = httpx.get(f"{gateway}/readyz", timeout=2.0).json()
+        except (httpx.HTTPError, ValueError) as exc:
+            ready = False
+            reasons.append(f"{gateway} did not answer ({type(exc).__name__})")
+            continue
+        champion = detail.get("champion", champion)
+        reachable = reachable or bool(detail.get("registry", {}).get("reachable"))
+        if not detail.get("ready"):
+            ready = False
+            reasons.append(str(detail.get("reason")))
+    if not ready or not ask:
+        return Serving(champion, reachable, False, "; ".join(dict.fromkeys(reasons)) or "ready")
+    body = {"model": model, "messages": [{"role": "user", "content": "Say hello"}], "max_tokens": 1}
+    try:
+        response = httpx.post(f"{edge}/v1/chat/completions", json=body, timeout=60.0)
+    except httpx.HTTPError as exc:
+        return Serving(champion, reachable, False, f"nginx did not answer ({type(exc).__name__})")
+    if response.status_code != 200:
+        return Serving(champion, reachable, False, f"nginx answered {response.status_code}: {response.text[:200]}")
+    return Serving(champion, reachable, True, "answering")
+
+
+def wait_for_champion(stack: list[Service], timeout_s: float, poll_s: float = 0.5) -> Serving:
+    """Until the champion answers through nginx, or the registry is known to name none; bounded,
+    with a progress line every few seconds. ``StackError`` when the time runs out."""
+    gateways = [s.url for s in stack if s.name.startswith("gateway-")]
+    edge = next(s.url for s in stack if s.name == "nginx")
+    model = RegistrySettings().model_name
+    started = time.monotonic()
+    said = 0.0
+    while True:
+        state = serving_state(gateways, edge, model)
+        if state.answered or (state.champion is None and state.registry_reachable):
+            return state
+        waited = time.monotonic() - started
+        if waited > timeout_s:
+            raise StackError(
+                f"the champion did not answer through nginx within {timeout_s:.0f} s (STACK_CHAMPION_TIMEOUT_S): "
+                f"{state.reason}; see the controller's and Triton's logs under .run/logs/. The stack stays up; "
+                "`make down` stops it"
+            )
+        if waited - said >= 5.0:
+            said = waited
+            what = f"champion v{state.champion}" if state.champion is not None else "the registry"
+            log.info("waiting for %s to answer through nginx (%.0f s): %s", what, waited, state.reason)
+        time.sleep(poll_s)
+
+
+def no_champion_advice(mlflow_url: str) -> str:
+    """What to run when the registry names no champion: the candidate's promotion."""
+    return (
+        f"no champion yet: promote the candidate with `MLFLOW_TRACKING_URI={mlflow_url} {PROMOTE}` "
+        "(in the activated venv; `python -m registry status` lists the candidate); the gateways serve it "
+        "as soon as Triton has loaded it"
+    )

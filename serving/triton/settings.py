@@ -8,18 +8,20 @@ from typing import Literal
 from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from core import ports
+
 
 class TritonSettings(BaseSettings):
     """How the launcher runs ``tritonserver``; every field can be set as ``TRITON_<FIELD>``."""
 
     model_config = SettingsConfigDict(env_prefix="TRITON_", extra="forbid")
 
-    host: str = "127.0.0.1"
+    host: str = ports.LOOPBACK
     # Triton has no authentication of its own: the gateway is the only thing that should reach it.
     allow_non_loopback: bool = False
-    http_port: int = Field(8001, ge=1, le=65535)
-    grpc_port: int = Field(8002, ge=1, le=65535)
-    metrics_port: int = Field(8003, ge=1, le=65535)
+    http_port: int = Field(ports.DEFAULT.triton_http, ge=1, le=65535)
+    grpc_port: int = Field(ports.DEFAULT.triton_grpc, ge=1, le=65535)
+    metrics_port: int = Field(ports.DEFAULT.triton_metrics, ge=1, le=65535)
     model_control_mode: Literal["explicit", "poll", "none"] = "explicit"
     repository_poll_secs: int = Field(5, gt=0)
     # Refuse configs that Triton would otherwise auto-complete, so config.pbtxt stays the contract.
@@ -47,3 +49,9 @@ class TritonSettings(BaseSettings):
         if len(set(ports)) != len(ports):
             raise ValueError(f"TRITON_HTTP_PORT, TRITON_GRPC_PORT and TRITON_METRICS_PORT must differ, got {ports}")
         return self
+
+    @property
+    def http_url(self) -> str:
+        """Where clients reach Triton's HTTP API (a server bound to every address is reached on loopback)."""
+        host = ports.LOOPBACK if self.host in ("0.0.0.0", "::") else self.host
+        return ports.url(self.http_port, host)

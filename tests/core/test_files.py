@@ -28,7 +28,7 @@ def _write(target: Path, marker: str) -> None:
 
 
 def test_a_reader_never_sees_the_target_missing_or_half_written(tmp_path: Path) -> None:
-    target = tmp_path / "model"
+    target = tmp_path / "repo" / "model"
     _write(target, "0")
     seen: list[str] = []
     stop = threading.Event()
@@ -57,12 +57,13 @@ def test_a_reader_never_sees_the_target_missing_or_half_written(tmp_path: Path) 
     reader.join()
 
     assert seen and set(seen) == {"whole"}, {kind: seen.count(kind) for kind in set(seen)}
-    # No temp folder left behind; the previous tree stays until the next swap.
-    assert sorted(p.name for p in tmp_path.iterdir()) == [".model.previous", "model"]
+    # No temp folder left behind; the previous tree stays until the next swap, beside the folder.
+    assert sorted(p.name for p in (tmp_path / "repo").iterdir()) == ["model"]
+    assert sorted(p.name for p in (tmp_path / ".repo.swap").iterdir()) == ["model.previous"]
 
 
 def test_a_failed_build_or_swap_keeps_the_old_tree(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    target = tmp_path / "model"
+    target = tmp_path / "repo" / "model"
     _write(target, "1")
 
     with pytest.raises(RuntimeError), atomic_dir(target) as tmp:
@@ -77,4 +78,33 @@ def test_a_failed_build_or_swap_keeps_the_old_tree(tmp_path: Path, monkeypatch: 
         _write(target, "2")
 
     assert (target / "config.pbtxt").read_text() == "1"
-    assert [p.name for p in tmp_path.iterdir()] == ["model"]  # no half-written tree anywhere
+    assert [p.name for p in (tmp_path / "repo").iterdir()] == ["model"]  # no half-written tree anywhere
+    assert list((tmp_path / ".repo.swap").iterdir()) == []
+
+
+def test_swap_leftovers_stay_out_of_the_folder_that_holds_the_target(tmp_path: Path) -> None:
+    """A Triton repository holds models only: a second build leaves nothing else in it (Triton takes
+    every subfolder, hidden ones too, for a model and refuses the repository over a stray one)."""
+    repository = tmp_path / "triton-models"
+    for marker in ("1", "2", "3"):
+        _write(repository / "qwen3-vl-v1", marker)
+        _write(repository / "qwen3-vl-v2", marker)
+
+    assert sorted(p.name for p in repository.iterdir()) == ["qwen3-vl-v1", "qwen3-vl-v2"]
+    assert (repository / "qwen3-vl-v1" / "config.pbtxt").read_text() == "3"
+    leftovers = sorted(p.name for p in (tmp_path / ".triton-models.swap").iterdir())
+    assert leftovers == ["qwen3-vl-v1.previous", "qwen3-vl-v2.previous"]
+    assert (tmp_path / ".triton-models.swap" / "qwen3-vl-v1.previous" / "config.pbtxt").read_text() == "2"
+
+
+def test_without_a_writable_folder_beside_it_the_swap_stages_hidden_in_place(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    target = tmp_path / "repo" / "model"
+    real_access = os.access
+    monkeypatch.setattr(files.os, "access", lambda path, mode: Path(path) != tmp_path and real_access(path, mode))
+    _write(target, "1")
+    _write(target, "2")
+
+    assert sorted(p.name for p in (tmp_path / "repo").iterdir()) == [".model.previous", "model"]
+    assert not (tmp_path / ".repo.swap").exists()

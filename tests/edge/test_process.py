@@ -18,7 +18,8 @@ import sys, time
 from pathlib import Path
 from serving.edge.launcher import Edge
 from serving.edge.settings import EdgeSettings
-edge = Edge(EdgeSettings(port=int(sys.argv[1]), upstreams=["127.0.0.1:9"]), Path(sys.argv[2])).start()
+settings = EdgeSettings(port=int(sys.argv[1]), internal_port=int(sys.argv[3]), upstreams=["127.0.0.1:9"])
+edge = Edge(settings, Path(sys.argv[2])).start()
 print(edge.pid, flush=True)
 time.sleep(600)
 """
@@ -46,9 +47,9 @@ def _gone_within(pid: int, seconds: float) -> bool:
 def test_a_parent_killed_with_sigkill_leaves_no_server(tmp_path: Path) -> None:
     from serving.triton.launcher import free_ports
 
-    (port,) = free_ports(1)
+    port, internal = free_ports(2)
     parent = subprocess.Popen(
-        [sys.executable, "-c", _PARENT, str(port), str(tmp_path / "run")],
+        [sys.executable, "-c", _PARENT, str(port), str(tmp_path / "run"), str(internal)],
         stdout=subprocess.PIPE,
         text=True,
         env=os.environ | {"PYTHONPATH": str(ROOT)},

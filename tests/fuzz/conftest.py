@@ -53,9 +53,10 @@ def edge(gateway: Gateway, tmp_path_factory: pytest.TempPathFactory) -> Iterator
     The rate limit is raised for the fuzzer: it sends requests back to back from one address, and the
     point is to reach the gateway, not nginx's 429 (the edge tests cover the limit itself).
     """
-    (port,) = free_ports(1)
+    port, internal = free_ports(2)
     settings = EdgeSettings(
         port=port,
+        internal_port=internal,
         upstreams=[gateway.url.removeprefix("http://")],
         rate_per_s=100_000,
         burst=100_000,

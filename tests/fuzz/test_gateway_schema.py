@@ -1,5 +1,6 @@
 """Schemathesis against the gateway's own OpenAPI document, through the nginx edge, in front of a real
-Triton serving the tiny model and a real MLflow registry.
+Triton serving the tiny model and a real MLflow registry. The OpenAI routes go through the edge's
+public listener, everything else (the admin API, metrics, status, readiness) through its internal one.
 
 Every answer: never a 5xx, every 4xx in OpenAI's error format, and conforming to the document
 (status, content type, body schema: Schemathesis' checks). The admin API is fuzzed without a token
@@ -20,6 +21,7 @@ from hypothesis import strategies as st
 from schemathesis import APIOperation, BaseSchema, Case, GenerationMode, Response
 from schemathesis.checks import CheckFunction
 
+from serving.edge.config import PUBLIC_PATHS
 from serving.edge.launcher import Edge
 from tests.fuzz.conftest import SEED
 from tests.fuzz.strategies import IMAGE_URLS, VALID_IMAGE, data_uri, often
@@ -54,8 +56,8 @@ WRONG_AUTH = st.one_of(
 
 @pytest.fixture(scope="module")
 def schema(edge: Edge) -> BaseSchema:
-    """The document as clients fetch it: ``GET /openapi.json`` through the edge."""
-    return schemathesis.openapi.from_url(f"{edge.url}/openapi.json")
+    """The document as operators fetch it: ``GET /openapi.json`` through the edge's internal listener."""
+    return schemathesis.openapi.from_url(f"{edge.internal_url}/openapi.json")
 
 
 @pytest.fixture(scope="module")
@@ -160,7 +162,8 @@ def fuzz(
             steer(case, data)
         if steer_negative is not None and mode is GenerationMode.NEGATIVE:
             steer_negative(case, data)
-        response = case.call(base_url=edge.url, session=session, headers=extra, timeout=60)
+        base = edge.url if operation.path in PUBLIC_PATHS else edge.internal_url
+        response = case.call(base_url=base, session=session, headers=extra, timeout=60)
         tally.add(f"{operation.label} {mode.value} {response.status_code}")
         assert response.status_code < 500, (response.status_code, response.text, case.as_curl_command())
         if response.status_code >= 400:
@@ -195,7 +198,7 @@ def test_read_endpoints(schema: BaseSchema, edge: Edge, session: requests.Sessio
         for operation in operations(schema, lambda operation: operation.method == "get" and not is_admin(operation)):
             fuzz(operation, GenerationMode.POSITIVE, 5, edge=edge, session=session, tally=tally)
     # Nothing the fuzzers sent so far was answered with a 5xx, by the gateway's own count either.
-    exposition = session.get(f"{edge.url}/metrics", timeout=10).text
+    exposition = session.get(f"{edge.internal_url}/metrics", timeout=10).text
     assert not [line for line in exposition.splitlines() if 'code="5' in line], exposition
 
 
@@ -227,7 +230,7 @@ def test_admin_with_the_token(
                 for mode in (GenerationMode.POSITIVE, GenerationMode.NEGATIVE):
                     fuzz(operation, mode, 30, edge=edge, session=session, tally=tally, headers=st.just(AUTH))
     finally:
-        session.delete(f"{edge.url}/admin/faults", headers=AUTH, timeout=10)
+        session.delete(f"{edge.internal_url}/admin/faults", headers=AUTH, timeout=10)
         set_rollout({"champion": 1, "canary": 2}, weight=50)
     statuses = {key.rsplit(" ", 1)[1] for key in tally.counts}
     assert "200" in statuses and "409" in statuses, tally.counts

@@ -101,3 +101,47 @@ def test_generated_requests_never_crash_the_gateway() -> None:
         check()
         assert h.client.get("/healthz").status_code == 200
         assert '"code":"500"' not in h.client.get("/metrics").text and 'code="500"' not in h.client.get("/metrics").text
+
+
+#: Header values as they reach the gateway: HTTP carries bytes, Starlette reads them as latin-1, so
+#: "²" arrives as itself (byte 0xB2), and any other character as its UTF-8 bytes.
+UNICODE_NUMBERS = st.text(
+    alphabet=st.one_of(
+        st.characters(categories=["Nd", "No", "Nl"]),
+        st.sampled_from("0123456789v ²³¹¼"),
+    ),
+    min_size=1,
+    max_size=6,
+)
+
+
+def _header_bytes(value: str) -> bytes:
+    try:
+        return value.encode("latin-1")
+    except UnicodeEncodeError:
+        return value.encode("utf-8")
+
+
+@pytest.mark.usefixtures("hypothesis_home")
+def test_unicode_digits_in_headers_are_a_400_never_a_500() -> None:
+    """``X-Model-Version: ²`` was a 500: ``str.isdigit()`` accepts it and ``int()`` then fails."""
+    with Harness(FakeRegistry({"champion": 1, "canary": 2}, 50), FakeUpstream.serving(1, 2)) as h:
+        h.wait_split(1, 2, {1, 2})
+        body = json.dumps({"model": "qwen3-vl", "messages": [{"role": "user", "content": "hi"}]}).encode()
+
+        @settings(max_examples=200, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow])
+        @given(value=UNICODE_NUMBERS)
+        def check(value: str) -> None:
+            headers = {"Content-Type": "application/json", "X-Model-Version": _header_bytes(value)}
+            response = h.client.post("/v1/chat/completions", content=body, headers=headers)
+            assert response.status_code in (200, 400, 404), (value, response.status_code, response.text)
+            number = value.strip().removeprefix("v")
+            if not value.strip():  # a blank header pins nothing
+                assert response.status_code == 200, (value, response.text)
+            elif response.status_code != 400:  # a version was read: only from ASCII digits
+                assert number.isascii() and number.isdigit(), (value, response.status_code)
+                assert (response.status_code == 200) == (int(number) in (1, 2)), (value, response.status_code)
+            else:
+                assert response.json()["error"]["param"] == "X-Model-Version"
+
+        check()

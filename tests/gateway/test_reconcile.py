@@ -6,7 +6,7 @@ import time
 from collections.abc import Callable
 
 from serving.gateway.errors import UpstreamFailedError, UpstreamTimeoutError
-from serving.gateway.reconcile import HISTORY_REREADS
+from serving.gateway.reconcile import HISTORY_REREADS, VersionConfig
 from serving.telemetry import parse_version_stats
 from tests.gateway.conftest import AUTH, Harness, chat_body, wait_for
 
@@ -245,3 +245,10 @@ def test_status_json_matches_metrics(harness: Build) -> None:
         assert row["window"]["requests"] == stats[version].requests  # the whole test fits in the window
     assert status["retries"] == stats[2].errors > 0
     assert (status["champion"], status["canary"], status["weight"]) == (1, 2, 50)
+
+
+def test_a_versions_limits_are_read_from_ascii_digits_only() -> None:
+    """config.pbtxt parameters are strings: "²" passes str.isdigit() and then int() fails."""
+    parsed = VersionConfig.from_parameters({"MAX_IMAGES": "²", "MAX_IMAGE_PIXELS": "٣", "MAX_NEW_TOKENS": "16"})
+
+    assert parsed == VersionConfig(max_images=None, max_image_pixels=None, max_new_tokens=16)

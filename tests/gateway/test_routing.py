@@ -117,7 +117,11 @@ def test_parse_pin(header: str | None, expected: int | None) -> None:
     assert parse_pin(header) == expected
 
 
-@pytest.mark.parametrize("header", ["abc", "0", "-1", "1.5", "9999999999"])
+@pytest.mark.parametrize(
+    "header",
+    # Unicode digits: str.isdigit() takes each of them, int() refuses the superscript and reads the others.
+    ["abc", "0", "-1", "1.5", "9999999999", "²", "v²", "1²", "٣", "１", "߁", "३"],
+)
 def test_parse_pin_refuses_what_is_not_a_version(header: str) -> None:
     with pytest.raises(InvalidRequestError, match="X-Model-Version"):
         parse_pin(header)

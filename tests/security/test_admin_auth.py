@@ -1,5 +1,6 @@
-"""The admin API answers only its bearer token: 401 otherwise, on every route, direct and through nginx,
-and a refused request changes nothing. The comparison runs in constant time."""
+"""The admin API answers only its bearer token: 401 otherwise, on every route, direct and through nginx's
+internal listener, and a refused request changes nothing; nginx's public listener does not serve it at
+all. The comparison runs in constant time."""
 
 from __future__ import annotations
 
@@ -40,9 +41,9 @@ WRONG = {
 }
 
 
-@pytest.mark.parametrize("where", ["gateway", "nginx"])
+@pytest.mark.parametrize("where", ["gateway", "nginx-internal"])
 def test_every_admin_route_refuses_a_missing_or_wrong_token(stack: Stack, where: str) -> None:
-    base = stack.edge_url if where == "nginx" else stack.gateway_urls[1]
+    base = stack.internal_url if where == "nginx-internal" else stack.gateway_urls[1]
     before = httpx.get(f"{stack.gateway_urls[1]}/admin/state", headers={"Authorization": f"Bearer {TOKEN}"}).json()
     with httpx.Client(base_url=base, timeout=30) as client:
         for method, path, body in ROUTES:
@@ -62,6 +63,17 @@ def test_every_admin_route_refuses_a_missing_or_wrong_token(stack: Stack, where:
     # Nothing a refused request asked for happened: no fault, no pause, the same generation.
     assert after["faults"] == [] and after["paused"] is False
     assert after["generation"] == before["generation"]
+
+
+def test_the_public_listener_does_not_serve_the_admin_api_even_with_the_token(stack: Stack) -> None:
+    before = httpx.get(f"{stack.gateway_urls[1]}/admin/state", headers={"Authorization": f"Bearer {TOKEN}"}).json()
+    with httpx.Client(base_url=stack.edge_url, timeout=30) as client:
+        for method, path, body in ROUTES:
+            response = client.request(method, path, json=body, headers={"Authorization": f"Bearer {TOKEN}"})
+            assert response.status_code == 404, (method, path, response.text)
+            assert response.json()["error"]["code"] == "not_found"
+    after = httpx.get(f"{stack.gateway_urls[1]}/admin/state", headers={"Authorization": f"Bearer {TOKEN}"}).json()
+    assert after["generation"] == before["generation"] and after["faults"] == [] and after["paused"] is False
 
 
 def _calls(tree: ast.AST) -> set[str]:

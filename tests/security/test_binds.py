@@ -84,7 +84,7 @@ def test_the_running_stack_listens_on_loopback_only_and_on_exactly_its_ports(sta
         "controller": set(),
         "gateway-1": {ports.gateways[0]},
         "gateway-2": {ports.gateways[1]},
-        "nginx": {ports.edge},
+        "nginx": {ports.edge, ports.edge_internal},
     }
     listening = listening_sockets()
     for name, wanted in expected.items():

@@ -54,7 +54,7 @@ def exercise(base: str) -> list[int]:
 
 def test_no_file_the_stack_wrote_holds_the_admin_token(stack: Stack) -> None:
     statuses = []
-    for base in [stack.edge_url, *stack.gateway_urls]:
+    for base in [stack.internal_url, *stack.gateway_urls]:
         statuses += exercise(base)
     time.sleep(1)  # nginx writes its access log line after answering
     assert {200, 400, 401, 409} <= set(statuses), sorted(set(statuses))

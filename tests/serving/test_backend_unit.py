@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import base64
 import importlib.util
+import io
 import json
 import re
 import sys
@@ -18,7 +19,7 @@ import numpy as np
 import pytest
 import torch
 
-from core.contract import PARAMETERS, parse_config, render_config
+from core.contract import IMAGE_FORMATS, PARAMETERS, parse_config, render_config
 from serving.triton.launcher import _pytriton_root
 from tests.serving.conftest import BACKEND, data_url, png_bytes, png_declaring, serving_params
 from tiny_model import shapes
@@ -108,7 +109,7 @@ def test_images_become_placeholders_in_prompt_order(backend: ModuleType) -> None
         ).encode()
     )
 
-    rendered, images = backend.to_template(messages, 1 << 20)
+    rendered, images = backend.to_template(messages, 1 << 20, IMAGE_FORMATS)
 
     assert rendered[2]["content"] == [{"type": "text", "text": "and?"}, {"type": "image"}]
     assert [image.tobytes() for image in images] == [
@@ -126,7 +127,7 @@ def test_images_become_placeholders_in_prompt_order(backend: ModuleType) -> None
 )
 def test_unusable_images_are_refused(backend: ModuleType, url: str, problem: str) -> None:
     with pytest.raises(backend.BadRequestError, match=problem):
-        backend.decode_image(url, "message 0 part 0", 1 << 20)
+        backend.decode_image(url, "message 0 part 0", 1 << 20, IMAGE_FORMATS)
 
 
 @pytest.mark.parametrize(
@@ -145,15 +146,27 @@ def test_images_over_the_pixel_limit_are_refused_from_their_header(
     assert len(bomb) < 20_000
 
     with pytest.raises(backend.BadRequestError, match=problem):
-        backend.decode_image(data_url(bomb), "message 0 part 1", 1 << 20)
+        backend.decode_image(data_url(bomb), "message 0 part 1", 1 << 20, IMAGE_FORMATS)
 
 
 def test_an_image_at_the_pixel_limit_is_decoded(backend: ModuleType) -> None:
     image = shapes.sample(7, 0).image
 
-    decoded = backend.decode_image(data_url(png_bytes(image)), "m", image.width * image.height)
+    decoded = backend.decode_image(data_url(png_bytes(image)), "m", image.width * image.height, IMAGE_FORMATS)
 
     assert decoded.size == image.size and decoded.mode == "RGB"
+
+
+def test_the_model_opens_only_the_contracts_image_formats(backend: ModuleType) -> None:
+    """The gateway's list (core.contract.IMAGE_FORMATS), read from config.pbtxt: a TIFF Pillow could
+    open is refused, and opened once the list names it."""
+    buffer = io.BytesIO()
+    shapes.sample(7, 0).image.save(buffer, format="TIFF")
+    url = data_url(buffer.getvalue())
+
+    with pytest.raises(backend.BadRequestError, match="not a readable image"):
+        backend.decode_image(url, "m", 1 << 20, IMAGE_FORMATS)
+    assert backend.decode_image(url, "m", 1 << 20, (*IMAGE_FORMATS, "TIFF")).mode == "RGB"
 
 
 def test_per_row_sampling_keeps_greedy_rows_greedy(backend: ModuleType) -> None:
@@ -190,6 +203,7 @@ def test_model_py_accepts_the_rendered_contract(backend: ModuleType) -> None:
 
     assert model.limits == backend.Limits(max_new_tokens=5, max_images=2, max_image_pixels=4096, max_prompt_tokens=300)
     assert (model.temperature, model.top_p, model.max_history, model.compute_dtype) == (0.5, 1.0, 1, "float32")
+    assert model.image_formats == IMAGE_FORMATS
 
 
 def test_model_py_refuses_a_config_it_cannot_serve(backend: ModuleType) -> None:

@@ -56,6 +56,7 @@ def test_generation_parameters_are_strings_model_py_reads() -> None:
         "MAX_IMAGE_PIXELS": str(1 << 20),
         "MAX_PROMPT_TOKENS": "4096",
         "COMPUTE_DTYPE": "float32",
+        "IMAGE_FORMATS": "PNG,JPEG,WEBP,GIF,BMP",
     }
     assert set(values) == set(PARAMETERS)
 

@@ -214,6 +214,11 @@ CASES = [
     model("state_initial_ok", _state(_initial())),
     model("version_not_a_number", "version_policy { all {} }", versions=("1", "abc"), warnings=("version-folder",)),
     model("version_folder_configs_skipped", versions=("1", "configs")),
+    # "٣" is a digit to Python (str.isdigit, \d, int) and not to Triton's std::stoll: no version 3 here.
+    model("version_unicode_digit", "version_policy { all {} }", versions=("1", "٣"), warnings=("version-folder",)),
+    # runtime: the backend's own library, however it is spelled, loads.
+    model("runtime_own_library", 'runtime: "libtriton_python.so"'),
+    model("runtime_own_library_spelled_around", 'runtime: "../python/libtriton_python.so"'),
     # A decoupled step may feed later steps, as long as no step mixes its outputs with others.
     ensemble(
         "ens_decoupled_chain",
@@ -520,6 +525,29 @@ CASES = [
         phrase="read text proto",
     ),
     Case("no_config", None, "failed to open text file for read", "fail"),
+    # runtime names the shared library Triton loads: one that climbs out of its folder is refused
+    # (a way to load any library on the machine), and so is one the named backend does not have.
+    model(
+        "runtime_escapes",
+        'runtime: "../evil.so"',
+        files={"evil.so": "not a library"},
+        phrase="backend library name '../evil.so' escapes backend directory",
+    ),
+    model(
+        "runtime_escapes_from_the_model_folder",
+        'runtime: "1/../../runtime_escapes/evil.so"',
+        phrase="backend library name '1/../../runtime_escapes/evil.so' escapes backend directory",
+    ),
+    model(
+        "runtime_of_another_backend",
+        'runtime: "libtriton_onnxruntime.so"',
+        phrase="unable to find backend library 'libtriton_onnxruntime.so' for model 'runtime_of_another_backend'",
+    ),
+    model(
+        "runtime_python_based",
+        'runtime: "model.py"',
+        phrase="unable to find Python backend based backend library 'model.py' for model 'runtime_python_based'",
+    ),
     model(
         "label_file_missing",
         io=IO.replace(

@@ -182,3 +182,16 @@ def test_module_entry_point_runs(make_model: MakeModel) -> None:
     assert result.returncode == 1
     assert ": error: 'max_batch_size' must be non-negative value for m [max-batch-size]" in result.stdout
     assert ": warning: no model_warmup" in result.stdout
+
+
+def test_a_vllm_model_with_a_unicode_digit_folder_is_checked_not_crashed_on(tmp_path: Path) -> None:
+    """vLLM models list their versions by folder name: "²" passes str.isdigit() and int() then fails."""
+    from validation.vllm_config import check_vllm_model
+
+    folder = tmp_path / "repo" / "llm"
+    (folder / "²").mkdir(parents=True)
+    (folder / "config.pbtxt").write_text('name: "llm"\nbackend: "vllm"\n')
+
+    findings = check_vllm_model(folder)
+
+    assert f"{folder}: no version folder holds a model.json" in [f.message for f in findings]

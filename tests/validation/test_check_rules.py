@@ -182,3 +182,72 @@ def test_step_model_that_fails_only_on_the_target_fails_the_ensemble(make_model:
         "ensemble 'ens' depends on 'gpu' which has no loaded version. Model 'gpu' loading failed with error: "
         "instance group gpu_0 of model gpu has kind KIND_GPU but no GPUs are available"
     ]
+
+
+@pytest.mark.parametrize(
+    "runtime",
+    ["../../../usr/lib/x86_64-linux-gnu/libc.so.6", "../onnxruntime/libtriton_onnxruntime.so", "../../evil.so"],
+)
+def test_a_runtime_that_climbs_out_of_the_backend_directory_is_refused(make_model: MakeModel, runtime: str) -> None:
+    """Triton refuses these too: "escapes backend directory" where the file exists on the server,
+    "unable to find" where it does not; offline the checker cannot know which, and refuses both."""
+    folder = make_model("m", f'runtime: "{runtime}"')
+    [finding] = findings(folder, "runtime")
+    assert finding.severity is Severity.ERROR
+    assert finding.message == (
+        f"backend library name '{runtime}' escapes backend directory '<backends>/python', for model 'm', "
+        "check model config runtime field"
+    )
+    assert finding.line == 6  # the `runtime` line, after the 5-line header
+
+
+def test_a_runtime_is_found_in_the_models_own_folders_first(make_model: MakeModel) -> None:
+    """A custom backend shipped with the model: Triton loads it from the version or model folder."""
+    in_version = make_model("v", 'runtime: "libcustom.so"', files={"1/libcustom.so": "a library"})
+    in_model = make_model("m", 'runtime: "libcustom.so"', files={"libcustom.so": "a library"})
+    elsewhere = make_model("x", 'runtime: "libcustom.so"')
+    assert findings(in_version, "runtime") == [] and findings(in_model, "runtime") == []
+    [missing] = findings(elsewhere, "runtime")
+    assert missing.message.startswith("unable to find backend library 'libcustom.so' for model 'x', searched: ")
+    assert missing.message.endswith("'<backends>/python' (the python backend's own library is libtriton_python.so)")
+
+
+def test_a_runtime_for_a_backend_the_target_lacks_is_refused(make_model: MakeModel) -> None:
+    folder = make_model("m", 'runtime: "libtriton_onnxruntime.so"', backend='backend: "onnxruntime"')
+    [finding] = findings(folder, "runtime", Target(backends=frozenset({"python"})))
+    assert finding.message.endswith("(the target server has no onnxruntime backend)")
+    assert findings(folder, "backend-unknown", Target(backends=frozenset({"python"}))) == []  # said once, here
+    assert findings(folder, "runtime") == []  # the standard container has it
+
+
+def test_model_py_as_runtime_needs_a_python_based_backend(make_model: MakeModel) -> None:
+    vllm = make_model("v", 'runtime: "model.py"', backend='backend: "vllm"')
+    python = make_model("p", 'runtime: "model.py"')
+    assert findings(vllm, "runtime") == []
+    [finding] = findings(python, "runtime")
+    assert "searched: '<backends>/python/model.py' (the python backend is not Python-based)" in finding.message
+
+
+def test_version_folders_with_unicode_digits_are_not_versions(make_model: MakeModel) -> None:
+    """Python reads "٣" as 3 (str.isdigit, int, regex \\d); Triton's std::stoll does not: no version 3."""
+    folder = make_model("m", "version_policy { all {} }", versions=("1", "٣", "²"))
+    assert errors(folder) == []
+    assert sorted(f.message for f in findings(folder, "version-folder")) == [
+        "ignore version directory '²' which fails to convert to integral number",
+        "ignore version directory '٣' which fails to convert to integral number",
+    ]
+
+
+def test_a_cycle_through_a_model_that_names_itself_otherwise_is_found(tmp_path: Path) -> None:
+    """Found by the fuzzer: an ensemble step leading to an ensemble whose config calls itself by
+    another name than its folder, and steps to itself, made the cycle walk recurse without end."""
+    repository = tmp_path / "repo"
+    ensemble("ens_a", [step("ens_c", {"INPUT0": "INPUT0"}, {"OUTPUT0": "OUTPUT0"})]).write(repository)
+    ensemble("ens_c", [step("ens_b", {"INPUT0": "INPUT0"}, {"OUTPUT0": "OUTPUT0"})]).write(repository)
+    loop = ensemble("ens_b", [step("ens_b", {"INPUT0": "INPUT0"}, {"OUTPUT0": "OUTPUT0"})]).write(repository)
+    config = loop / "config.pbtxt"
+    config.write_text(config.read_text().replace('name: "ens_b"', 'name: "renamed"', 1))
+
+    messages = errors(repository / "ens_a")
+
+    assert messages, "an ensemble leading to a broken one must not pass"
