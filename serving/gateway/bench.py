@@ -1,14 +1,15 @@
 """Measure the gateway's upstream hop against a real Triton: each candidate client, then the whole gateway.
 
-Triton serves a zero-work stand-in (``serving.gateway.standin``: the real tensor contract, an
-instant answer), so the figures are the client's, the protocol's and the gateway's cost, not the
-model's. Phase 1 runs each candidate upstream client in one uvloop loop (the gateway's): latency
-at concurrency 1 (p50, p99), throughput at concurrency 8, and the client's CPU time per request
-(event-loop time a gateway worker spends per upstream call). Phase 2 starts the gateway itself
-(uvicorn, uvloop, httptools, one worker, in its own process) over the stand-in and compares
-"client -> Triton" with "client -> gateway -> Triton". Rounds alternate, so load from elsewhere
-hits every path alike; medians over rounds. The last line is one JSON object.
-Usage: ``python -m serving.gateway.bench [--requests 1000] [--seconds 3] [--rounds 3]``.
+Triton serves a zero-work stand-in (``serving.gateway.standin``: the real, decoupled tensor
+contract, streaming ``STANDIN_TOKENS`` responses at once), so the figures are the client's, the
+protocol's and the gateway's cost, not the model's. Phase 1 runs each candidate streaming client in
+one uvloop loop (the gateway's): latency at concurrency 1 (p50 and p99 of the whole stream, p50 of
+the first response: time to first token), throughput at concurrency 8, and the client's CPU time
+per request (event-loop time a gateway worker spends per upstream call). Phase 2 starts the gateway
+itself (uvicorn, uvloop, httptools, one worker, in its own process) over the stand-in and compares
+"client -> Triton" with "client -> gateway -> Triton", streamed and not. Rounds alternate, so load
+from elsewhere hits every path alike; medians over rounds. The last line is one JSON object.
+Usage: ``python -m serving.gateway.bench [--requests 300] [--seconds 2] [--rounds 3]``.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import asyncio
 import json
 import multiprocessing
 import statistics
+import struct
 import sys
 import tempfile
 import time
@@ -28,85 +30,131 @@ from typing import Any
 import numpy as np
 import orjson
 
-from core.contract import (
-    INPUT_MESSAGES,
-    OUTPUT_COMPLETION_TOKENS,
-    OUTPUT_MODEL_VERSION,
-    OUTPUT_PROMPT_TOKENS,
-    OUTPUT_TEXT,
-)
+from core.contract import INPUT_MAX_TOKENS, INPUT_MESSAGES, INPUT_TEMPERATURE, OUTPUT_TEXT
 from registry.events import Actor, Event
 from registry.state import RolloutState
 from serving.gateway.errors import RegistryConflictError
 from serving.gateway.registry_client import Action
-from serving.gateway.standin import document, write_standin
-from serving.gateway.upstream import TritonUpstream
+from serving.gateway.standin import STANDIN_TOKENS, document, write_standin
+from serving.gateway.upstream import Sampling, TritonUpstream
 from serving.triton.launcher import TritonServer, free_ports
 from serving.triton.settings import TritonSettings
 
-_OUTPUTS = (OUTPUT_TEXT, OUTPUT_PROMPT_TOKENS, OUTPUT_COMPLETION_TOKENS, OUTPUT_MODEL_VERSION)
 _MODEL = "standin"
-Call = Callable[[bytes], Awaitable[Any]]
+#: ``call(doc)`` streams one answer and returns when its first piece arrived (``time.perf_counter``).
+Call = Callable[[bytes], Awaitable[float]]
+_SAMPLING = Sampling(max_tokens=STANDIN_TOKENS, temperature=0.0)
 
 
-async def _triton_http_aio(http_url: str, grpc_url: str, model: str) -> tuple[Call, Callable[[], Awaitable[None]]]:
-    import tritonclient.http as http
-    import tritonclient.http.aio as aio
+async def _aiohttp_generate_stream(
+    http_url: str, grpc_url: str, model: str
+) -> tuple[Call, Callable[[], Awaitable[None]]]:
+    client = TritonUpstream(http_url, timeout_s=30.0)
+    await client.start()
 
-    client = aio.InferenceServerClient(http_url.removeprefix("http://"))
-
-    async def call(doc: bytes) -> Any:
-        tensor = http.InferInput(INPUT_MESSAGES, [1, 1], "BYTES")
-        tensor.set_data_from_numpy(np.array([[doc]], dtype=np.object_))
-        outputs = [http.InferRequestedOutput(name, binary_data=False) for name in _OUTPUTS]
-        return (await client.infer(model, [tensor], outputs=outputs)).as_numpy(OUTPUT_TEXT)
+    async def call(doc: bytes) -> float:
+        first = 0.0
+        async for _ in client.stream(model, doc, _SAMPLING):
+            first = first or time.perf_counter()
+        return first
 
     return call, client.close
 
 
-async def _triton_grpc_aio(http_url: str, grpc_url: str, model: str) -> tuple[Call, Callable[[], Awaitable[None]]]:
+async def _tritonclient_grpc_aio(
+    http_url: str, grpc_url: str, model: str
+) -> tuple[Call, Callable[[], Awaitable[None]]]:
     import tritonclient.grpc as grpc
     import tritonclient.grpc.aio as aio
 
     client = aio.InferenceServerClient(grpc_url)
 
-    async def call(doc: bytes) -> Any:
-        tensor = grpc.InferInput(INPUT_MESSAGES, [1, 1], "BYTES")
-        tensor.set_data_from_numpy(np.array([[doc]], dtype=np.object_))
-        outputs = [grpc.InferRequestedOutput(name) for name in _OUTPUTS]
-        return (await client.infer(model, [tensor], outputs=outputs)).as_numpy(OUTPUT_TEXT)
+    async def call(doc: bytes) -> float:
+        inputs = []
+        for name, datatype, value in (
+            (INPUT_MESSAGES, "BYTES", np.array([[doc]], dtype=np.object_)),
+            (INPUT_MAX_TOKENS, "INT32", np.array([[STANDIN_TOKENS]], dtype=np.int32)),
+            (INPUT_TEMPERATURE, "FP32", np.array([[0.0]], dtype=np.float32)),
+        ):
+            tensor = grpc.InferInput(name, [1, 1], datatype)
+            tensor.set_data_from_numpy(value)
+            inputs.append(tensor)
+
+        async def requests() -> Any:
+            yield {"model_name": model, "inputs": inputs}
+
+        first, received = 0.0, 0
+        stream = client.stream_infer(requests())
+        async for result, error in stream:
+            if error is not None:
+                raise error
+            result.as_numpy(OUTPUT_TEXT)
+            first = first or time.perf_counter()
+            received += 1
+            if received == STANDIN_TOKENS:
+                break
+        stream.cancel()
+        return first
 
     return call, client.close
 
 
-def _direct(binary: bool) -> Callable[[str, str, str], Awaitable[tuple[Call, Callable[[], Awaitable[None]]]]]:
-    async def start(http_url: str, grpc_url: str, model: str) -> tuple[Call, Callable[[], Awaitable[None]]]:
-        client = TritonUpstream(http_url, timeout_s=30.0, binary=binary)
-        await client.start()
+async def _grpc_aio_raw(http_url: str, grpc_url: str, model: str) -> tuple[Call, Callable[[], Awaitable[None]]]:
+    import grpc
+    from tritonclient.grpc import service_pb2, service_pb2_grpc
 
-        async def call(doc: bytes) -> Any:
-            return await client.infer(model, doc, None, None)
+    channel = grpc.aio.insecure_channel(grpc_url)
+    stub = service_pb2_grpc.GRPCInferenceServiceStub(channel)
 
-        return call, client.close
+    async def call(doc: bytes) -> float:
+        request = service_pb2.ModelInferRequest(model_name=model)
+        for name, datatype in ((INPUT_MESSAGES, "BYTES"), (INPUT_MAX_TOKENS, "INT32"), (INPUT_TEMPERATURE, "FP32")):
+            tensor = request.inputs.add()
+            tensor.name, tensor.datatype = name, datatype
+            tensor.shape.extend([1, 1])
+        raw = [struct.pack("<I", len(doc)) + doc, struct.pack("<i", STANDIN_TOKENS), struct.pack("<f", 0.0)]
+        request.raw_input_contents.extend(raw)
+        first, received = 0.0, 0
+        stream = stub.ModelStreamInfer(iter([request]))
+        async for response in stream:
+            if response.error_message:
+                raise RuntimeError(response.error_message)
+            outputs = dict(
+                zip(
+                    (o.name for o in response.infer_response.outputs),
+                    response.infer_response.raw_output_contents,
+                    strict=True,
+                )
+            )
+            outputs[OUTPUT_TEXT][4:].decode()
+            first = first or time.perf_counter()
+            received += 1
+            if received == STANDIN_TOKENS:
+                break
+        stream.cancel()
+        return first
 
-    return start
+    async def close() -> None:
+        await channel.close()
+
+    return call, close
 
 
 CANDIDATES = {
-    "tritonclient.http.aio": _triton_http_aio,
-    "tritonclient.grpc.aio": _triton_grpc_aio,
-    "aiohttp KServe v2 JSON (upstream.py, binary=False)": _direct(binary=False),
-    "aiohttp KServe v2 binary tensors (upstream.py)": _direct(binary=True),
+    "aiohttp HTTP generate_stream (upstream.py)": _aiohttp_generate_stream,
+    "tritonclient.grpc.aio stream_infer": _tritonclient_grpc_aio,
+    "grpc.aio ModelStreamInfer (protobuf by hand)": _grpc_aio_raw,
 }
 
 
-async def _latencies(call: Call, doc: bytes, count: int) -> tuple[list[float], float]:
-    samples, cpu = [], time.process_time()
+async def _latencies(call: Call, doc: bytes, count: int) -> tuple[list[float], list[float], float]:
+    samples, firsts, cpu = [], [], time.process_time()
     for _ in range(count):
         started = time.perf_counter()
-        await call(doc)
+        first = await call(doc)
         samples.append(time.perf_counter() - started)
-    return samples, time.process_time() - cpu
+        firsts.append(first - started)
+    return samples, firsts, time.process_time() - cpu
 
 
 async def _throughput(call: Call, doc: bytes, concurrency: int, seconds: float) -> float:
@@ -129,11 +177,13 @@ async def _rounds(paths: dict[str, Call], doc: bytes, requests: int, seconds: fl
             await call(doc)
     results: dict[str, list[dict[str, float]]] = {name: [] for name in paths}
     for number in range(1, rounds + 1):
-        for name, call in paths.items():
-            latencies, cpu = await _latencies(call, doc, requests)
+        order = list(paths.items()) if number % 2 else list(reversed(paths.items()))
+        for name, call in order:
+            latencies, firsts, cpu = await _latencies(call, doc, requests)
             figures = {
                 "p50_ms": statistics.median(latencies) * 1000,
                 "p99_ms": statistics.quantiles([s * 1000 for s in latencies], n=100)[98],
+                "ttft_p50_ms": statistics.median(firsts) * 1000,
                 "rps_c8": await _throughput(call, doc, 8, seconds),
                 "client_cpu_us": cpu / requests * 1e6,
             }
@@ -189,12 +239,16 @@ def serve_gateway(port: int, triton_url: str) -> None:
 
 
 async def gateway_hop(gateway_url: str, http_url: str, model: str, doc: bytes, **how: Any) -> dict[str, Any]:
-    """Phase 2: the chosen client straight to Triton, and the same request through the gateway."""
+    """Phase 2: the chosen client straight to Triton, and the same request through the gateway (both ways)."""
     import aiohttp
 
     direct = TritonUpstream(http_url, timeout_s=30.0)
     await direct.start()
-    body = orjson.dumps({"model": _MODEL, "messages": orjson.loads(doc)})
+    messages = orjson.loads(doc)
+    bodies = {
+        stream: orjson.dumps({"model": _MODEL, "messages": messages, "max_tokens": STANDIN_TOKENS, "stream": stream})
+        for stream in (False, True)
+    }
     headers = {"Content-Type": "application/json"}
     async with aiohttp.ClientSession(skip_auto_headers=("Accept-Encoding",)) as session:
         for _ in range(600):  # the child process starts and finds the stand-in ready
@@ -206,23 +260,39 @@ async def gateway_hop(gateway_url: str, http_url: str, model: str, doc: bytes, *
                 pass
             await asyncio.sleep(0.1)
 
-        async def via_gateway(_: bytes) -> Any:
-            async with session.post(f"{gateway_url}/v1/chat/completions", data=body, headers=headers) as response:
-                if response.status != 200:
-                    raise RuntimeError(f"gateway answered {response.status}: {await response.text()}")
-                return await response.read()
+        def via_gateway(stream: bool) -> Call:
+            async def call(_: bytes) -> float:
+                first = 0.0
+                async with session.post(
+                    f"{gateway_url}/v1/chat/completions", data=bodies[stream], headers=headers
+                ) as response:
+                    if response.status != 200:
+                        raise RuntimeError(f"gateway answered {response.status}: {await response.text()}")
+                    async for _chunk in response.content.iter_any():
+                        first = first or time.perf_counter()
+                return first
 
-        async def straight(payload: bytes) -> Any:
-            return await direct.infer(model, payload, None, None)
+            return call
 
+        async def straight(payload: bytes) -> float:
+            first = 0.0
+            async for _ in direct.stream(model, payload, _SAMPLING):
+                first = first or time.perf_counter()
+            return first
+
+        paths = {
+            "client -> Triton": straight,
+            "client -> gateway -> Triton": via_gateway(False),
+            "client -> gateway -> Triton, streamed": via_gateway(True),
+        }
         try:
-            figures = await _rounds(
-                {"client -> Triton": straight, "client -> gateway -> Triton": via_gateway}, doc, **how
-            )
+            figures = await _rounds(paths, doc, **how)
         finally:
             await direct.close()
     direct_p50 = figures["client -> Triton"]["p50_ms"]
     figures["gateway_adds_p50_ms"] = round(figures["client -> gateway -> Triton"]["p50_ms"] - direct_p50, 3)
+    streamed = figures["client -> gateway -> Triton, streamed"]["ttft_p50_ms"]
+    figures["gateway_adds_ttft_p50_ms"] = round(streamed - figures["client -> Triton"]["ttft_p50_ms"], 3)
     return figures
 
 
@@ -257,8 +327,8 @@ def _say(line: str) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
-    parser.add_argument("--requests", type=int, default=1000, help="sequential requests per round (c1 latency)")
-    parser.add_argument("--seconds", type=float, default=3.0, help="length of one c8 throughput phase")
+    parser.add_argument("--requests", type=int, default=300, help="sequential requests per round (c1 latency)")
+    parser.add_argument("--seconds", type=float, default=2.0, help="length of one c8 throughput phase")
     parser.add_argument("--rounds", type=int, default=3, help="alternated rounds")
     parser.add_argument("--image-side", type=int, default=64, help="64: the task's PNG; larger: incompressible noise")
     parser.add_argument("--no-gateway", action="store_true", help="skip phase 2 (the whole gateway)")

@@ -1,7 +1,9 @@
-"""A zero-work stand-in for the served model, for benchmarks: the real tensor contract, an instant answer.
+"""A zero-work stand-in for the served model, for benchmarks: the real tensor contract, instant answers.
 
-Triton runs it like any version (``<model>-v<N>/config.pbtxt`` rendered by ``core.contract``), so
-a client talking to it pays everything a real request pays except the model's own work.
+Triton runs it like any version (``<model>-v<N>/config.pbtxt`` rendered by ``core.contract``): it
+is decoupled and streams ``STANDIN_TOKENS`` responses per request, one word each, the last flagged
+final with its ``finish_reason``; so a client talking to it pays everything a real request pays
+except the model's own work.
 """
 
 from __future__ import annotations
@@ -18,11 +20,21 @@ from core.contract import CONFIG_FILE, ServingParams, render_config
 from core.names import served_model_name
 from tiny_model import shapes
 
-#: A Python-backend model with the real contract that answers at once: the upstream hop, nothing else.
-STANDIN_MODEL = """
+#: Responses the stand-in streams per request (a short answer's worth of tokens).
+STANDIN_TOKENS = 8
+
+#: A decoupled Python-backend model with the real contract that streams at once: the hop, nothing else.
+STANDIN_MODEL = f"""
 import json
 import numpy as np
 import triton_python_backend_utils as pb_utils
+
+TOKENS = {STANDIN_TOKENS}
+
+
+def _tensor(name, value):
+    dtype = np.object_ if isinstance(value, bytes) else np.int32
+    return pb_utils.Tensor(name, np.array([[value]], dtype=dtype))
 
 
 class TritonPythonModel:
@@ -30,19 +42,27 @@ class TritonPythonModel:
         self.version = args["model_version"].encode()
 
     def execute(self, requests):
-        responses = []
         for request in requests:
+            sender = request.get_response_sender()
             raw = pb_utils.get_input_tensor_by_name(request, "messages").as_numpy().reshape(-1)[0]
             messages = json.loads(bytes(raw))
             parts = messages[-1]["content"]
             text = parts if isinstance(parts, str) else " ".join(p.get("text", "") for p in parts)
-            responses.append(pb_utils.InferenceResponse(output_tensors=[
-                pb_utils.Tensor("text", np.array([[("echo: " + text).encode()]], dtype=np.object_)),
-                pb_utils.Tensor("prompt_tokens", np.array([[len(text.split())]], dtype=np.int32)),
-                pb_utils.Tensor("completion_tokens", np.array([[2]], dtype=np.int32)),
-                pb_utils.Tensor("model_version", np.array([[self.version]], dtype=np.object_)),
-            ]))
-        return responses
+            words = ("echo: " + text).split() or ["echo:"]
+            for index in range(TOKENS):
+                last = index == TOKENS - 1
+                outputs = {{
+                    "text": (words[index % len(words)] + " ").encode(),
+                    "prompt_tokens": len(text.split()),
+                    "completion_tokens": index + 1,
+                    "model_version": self.version,
+                    "finish_reason": b"length" if last else b"",
+                    "token_logprobs": b"",
+                }}
+                response = pb_utils.InferenceResponse([_tensor(name, value) for name, value in outputs.items()])
+                flags = pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL if last else 0
+                sender.send(response, flags=flags)
+        return None
 """
 
 
