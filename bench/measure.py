@@ -11,7 +11,6 @@ import logging
 import os
 import shutil
 import statistics
-import struct
 import subprocess
 import sys
 import time
@@ -21,7 +20,6 @@ from typing import Any
 import httpx
 
 from bench import wrk
-from core.contract import INPUT_MAX_TOKENS, INPUT_MESSAGES, OUTPUT_TEXT
 from core.processes import ManagedProcess
 from demo.scratch import Scratch, run, wait_for
 from demo.traffic import Traffic, _question
@@ -41,28 +39,15 @@ def chat_body() -> bytes:
 
 
 def triton_request() -> tuple[bytes, dict[str, str]]:
-    """The same conversation as a raw KServe v2 request, encoded as ``tritonclient`` encodes one by
-    default (the binary tensor extension: a JSON header, then the BYTES element as a 4-byte
-    little-endian length and the bytes), with the ``max_tokens`` the chat body asks for, so both
-    sides generate the same number of tokens. Returns the body and its headers."""
+    """The same conversation as a request to Triton's ``generate_stream`` endpoint (the served model is
+    decoupled, so KServe ``/infer`` refuses it), built as the gateway builds it: every input of the
+    contract, the ``max_tokens`` the chat body asks for, so both sides generate the same number of
+    tokens. Returns the body and its headers."""
+    from serving.gateway.upstream import Sampling, generate_request
+
     body, _ = _question(0)
-    document = json.dumps(body["messages"]).encode()
-    header = json.dumps(
-        {
-            "inputs": [
-                {
-                    "name": INPUT_MESSAGES,
-                    "shape": [1, 1],
-                    "datatype": "BYTES",
-                    "parameters": {"binary_data_size": len(document) + 4},
-                },
-                {"name": INPUT_MAX_TOKENS, "shape": [1, 1], "datatype": "INT32", "data": [body["max_tokens"]]},
-            ],
-            "outputs": [{"name": OUTPUT_TEXT}],
-        }
-    ).encode()
-    headers = {"Content-Type": "application/octet-stream", "Inference-Header-Content-Length": str(len(header))}
-    return header + struct.pack("<I", len(document)) + document, headers
+    sampling = Sampling(max_tokens=body["max_tokens"], temperature=0.0, top_p=1.0, seed=0)
+    return generate_request(json.dumps(body["messages"]).encode(), sampling), {"Content-Type": "application/json"}
 
 
 def _median(values: list[float]) -> float:
@@ -74,7 +59,7 @@ def overhead(stack: Scratch, rounds: int, seconds: float) -> dict[str, Any]:
     model = f"{stack.store.model}-v1"
     direct_body, direct_headers = triton_request()
     targets = {
-        "direct": (f"{stack.triton_url}/v2/models/{model}/infer", direct_body, direct_headers),
+        "direct": (f"{stack.triton_url}/v2/models/{model}/generate_stream", direct_body, direct_headers),
         "gateway": (f"{stack.gateway_urls[0]}/v1/chat/completions", chat_body(), {}),
         "nginx": (f"{stack.edge_url}/v1/chat/completions", chat_body(), {}),
     }
@@ -148,7 +133,7 @@ def quantization_latency(stack: Scratch, builds: dict[str, Path], rounds: int, s
     body, headers = triton_request()
     for index in range(rounds):
         for method in names if index % 2 == 0 else reversed(list(names)):
-            url = f"{stack.triton_url}/v2/models/{names[method]}/infer"
+            url = f"{stack.triton_url}/v2/models/{names[method]}/generate_stream"
             p50[method].append(wrk.load(url, body, connections=1, seconds=seconds, headers=headers).p50_ms)
     return {method: _median(values) for method, values in p50.items()}
 
