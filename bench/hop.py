@@ -28,11 +28,21 @@ from serving.triton.settings import TritonSettings
 
 MODEL = "standin"
 
-#: A Python-backend model with the real contract that answers at once: the upstream hop, nothing else.
-STANDIN_MODEL = """
+#: Responses the stand-in streams per request (a short answer's worth of tokens).
+STANDIN_TOKENS = 8
+
+#: A decoupled Python-backend model with the real contract that streams at once: the hop, nothing else.
+STANDIN_MODEL = f"""
 import json
 import numpy as np
 import triton_python_backend_utils as pb_utils
+
+TOKENS = {STANDIN_TOKENS}
+
+
+def _tensor(name, value):
+    dtype = np.object_ if isinstance(value, bytes) else np.int32
+    return pb_utils.Tensor(name, np.array([[value]], dtype=dtype))
 
 
 class TritonPythonModel:
@@ -40,19 +50,27 @@ class TritonPythonModel:
         self.version = args["model_version"].encode()
 
     def execute(self, requests):
-        responses = []
         for request in requests:
+            sender = request.get_response_sender()
             raw = pb_utils.get_input_tensor_by_name(request, "messages").as_numpy().reshape(-1)[0]
             messages = json.loads(bytes(raw))
             parts = messages[-1]["content"]
             text = parts if isinstance(parts, str) else " ".join(p.get("text", "") for p in parts)
-            responses.append(pb_utils.InferenceResponse(output_tensors=[
-                pb_utils.Tensor("text", np.array([[("echo: " + text).encode()]], dtype=np.object_)),
-                pb_utils.Tensor("prompt_tokens", np.array([[len(text.split())]], dtype=np.int32)),
-                pb_utils.Tensor("completion_tokens", np.array([[2]], dtype=np.int32)),
-                pb_utils.Tensor("model_version", np.array([[self.version]], dtype=np.object_)),
-            ]))
-        return responses
+            words = ("echo: " + text).split() or ["echo:"]
+            for index in range(TOKENS):
+                last = index == TOKENS - 1
+                outputs = {{
+                    "text": (words[index % len(words)] + " ").encode(),
+                    "prompt_tokens": len(text.split()),
+                    "completion_tokens": index + 1,
+                    "model_version": self.version,
+                    "finish_reason": b"length" if last else b"",
+                    "token_logprobs": b"",
+                }}
+                response = pb_utils.InferenceResponse([_tensor(name, value) for name, value in outputs.items()])
+                flags = pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL if last else 0
+                sender.send(response, flags=flags)
+        return None
 """
 
 
@@ -147,7 +165,7 @@ def measure(
                 time.sleep(0.1)
             chat = json.loads(body) | {"model": MODEL}
             targets = {
-                "direct": (f"{server.http_url}/v2/models/{model}/infer", *direct),
+                "direct": (f"{server.http_url}/v2/models/{model}/generate_stream", *direct),
                 "gateway": (f"{gateway}/v1/chat/completions", json.dumps(chat).encode(), {}),
             }
             for url, payload, headers in targets.values():  # connections open, code paths warm

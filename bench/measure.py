@@ -40,7 +40,7 @@ def overhead(stack: Scratch, rounds: int, seconds: float) -> dict[str, Any]:
     model = f"{stack.store.model}-v1"
     direct_body, direct_headers = triton_request()
     targets = {
-        "direct": (f"{stack.triton_url}/v2/models/{model}/infer", direct_body, direct_headers),
+        "direct": (f"{stack.triton_url}/v2/models/{model}/generate_stream", direct_body, direct_headers),
         "gateway": (f"{stack.gateway_urls[0]}/v1/chat/completions", chat_body(), {}),
         "nginx": (f"{stack.edge_url}/v1/chat/completions", chat_body(), {}),
     }
@@ -122,7 +122,7 @@ def quantization_latency(stack: Scratch, builds: dict[str, Path], rounds: int, s
             names[method] = result.triton_model
     body, headers = triton_request()
     sides = {
-        method: _c1(f"{stack.triton_url}/v2/models/{name}/infer", body, headers, seconds)
+        method: _c1(f"{stack.triton_url}/v2/models/{name}/generate_stream", body, headers, seconds)
         for method, name in names.items()
     }
     medians, _ = alternate(sides, rounds, "quantization")

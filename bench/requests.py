@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import json
-import struct
 
-from core.contract import INPUT_MAX_TOKENS, INPUT_MESSAGES, OUTPUT_TEXT
 from demo.traffic import _question
 
 
@@ -16,25 +14,12 @@ def chat_body() -> bytes:
 
 
 def triton_request() -> tuple[bytes, dict[str, str]]:
-    """The same conversation as a raw KServe v2 request, encoded as ``tritonclient`` encodes one by
-    default (the binary tensor extension: a JSON header, then the BYTES element as a 4-byte
-    little-endian length and the bytes), with the ``max_tokens`` the chat body asks for, so both
-    sides generate the same number of tokens. Returns the body and its headers."""
+    """The same conversation as a request to Triton's ``generate_stream`` endpoint (the served model is
+    decoupled, so KServe ``/infer`` refuses it), built as the gateway builds it: every input of the
+    contract and the ``max_tokens`` the chat body asks for, so both sides generate the same number of
+    tokens. Returns the body and its headers."""
+    from serving.gateway.upstream import Sampling, generate_request
+
     body, _ = _question(0)
-    document = json.dumps(body["messages"]).encode()
-    header = json.dumps(
-        {
-            "inputs": [
-                {
-                    "name": INPUT_MESSAGES,
-                    "shape": [1, 1],
-                    "datatype": "BYTES",
-                    "parameters": {"binary_data_size": len(document) + 4},
-                },
-                {"name": INPUT_MAX_TOKENS, "shape": [1, 1], "datatype": "INT32", "data": [body["max_tokens"]]},
-            ],
-            "outputs": [{"name": OUTPUT_TEXT}],
-        }
-    ).encode()
-    headers = {"Content-Type": "application/octet-stream", "Inference-Header-Content-Length": str(len(header))}
-    return header + struct.pack("<I", len(document)) + document, headers
+    sampling = Sampling(max_tokens=body["max_tokens"], temperature=0.0, top_p=1.0, seed=0)
+    return generate_request(json.dumps(body["messages"]).encode(), sampling), {"Content-Type": "application/json"}

@@ -115,7 +115,7 @@ def served_instances(model_dir: Path) -> tuple[int, str]:
 
 def direct(http_url: str, model: str, rounds: int, seconds: float) -> dict[str, Any]:
     """Concurrency 1 and 8 straight to Triton (KServe v2, wrk), alternated, with Triton's statistics."""
-    url = f"{http_url}/v2/models/{model}/infer"
+    url = f"{http_url}/v2/models/{model}/generate_stream"
     body, headers = triton_request()
     http_figures(url, body, headers, 2, 2)  # connections open, every batch size seen once or more
 

@@ -18,15 +18,35 @@ from tritonclient.grpc import model_config_pb2 as pb
 
 from core.params import ParamsGroup
 
-#: Inputs. ``messages`` is one JSON document: a list of OpenAI-style chat messages.
+#: Inputs. ``messages`` is one JSON document: a list of OpenAI-style chat messages. The others are the
+#: OpenAI request fields of the same names; ``stop``, ``logit_bias`` and ``response_format`` are JSON
+#: documents (a list of strings, an object of token id -> bias, OpenAI's ``response_format`` object).
 INPUT_MESSAGES = "messages"
 INPUT_MAX_TOKENS = "max_tokens"
 INPUT_TEMPERATURE = "temperature"
-#: Outputs.
+INPUT_TOP_P = "top_p"
+INPUT_SEED = "seed"
+INPUT_STOP = "stop"
+INPUT_PRESENCE_PENALTY = "presence_penalty"
+INPUT_FREQUENCY_PENALTY = "frequency_penalty"
+INPUT_LOGIT_BIAS = "logit_bias"
+INPUT_LOGPROBS = "logprobs"
+INPUT_TOP_LOGPROBS = "top_logprobs"
+INPUT_RESPONSE_FORMAT = "response_format"
+#: Outputs, in every response of the stream: ``text`` is what this response adds to the answer,
+#: ``completion_tokens`` the tokens generated so far (the end-of-sequence token not counted),
+#: ``finish_reason`` empty until the last response ("stop" or "length"), ``token_logprobs`` a JSON
+#: list of OpenAI ``logprobs.content`` entries for the new tokens (empty unless asked for).
 OUTPUT_TEXT = "text"
 OUTPUT_PROMPT_TOKENS = "prompt_tokens"
 OUTPUT_COMPLETION_TOKENS = "completion_tokens"
 OUTPUT_MODEL_VERSION = "model_version"
+OUTPUT_FINISH_REASON = "finish_reason"
+OUTPUT_TOKEN_LOGPROBS = "token_logprobs"
+
+#: How model.py begins the message of a failure that is its own (INTERNAL), not the request's: a gRPC
+#: stream carries an error's message only, so a client tells the two apart by it.
+INTERNAL_ERROR = "internal error"
 
 #: ``parameters`` keys that ``model.py`` reads (the seed project's setting names).
 PARAM_MAX_NEW_TOKENS = "MAX_NEW_TOKENS"
@@ -51,16 +71,30 @@ class TensorSpec:
     optional: bool = False
 
 
+# Triton's dynamic batcher only batches requests that carry the same inputs with the same shapes:
+# every input has one element, and a client that wants batching sends the same set every time (the
+# gateway sends them all).
 INPUTS: tuple[TensorSpec, ...] = (
     TensorSpec(INPUT_MESSAGES, "TYPE_STRING"),
     TensorSpec(INPUT_MAX_TOKENS, "TYPE_INT32", optional=True),
     TensorSpec(INPUT_TEMPERATURE, "TYPE_FP32", optional=True),
+    TensorSpec(INPUT_TOP_P, "TYPE_FP32", optional=True),
+    TensorSpec(INPUT_SEED, "TYPE_INT64", optional=True),
+    TensorSpec(INPUT_STOP, "TYPE_STRING", optional=True),
+    TensorSpec(INPUT_PRESENCE_PENALTY, "TYPE_FP32", optional=True),
+    TensorSpec(INPUT_FREQUENCY_PENALTY, "TYPE_FP32", optional=True),
+    TensorSpec(INPUT_LOGIT_BIAS, "TYPE_STRING", optional=True),
+    TensorSpec(INPUT_LOGPROBS, "TYPE_BOOL", optional=True),
+    TensorSpec(INPUT_TOP_LOGPROBS, "TYPE_INT32", optional=True),
+    TensorSpec(INPUT_RESPONSE_FORMAT, "TYPE_STRING", optional=True),
 )
 OUTPUTS: tuple[TensorSpec, ...] = (
     TensorSpec(OUTPUT_TEXT, "TYPE_STRING"),
     TensorSpec(OUTPUT_PROMPT_TOKENS, "TYPE_INT32"),
     TensorSpec(OUTPUT_COMPLETION_TOKENS, "TYPE_INT32"),
     TensorSpec(OUTPUT_MODEL_VERSION, "TYPE_STRING"),
+    TensorSpec(OUTPUT_FINISH_REASON, "TYPE_STRING"),
+    TensorSpec(OUTPUT_TOKEN_LOGPROBS, "TYPE_STRING"),
 )
 
 
@@ -333,6 +367,8 @@ def render_config(model_name: str, version: int, params: ServingParams, *, warmu
     a number by now (``resolve_instance_count``).
     """
     config = pb.ModelConfig(name=model_name, backend="python", max_batch_size=params.max_batch_size)
+    # model.py streams: one response per token group, the last flagged final (Triton's decoupled policy).
+    config.model_transaction_policy.decoupled = True
     for spec in INPUTS:
         config.input.add(
             name=spec.name, data_type=pb.DataType.Value(spec.data_type), dims=spec.dims, optional=spec.optional

@@ -18,6 +18,7 @@ count (which must be 0), and last a one-line JSON summary.
 from __future__ import annotations
 
 import logging
+import statistics
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -172,6 +173,8 @@ def _canary_then_regression(stack: Scratch, journey: Journey, traffic: Traffic) 
         "client_errors": tally.errors,
         "requests": tally.requests,
         "correct": tally.correct,
+        # The users stream: how long they waited for the first words of an answer, through nginx.
+        "first_token_p50_ms": round(statistics.median(tally.first_token_ms), 1) if tally.first_token_ms else None,
         "by_version": dict(tally.by_version),
         **journey.timings,
     }

@@ -3,9 +3,11 @@
 Several concurrent users, each a closed loop at a modest pace, like people using an app; every
 user starts a new conversation (a new ``X-Session-Id``) every few requests, so the sessions spread
 over the whole hash range and a canary at 5% gets its share (six fixed sessions might all miss it).
-Every answer is checked: its status, the version that answered (``X-Model-Version``) and whether
-the answer was right. A client-visible error is any non-200 or transport failure. Used by the demo,
-the benchmarks and the fault tests.
+Users stream their answers (``stream: true``, server-sent events, as chat apps do) unless told not
+to. Every answer is checked: its status, the version that answered (``X-Model-Version``), that the
+stream ended with ``[DONE]`` and no error event, and whether the answer was right. A client-visible
+error is any non-200, error event, unfinished stream or transport failure. Used by the demo, the
+benchmarks and the fault tests.
 """
 
 from __future__ import annotations
@@ -50,6 +52,8 @@ class Tally:
     by_status: Counter[int] = field(default_factory=Counter)
     error_samples: list[str] = field(default_factory=list)
     latencies_ms: list[float] = field(default_factory=list)
+    #: Time to the first content chunk of each streamed answer.
+    first_token_ms: list[float] = field(default_factory=list)
 
     def snapshot(self) -> dict[str, Any]:
         return {
@@ -65,10 +69,18 @@ class Traffic:
     """Runs ``sessions`` closed-loop users against ``url`` in a background thread until ``stop()``."""
 
     def __init__(
-        self, url: str, *, sessions: int = 6, pause_s: float = 0.05, questions: int = 60, turns: int = 5
+        self,
+        url: str,
+        *,
+        sessions: int = 6,
+        pause_s: float = 0.05,
+        questions: int = 60,
+        turns: int = 5,
+        stream: bool = True,
     ) -> None:
         self.url = url.rstrip("/") + "/v1/chat/completions"
         self.sessions = sessions
+        self.stream = stream
         self.pause_s = pause_s
         self.turns = turns
         self.tally = Tally()
@@ -114,30 +126,59 @@ class Traffic:
             session = f"{user}-conversation-{sent // self.turns}"
             sent += 1
             body, expected = rng.choice(self._bodies)
+            if self.stream:
+                body = {**body, "stream": True, "stream_options": {"include_usage": True}}
             started = time.perf_counter()
-            status, version, detail, answer = 0, "", "", ""
+            status, version, detail, answer, first = 0, "", "", "", None
             try:
                 async with client.post(self.url, json=body, headers={"X-Session-Id": session}) as response:
                     status = response.status
                     version = response.headers.get("X-Model-Version", "")
-                    text = await response.text()
-                if status == 200:
-                    answer = json.loads(text)["choices"][0]["message"]["content"]
-                else:
-                    detail = text[:200]
+                    if status == 200 and self.stream:
+                        answer, first, detail = await _read_stream(response, started)
+                    else:
+                        text = await response.text()
+                        if status == 200:
+                            answer = json.loads(text)["choices"][0]["message"]["content"]
+                        else:
+                            detail = text[:200]
             except (aiohttp.ClientError, TimeoutError, ValueError, KeyError) as exc:
                 detail = f"{type(exc).__name__}: {exc}"
             elapsed = (time.perf_counter() - started) * 1000
+            ok = status == 200 and not detail
             with self._lock:
                 tally = self.tally
                 tally.requests += 1
                 tally.by_status[status] += 1
-                if status == 200:
+                if ok:
                     tally.by_version[version] += 1
                     tally.correct += answer.strip().lower() == expected.lower()
                     tally.latencies_ms.append(elapsed)
+                    if first is not None:
+                        tally.first_token_ms.append(first)
                 else:
                     tally.errors += 1
                     if len(tally.error_samples) < 10:
                         tally.error_samples.append(f"{status}: {detail}")
             await asyncio.sleep(self.pause_s)
+
+
+async def _read_stream(response: aiohttp.ClientResponse, started: float) -> tuple[str, float | None, str]:
+    """A streamed answer's text, the milliseconds to its first content, and what went wrong ("" if nothing)."""
+    parts: list[str] = []
+    first: float | None = None
+    async for line in response.content:
+        if not line.startswith(b"data: "):
+            continue
+        data = line[6:].strip()
+        if data == b"[DONE]":
+            return "".join(parts), first, ""
+        event = json.loads(data)
+        if "error" in event:
+            return "".join(parts), first, f"error event: {event['error'].get('message', '')[:160]}"
+        for choice in event.get("choices", []):
+            piece = choice.get("delta", {}).get("content") or ""
+            if piece and first is None:
+                first = (time.perf_counter() - started) * 1000
+            parts.append(piece)
+    return "".join(parts), first, "the stream ended without [DONE]"

@@ -35,6 +35,15 @@ TPOT = "gateway_time_per_output_token_seconds"
 UNJUDGED_REQUESTS = "gateway_unjudged_requests_total"
 LABEL_KIND = "kind"
 KIND_PINNED, KIND_RETRY = "pinned", "retry"
+#: Completion tokens of the successful live attempts, per version (a histogram over ``TOKEN_BUCKETS``).
+COMPLETION_TOKENS = "gateway_completion_tokens"
+#: Clients that went away before their answer was complete, per version: never an error of the version,
+#: and not in ``UPSTREAM_REQUESTS`` (the attempt neither succeeded nor failed).
+CLIENT_DISCONNECTS = "gateway_client_disconnects_total"
+#: Requests the gateway cancelled in Triton before they finished, per version and ``reason``
+#: (``disconnect``: its client left; ``timeout``: past the upstream timeout, also an error outcome).
+CANCELLATIONS = "gateway_upstream_cancellations_total"
+CANCEL_DISCONNECT, CANCEL_TIMEOUT = "disconnect", "timeout"
 #: Client-facing requests by route and status code (what users saw).
 REQUESTS = "gateway_requests_total"
 #: Canary failures answered by the champion instead (no labels).
@@ -46,6 +55,7 @@ SHADOW_AGREEMENT = "gateway_shadow_agreement_total"
 
 LABEL_VERSION = "version"
 LABEL_OUTCOME = "outcome"
+LABEL_REASON = "reason"
 #: ok: answered; error: a failure that counts against the version (5xx, timeout, connection, injected
 #: fault); rejected: the model refused the request as invalid (a 400), which says nothing of its health.
 OUTCOME_OK, OUTCOME_ERROR, OUTCOME_REJECTED = "ok", "error", "rejected"
@@ -63,6 +73,8 @@ def _bounds(low_exponent: int, high_exponent: int) -> tuple[float, ...]:
 #: model's long answers alike. The last bucket (+Inf) holds anything slower.
 LATENCY_BUCKETS: tuple[float, ...] = _bounds(-10, 7)
 N_BUCKETS = len(LATENCY_BUCKETS) + 1  # with +Inf
+#: Upper bounds of the completion-token histogram: powers of two, 1 to 32768 tokens.
+TOKEN_BUCKETS: tuple[float, ...] = tuple(float(2**k) for k in range(16))
 
 #: The latency-like metrics the controller judges, by short name, and their series.
 HISTOGRAMS: dict[str, str] = {"latency": UPSTREAM_LATENCY, "ttft": TTFT, "tpot": TPOT}

@@ -3,7 +3,9 @@
 The server runs with explicit model control and auto-complete off (``--strict-model-config``
 semantics), so a config passes only as written. Triton's HTTP answer to a config it cannot even
 read is just "failed to poll from model repository"; the reason is in its log, so it is read
-from there.
+from there. A model can also crash the server while it loads (Triton 2.51 dies on signal 11 when a
+decoupled Python model's ``execute`` returns its responses during warmup, instead of sending them):
+that model is reported with the log's reason, and a fresh server loads the models after it.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ _LOG_WAIT_S, _LOG_POLL_S = 3.0, 0.05
 _POLL_FAILED = "failed to poll from model repository"
 # Triton's log line: E1128 01:19:11.788608 11880 file.cc:1460] "message"
 _LOG_LINE = re.compile(r'^E\d{4} [\d:.]+ +\d+ [\w.]+:\d+\] "?(?P<message>.*?)"?$')
+_STOPPED = "Triton stopped answering"
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,23 +68,25 @@ def check_load(repository: Path, load_timeout_s: float = DEFAULT_LOAD_TIMEOUT_S)
         # A model whose load hangs keeps Triton from exiting on SIGTERM; do not wait long for it.
         strict_model_config=True, exit_timeout_secs=3, stop_timeout_s=5.0,
     )  # fmt: skip
+    names = model_names(repository)
+    statuses: list[VersionStatus] = []
     with tempfile.TemporaryDirectory(prefix="check-load-") as run_dir:
-        run = Path(run_dir)
-        with TritonServer(repository, settings, run_dir=run, log_path=run / "tritonserver.log") as server:
-            return load_all(server.http_url, server.log_path, model_names(repository), load_timeout_s)
+        while names:
+            # A fresh run folder (and log) per server: a crashed server's log must not name the next models.
+            run = Path(tempfile.mkdtemp(prefix="server-", dir=run_dir))
+            with TritonServer(repository, settings, run_dir=run, log_path=run / "tritonserver.log") as server:
+                while names:
+                    name = names.pop(0)
+                    statuses.extend(load_one(server.http_url, server.log_path, name, load_timeout_s))
+                    if not server.is_running():
+                        logger.warning("Triton died loading %s; a fresh server loads the rest", name)
+                        break
+    return statuses
 
 
 def model_names(repository: Path) -> list[str]:
     """Every model folder of a repository, as Triton sees them (hidden folders are not models)."""
     return sorted(p.name for p in repository.iterdir() if p.is_dir() and not p.name.startswith("."))
-
-
-def load_all(http_url: str, log_path: Path, names: list[str], load_timeout_s: float) -> list[VersionStatus]:
-    """Load ``names`` one by one into a running explicit-mode server; unload each after reading it."""
-    statuses: list[VersionStatus] = []
-    for name in names:
-        statuses.extend(load_one(http_url, log_path, name, load_timeout_s))
-    return statuses
 
 
 def load_one(http_url: str, log_path: Path, name: str, load_timeout_s: float) -> list[VersionStatus]:
@@ -102,7 +107,7 @@ def load_one(http_url: str, log_path: Path, name: str, load_timeout_s: float) ->
                 versions = _versions(client, name)
             except (OSError, http.client.HTTPException) as gone:
                 # Triton 2.51 can die on a refused load: its refusal, and that it is gone.
-                return [VersionStatus(name, "", False, f"Triton stopped answering after: {message} ({gone})")]
+                return [VersionStatus(name, "", False, f"{_STOPPED} after: {message} ({gone})")]
             failed = [v for v in versions if not v.ready]
             return failed or [VersionStatus(name, "", False, message)]
         except TimeoutError:
@@ -116,8 +121,9 @@ def load_one(http_url: str, log_path: Path, name: str, load_timeout_s: float) ->
             ]  # fmt: skip
         except (OSError, http.client.HTTPException) as exc:
             # The server went away (crashed or was killed; the HTTP client may only see a closed
-            # connection): say so rather than pass a traceback on.
-            return [VersionStatus(name, "", False, f"Triton stopped answering: {exc}")]
+            # connection): say so, with what its log says of the model, rather than pass a traceback on.
+            detail = _log_reason(log_path, name)
+            return [VersionStatus(name, "", False, f"{_STOPPED} loading it: {detail or exc}")]
         versions = _versions(client, name)
         client.unload_model(name)
         return versions
@@ -155,8 +161,10 @@ def _log_reason(log_path: Path, name: str, wait_s: float = _LOG_WAIT_S) -> str:
 
 
 def _mentions(lines: list[str], name: str) -> Iterator[str]:
+    # The model by name or folder, or one of its instances ('<name>_0', as the Python backend's stub says).
+    instance = re.compile(rf"'{re.escape(name)}(?:_\d+)?'")
     for line in lines:
-        if f"'{name}'" not in line and f"/{name}/" not in line:
+        if not instance.search(line) and f"/{name}/" not in line:
             continue
         match = _LOG_LINE.match(line)
         if match:

@@ -7,6 +7,7 @@ Messages quote Triton 2.51's own load errors (core ``src/model_config_utils.cc``
 
 from __future__ import annotations
 
+import ast
 import posixpath
 from collections.abc import Iterator
 from pathlib import Path
@@ -72,6 +73,7 @@ def check_model(pc: ParsedConfig, ctx: CheckContext) -> Iterator[Finding]:
         )
     if effective_backend(pc)[0] == PYTHON_BACKEND:
         yield from _python_files(pc)
+        yield from _decoupled_python(pc)
 
 
 def _name(pc: ParsedConfig) -> Iterator[Finding]:
@@ -270,4 +272,29 @@ def _python_files(pc: ParsedConfig) -> Iterator[Finding]:
                 f"Failed to get the canonical path for {resolved}.",
                 "parameters",
                 Key(_EXEC_ENV),
+            )
+
+
+def _decoupled_python(pc: ParsedConfig) -> Iterator[Finding]:
+    """A decoupled config over a model.py that never takes a response sender: it must answer through one.
+
+    Its ``execute`` returns the responses instead, which the backend refuses for every request; with a
+    warmup Triton 2.51 refuses the load, or dies of signal 11 while loading it (both seen here).
+    """
+    if not pc.config.model_transaction_policy.decoupled:
+        return
+    filename = pc.config.default_model_filename or "model.py"
+    for version in selected_versions(pc):
+        path = pc.model_dir / str(version % _UINT64) / filename
+        try:
+            tree = ast.parse(path.read_text(encoding="utf-8"))
+        except (OSError, SyntaxError, UnicodeDecodeError, ValueError):
+            continue  # a missing file is python-model-file's; one that does not parse fails at load in Python's words
+        if not any(isinstance(node, ast.Attribute) and node.attr == "get_response_sender" for node in ast.walk(tree)):
+            yield pc.finding(
+                "python-decoupled",
+                f"Python model '{pc.name}_0' is using the decoupled mode and the execute function must return "
+                f"None: {path} never calls request.get_response_sender() (with a warmup, Triton 2.51 fails or "
+                "crashes loading it)",
+                "model_transaction_policy",
             )

@@ -115,6 +115,16 @@ class UpstreamRejectedError(UpstreamError):
     retryable = False
 
 
+class ClientDisconnectedError(GatewayError):
+    """The client went away before its answer was complete; its request was cancelled in Triton.
+
+    Nobody reads the answer to it: it exists so a disconnect is counted as one (499, nginx's "client
+    closed request"), never as a 500 or as an error of the version that was answering.
+    """
+
+    code = "client_closed_request"
+
+
 class RegistryConflictError(GatewayError):
     """The registry refused the action: an invalid transition or a concurrent change."""
 
@@ -142,6 +152,7 @@ _STATUS: dict[type[GatewayError], tuple[int, str]] = {
     RegistryNotFoundError: (404, "invalid_request_error"),
     RegistryConflictError: (409, "invalid_request_error"),
     PayloadTooLargeError: (413, "invalid_request_error"),
+    ClientDisconnectedError: (499, "invalid_request_error"),
     UpstreamFailedError: (502, "server_error"),
     NoReadyVersionError: (503, "server_error"),
     UpstreamUnavailableError: (503, "server_error"),

@@ -7,6 +7,11 @@ Series, all per replica:
 - ``gateway_upstream_latency_seconds{version}``, ``gateway_time_to_first_token_seconds{version}``,
   ``gateway_time_per_output_token_seconds{version}``: histograms of the successful live attempts,
   in the contract's log-spaced buckets (``telemetry.LATENCY_BUCKETS``).
+- ``gateway_completion_tokens{version}``: a histogram of the completion tokens of those attempts.
+- ``gateway_client_disconnects_total{version}``: clients that left before their answer was complete
+  (not an attempt outcome: never counted against the version).
+- ``gateway_upstream_cancellations_total{version, reason}``: requests cancelled in Triton before they
+  finished (``disconnect`` or ``timeout``).
 - ``gateway_unjudged_requests_total{version, outcome, kind}``: attempts outside the split, never
   judged: ``pinned`` by ``X-Model-Version`` (people, the controller's probes) and ``retry`` (the
   champion answering for a failed canary attempt).
@@ -26,18 +31,23 @@ import bisect
 import time
 from collections import deque
 from collections.abc import Callable, Iterator
+from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import HistogramMetricFamily
 from prometheus_client.registry import Collector
 from pydantic import BaseModel
 
 from serving.telemetry import (
+    CANCELLATIONS,
+    CLIENT_DISCONNECTS,
+    COMPLETION_TOKENS,
     HISTOGRAMS,
     KIND_PINNED,
     KIND_RETRY,
     LABEL_KIND,
     LABEL_OUTCOME,
+    LABEL_REASON,
     LABEL_VERSION,
     LATENCY_BUCKETS,
     OUTCOME_ERROR,
@@ -46,6 +56,7 @@ from serving.telemetry import (
     RETRIES,
     SHADOW_AGREEMENT,
     SHADOW_REQUESTS,
+    TOKEN_BUCKETS,
     UNJUDGED_REQUESTS,
     UPSTREAM_REQUESTS,
     VersionStats,
@@ -123,7 +134,27 @@ class Metrics:
         self._agreement = Counter(
             SHADOW_AGREEMENT, "Mirrored answers equal to the champion's.", [LABEL_VERSION], registry=self.registry
         )
+        self._tokens = Histogram(
+            COMPLETION_TOKENS,
+            "Completion tokens of successful live attempts per version.",
+            [LABEL_VERSION],
+            buckets=TOKEN_BUCKETS,
+            registry=self.registry,
+        )
+        self._disconnects = Counter(
+            CLIENT_DISCONNECTS,
+            "Clients that left before their answer was complete, per version (not an error of the version).",
+            [LABEL_VERSION],
+            registry=self.registry,
+        )
+        self._cancellations = Counter(
+            CANCELLATIONS,
+            "Requests cancelled in Triton before they finished, per version and reason.",
+            [LABEL_VERSION, LABEL_REASON],
+            registry=self.registry,
+        )
         self._children: dict[tuple[int, str, str | None], Counter] = {}
+        self._token_children: dict[int, Any] = {}
         self._by_route: dict[tuple[str, int], Counter] = {}
 
     def attempt(
@@ -136,8 +167,9 @@ class Metrics:
         retry: bool = False,
         ttft_s: float | None = None,
         tpot_s: float | None = None,
+        completion_tokens: int | None = None,
     ) -> None:
-        """Count one attempt; a live success also records its latency (and TTFT/TPOT when measured).
+        """Count one attempt; a live success also records its latency (and TTFT/TPOT/tokens when measured).
 
         ``pinned`` and ``retry`` attempts are outside the split: counted apart, never judged.
         """
@@ -156,6 +188,18 @@ class Metrics:
         for name, seconds in (("latency", latency_s), ("ttft", ttft_s), ("tpot", tpot_s)):
             if seconds is not None:
                 self._histograms.observe(name, version, seconds)
+        if completion_tokens is not None:
+            tokens = self._token_children.get(version)
+            if tokens is None:
+                tokens = self._token_children[version] = self._tokens.labels(str(version))
+            tokens.observe(completion_tokens)
+
+    def disconnect(self, version: int) -> None:
+        """A client left before its answer was complete (its request is cancelled in Triton too)."""
+        self._disconnects.labels(str(version)).inc()
+
+    def cancelled(self, version: int, reason: str) -> None:
+        self._cancellations.labels(str(version), reason).inc()
 
     def request(self, route: str, code: int) -> None:
         child = self._by_route.get((route, code))
@@ -186,16 +230,26 @@ class VersionWindow(BaseModel):
     error_rate: float | None
     p50_ms: float | None
     p95_ms: float | None
+    ttft_p50_ms: float | None = None
+    ttft_p95_ms: float | None = None
+    tpot_p50_ms: float | None = None
+
+
+def _ms(seconds: float | None) -> float | None:
+    return None if seconds is None else round(seconds * 1000, 3)
 
 
 def summarize(stats: VersionStats) -> VersionWindow:
-    p50, p95 = quantile(stats.latency, 0.5), quantile(stats.latency, 0.95)
+    ttft, tpot = stats.histograms["ttft"], stats.histograms["tpot"]
     return VersionWindow(
         requests=round(stats.requests),
         errors=round(stats.errors),
         error_rate=stats.errors / stats.requests if stats.requests else None,
-        p50_ms=None if p50 is None else round(p50 * 1000, 3),
-        p95_ms=None if p95 is None else round(p95 * 1000, 3),
+        p50_ms=_ms(quantile(stats.latency, 0.5)),
+        p95_ms=_ms(quantile(stats.latency, 0.95)),
+        ttft_p50_ms=_ms(quantile(ttft, 0.5)),
+        ttft_p95_ms=_ms(quantile(ttft, 0.95)),
+        tpot_p50_ms=_ms(quantile(tpot, 0.5)),
     )
 
 

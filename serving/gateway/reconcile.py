@@ -21,14 +21,14 @@ import time
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from core.contract import PARAM_MAX_IMAGE_PIXELS, PARAM_MAX_IMAGES, PARAM_MAX_NEW_TOKENS
+from core.contract import PARAM_MAX_IMAGE_PIXELS, PARAM_MAX_IMAGES, PARAM_MAX_NEW_TOKENS, PARAM_TEMPERATURE, PARAM_TOP_P
 from core.names import parse_served_name, served_model_name
 from registry.events import Event
 from registry.state import RolloutState
 from serving.gateway.errors import RegistryUnavailableError, UpstreamError, UpstreamTimeoutError
 from serving.gateway.registry_client import RegistryPort
 from serving.gateway.routing import Split
-from serving.gateway.upstream import Upstream
+from serving.gateway.upstream import Sampling, Upstream
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +46,10 @@ class VersionConfig:
     max_images: int | None = None
     max_image_pixels: int | None = None
     max_new_tokens: int | None = None
+    # Its sampling defaults: the gateway sends them when a request has none, so every request carries
+    # the same inputs (Triton batches only those).
+    temperature: float | None = None
+    top_p: float | None = None
 
     @classmethod
     def from_parameters(cls, parameters: dict[str, str]) -> VersionConfig:
@@ -53,7 +57,28 @@ class VersionConfig:
             value = parameters.get(key, "")
             return int(value) if value.isascii() and value.isdigit() else None
 
-        return cls(number(PARAM_MAX_IMAGES), number(PARAM_MAX_IMAGE_PIXELS), number(PARAM_MAX_NEW_TOKENS))
+        def real(key: str) -> float | None:
+            try:
+                return float(parameters[key])
+            except (KeyError, ValueError):
+                return None
+
+        return cls(
+            number(PARAM_MAX_IMAGES),
+            number(PARAM_MAX_IMAGE_PIXELS),
+            number(PARAM_MAX_NEW_TOKENS),
+            real(PARAM_TEMPERATURE),
+            real(PARAM_TOP_P),
+        )
+
+    def fill(self, sampling: Sampling) -> Sampling:
+        """What to send this version: the token cap lowered to its maximum, its own defaults where unset."""
+        return replace(
+            sampling,
+            max_tokens=self.token_cap(sampling.max_tokens),
+            temperature=self.temperature if sampling.temperature is None else sampling.temperature,
+            top_p=self.top_p if sampling.top_p is None else sampling.top_p,
+        )
 
     def token_cap(self, requested: int | None) -> int | None:
         """The ``max_tokens`` to send: the request's, lowered to this version's MAX_NEW_TOKENS."""

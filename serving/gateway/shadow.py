@@ -18,12 +18,12 @@ from collections.abc import Awaitable, Callable
 from serving.gateway.errors import UpstreamError
 from serving.gateway.metrics import Metrics
 from serving.gateway.reconcile import View
-from serving.gateway.upstream import Inference
+from serving.gateway.upstream import Inference, Sampling
 
 log = logging.getLogger(__name__)
 
-#: ``call(version, messages, max_tokens, temperature)``: one attempt on a version, faults included.
-Call = Callable[[int, bytes, int | None, float | None], Awaitable[Inference]]
+#: ``call(version, messages, sampling)``: one whole attempt on a version, faults included.
+Call = Callable[[int, bytes, Sampling], Awaitable[Inference]]
 
 
 def same_answer(a: str, b: str) -> bool:
@@ -61,18 +61,17 @@ class Shadow:
         self,
         view: View,
         messages: bytes,
-        max_tokens: int | None,
-        temperature: float | None,
+        sampling: Sampling,
         champion_answer: Inference,
     ) -> bool:
-        """Start a mirror of a request the champion answered, if drawn; ``max_tokens`` is the request's own."""
+        """Start a mirror of a request the champion answered, if drawn; ``sampling`` is the request's own."""
         if self.percent <= 0 or self._draw() * 100 >= self.percent:
             return False
         version = self.target(view)
         if version is None or len(self._tasks) >= self.concurrency:
             return False
-        cap = view.ready[version].token_cap(max_tokens)
-        task = asyncio.create_task(self._mirror(version, messages, cap, temperature, champion_answer.text))
+        mirrored = view.ready[version].fill(sampling)
+        task = asyncio.create_task(self._mirror(version, messages, mirrored, champion_answer.text))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
         return True
@@ -87,11 +86,9 @@ class Shadow:
             task.cancel()
         await asyncio.gather(*list(self._tasks), return_exceptions=True)
 
-    async def _mirror(
-        self, version: int, messages: bytes, max_tokens: int | None, temperature: float | None, expected: str
-    ) -> None:
+    async def _mirror(self, version: int, messages: bytes, sampling: Sampling, expected: str) -> None:
         try:
-            answer = await self._call(version, messages, max_tokens, temperature)
+            answer = await self._call(version, messages, sampling)
         except UpstreamError as exc:
             log.info("shadow request to v%d failed: %s", version, exc.message)
             self._metrics.shadow(version, ok=False, agreed=False)

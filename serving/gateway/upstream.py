@@ -1,57 +1,71 @@
-"""The gateway's Triton client: one keep-alive aiohttp session posting KServe v2 requests with binary tensors.
+"""The gateway's Triton client: one keep-alive aiohttp session streaming from Triton's ``generate_stream``.
 
-Chosen by measurement (the former ``serving/gateway/bench.py``, in git history; ``make bench-gateway``
-now times the gateway hop with this client): a real Triton 2.51 serving a zero-work
-stand-in with the real tensor contract; each client in one uvloop loop; per candidate and round
-1000 sequential requests (p50, p99) and 3 s at concurrency 8; three alternated rounds, medians;
-2 cores shared with other work. The steadiest figure is the client's own CPU time per request,
-what a gateway worker's event loop spends per upstream call (c8 throughput swings with the
-machine's load: read it loosely). Payload: the task's 64x64 PNG and a question (393 bytes).
+The served model is decoupled (one response per token group), so Triton's KServe ``/infer``
+endpoint refuses it. Streaming clients, measured with the former ``serving/gateway/bench.py`` (in git
+history; ``make bench-gateway`` now times the gateway hop with this client): a real
+Triton 2.51 serving a zero-work decoupled stand-in with the real tensor contract that streams 8
+responses per request; each client in one uvloop loop; per candidate and round 300 sequential
+requests (p50 of the whole stream, and of its first response: time to first token) and 2 s at
+concurrency 8; three alternated rounds, medians; 2 cores shared with other work (load average
+7-9 during this run, so read the times loosely). The steadiest figure is the client's own CPU
+time per request, what a gateway worker's event loop spends per upstream call. Payload: the
+task's 64x64 PNG and a question (393 bytes).
 
-| candidate | p50 ms | p99 ms | req/s at c8 | client CPU per request |
+| candidate | p50 ms | TTFT p50 ms | req/s at c8 | client CPU per request |
 |---|---|---|---|---|
-| ``tritonclient.http.aio`` | 0.76 | 1.14 | 3,390 | 350 us |
-| ``tritonclient.grpc.aio`` | 0.71 | 1.03 | 3,170 | 334 us |
-| aiohttp, KServe v2 JSON | 0.55 | 0.73 | 3,820 | 216 us |
-| aiohttp, KServe v2 binary tensors (this module) | 0.63 | 0.94 | 3,950 | 246 us |
+| aiohttp, HTTP ``generate_stream`` (this module) | 1.47 | 0.62 | 641 | 409 us |
+| ``tritonclient.grpc.aio`` ``stream_infer`` | 2.49 | 0.96 | 383 | 1,353 us |
+| ``grpc.aio`` ``ModelStreamInfer``, protobuf built by hand | 2.49 | 0.91 | 398 | 1,162 us |
 
-Three more runs under heavier load (load average 2-6) kept the order: tritonclient.http.aio
-350-390 us of CPU per request, grpc.aio 320-345, direct aiohttp 215-255 (JSON and binary within
-noise of each other). A photo-sized payload (an incompressible 512x512 PNG, 1.05 MB; 200
-requests, 2 s phases) separates the two encodings: p50 6.0 ms (http.aio), 5.7 (grpc.aio),
-8.0 (JSON: Triton parses a megabyte JSON string), 5.3 (binary); client CPU 1.33, 1.62, 1.32,
-1.03 ms. So: a direct aiohttp session costs about a third less CPU than ``tritonclient.http.aio``
-(which builds numpy object arrays and, with aiohttp's default Accept-Encoding, gets gzipped
-answers) and a quarter to a third less than gRPC, and binary tensors keep large images cheap
-for Triton too.
+An earlier run of the same comparison (load average 1-2) kept the order: 436, 1,501 and 1,149 us.
+With a photo-sized payload (an incompressible 512x512 PNG, 1.05 MB; 100 requests per round): p50
+5.6 ms over ``generate_stream`` (Triton parses the megabyte as a JSON string) against 4.6 and 4.3 ms
+over gRPC (raw bytes), but the client's CPU per request is 0.88 ms against 1.64 and 1.41 ms. The
+gateway's event loop is the scarce resource (it shares 2 cores with Triton), so: aiohttp on
+``generate_stream``. It also cancels cleanly: closing the response closes the connection, and
+Triton cancels the request (its Python model sees ``request.is_cancelled()``; a test checks it).
 
 The whole gateway (uvicorn, uvloop, httptools, one worker, its own process) in front of the
-stand-in, phase 2 of the bench: p50 1.22 ms against 0.52 ms straight to Triton, so the gateway
-adds 0.70 ms per request (body parse, validation, image check, routing, metrics), and 1,890 req/s
-at c8 against 3,700 direct. With the 1 MB image it adds 3.9 ms (9.6 against 5.7 ms).
+stand-in, phase 2 of the bench, same run: it adds 0.58 ms to the p50 of a collected answer (2.47
+against 1.89 ms straight to Triton) and 0.80 ms to the time to first token of a streamed one
+(1.56 against 0.76 ms).
 
-Each request carries the ``messages`` document's bytes after a small JSON header (no escaping);
-outputs come back as JSON. orjson both ways; no per-request client, no thread hops; uncompressed.
+The request is the generate extension's JSON object: each input by name at the top level (the
+``messages`` document as a string, the JSON-valued inputs as strings). Every input is sent on
+every request, with the version's own defaults filled in, because Triton's dynamic batcher only
+batches requests that carry the same inputs. Responses are server-sent events, one JSON object of
+outputs each (Triton writes the version it ran as ``model_version``, over the output of that name).
 """
 
 from __future__ import annotations
 
 import logging
-import struct
-from dataclasses import dataclass
+from collections.abc import AsyncGenerator, AsyncIterator, Mapping
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import aiohttp
 import orjson
 
 from core.contract import (
+    INPUT_FREQUENCY_PENALTY,
+    INPUT_LOGIT_BIAS,
+    INPUT_LOGPROBS,
     INPUT_MAX_TOKENS,
     INPUT_MESSAGES,
+    INPUT_PRESENCE_PENALTY,
+    INPUT_RESPONSE_FORMAT,
+    INPUT_SEED,
+    INPUT_STOP,
     INPUT_TEMPERATURE,
+    INPUT_TOP_LOGPROBS,
+    INPUT_TOP_P,
     OUTPUT_COMPLETION_TOKENS,
+    OUTPUT_FINISH_REASON,
     OUTPUT_MODEL_VERSION,
     OUTPUT_PROMPT_TOKENS,
     OUTPUT_TEXT,
+    OUTPUT_TOKEN_LOGPROBS,
 )
 from serving.gateway.errors import (
     UpstreamError,
@@ -65,10 +79,6 @@ from serving.gateway.errors import (
 
 log = logging.getLogger(__name__)
 
-_OUTPUTS = [
-    {"name": name, "parameters": {"binary_data": False}}
-    for name in (OUTPUT_TEXT, OUTPUT_PROMPT_TOKENS, OUTPUT_COMPLETION_TOKENS, OUTPUT_MODEL_VERSION)
-]
 # Triton's words for a model it cannot run now, and for a refusal under load (queue full or timed out).
 _NOT_READY = ("not at ready state", "unknown model", "no available versions", "is not found")
 # Polls and config reads must not hang behind a busy model for the whole inference timeout.
@@ -77,34 +87,87 @@ _OVERLOAD = ("exceeds maximum queue size", "request timeout expired")
 
 
 @dataclass(frozen=True, slots=True)
-class Inference:
-    """One answer of one version."""
+class Sampling:
+    """What one attempt asks of the model besides the conversation: the contract's optional inputs.
+
+    None for ``max_tokens``, ``temperature``, ``top_p`` or ``seed`` leaves the input out (the model's
+    default applies); the gateway fills them in so every request carries the same inputs.
+    """
+
+    max_tokens: int | None = None
+    temperature: float | None = None
+    top_p: float | None = None
+    seed: int | None = None
+    stop: tuple[str, ...] = ()
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    logit_bias: Mapping[str, float] = field(default_factory=dict)
+    logprobs: bool = False
+    top_logprobs: int = 0
+    response_format: Mapping[str, Any] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Delta:
+    """One streamed response: the text it adds, the counts so far, and on the last one why it ended."""
 
     text: str
     prompt_tokens: int
     completion_tokens: int
     model_version: str
+    finish_reason: str = ""
+    logprobs: list[dict[str, Any]] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Inference:
+    """One whole answer of one version (a collected stream)."""
+
+    text: str
+    prompt_tokens: int
+    completion_tokens: int
+    model_version: str
+    finish_reason: str = "stop"
+    logprobs: list[dict[str, Any]] | None = None
+
+
+async def collect(stream: AsyncIterator[Delta]) -> Inference:
+    """Read a stream to its end: the whole answer (``UpstreamFailedError`` if it ends without a finish)."""
+    parts: list[str] = []
+    logprobs: list[dict[str, Any]] | None = None
+    last: Delta | None = None
+    async for delta in stream:
+        parts.append(delta.text)
+        if delta.logprobs is not None:
+            logprobs = [*(logprobs or []), *delta.logprobs]
+        last = delta
+    if last is None or not last.finish_reason:
+        raise UpstreamFailedError("Triton's stream ended before the answer did")
+    return Inference(
+        "".join(parts), last.prompt_tokens, last.completion_tokens, last.model_version, last.finish_reason, logprobs
+    )
 
 
 class Upstream(Protocol):
-    """What the gateway needs from Triton; ``TritonUpstream`` is the real one, tests bring fakes."""
+    """What the gateway needs from Triton; ``TritonUpstream`` is the real one, tests bring fakes.
+
+    ``stream`` is an async generator: stopping early (``aclose()``, or a cancelled task awaiting it)
+    cancels the request in Triton.
+    """
 
     async def start(self) -> None: ...
     async def close(self) -> None: ...
-    async def infer(
-        self, model: str, messages: bytes, max_tokens: int | None, temperature: float | None
-    ) -> Inference: ...
+    def stream(self, model: str, messages: bytes, sampling: Sampling) -> AsyncGenerator[Delta, None]: ...
     async def ready_models(self) -> set[str]: ...
     async def model_parameters(self, model: str) -> dict[str, str]: ...
 
 
 class TritonUpstream:
-    """Triton's HTTP endpoint; ``binary`` sends ``messages`` with the binary tensor extension."""
+    """Triton's HTTP endpoint (``generate_stream`` for answers, the repository API for readiness)."""
 
-    def __init__(self, url: str, timeout_s: float, *, binary: bool = True, connections: int = 64) -> None:
+    def __init__(self, url: str, timeout_s: float, *, connections: int = 64) -> None:
         self.url = url.rstrip("/") if "://" in url else f"http://{url.rstrip('/')}"
         self.timeout_s = timeout_s
-        self.binary = binary
         self._connections = connections
         self._session: aiohttp.ClientSession | None = None
 
@@ -126,22 +189,55 @@ class TritonUpstream:
             await self._session.close()
             self._session = None
 
-    async def infer(self, model: str, messages: bytes, max_tokens: int | None, temperature: float | None) -> Inference:
-        """Ask ``model`` (a Triton model name) to answer the ``messages`` JSON document."""
-        body, headers = self._request(messages, max_tokens, temperature)
-        status, payload = await self._post(f"/v2/models/{model}/infer", body, headers)
-        if status != 200:
-            raise _classify(status, payload)
+    async def stream(self, model: str, messages: bytes, sampling: Sampling) -> AsyncGenerator[Delta, None]:
+        """Ask ``model`` (a Triton model name) to answer the ``messages`` JSON document, piece by piece."""
+        session = self._require_session()
+        url = f"{self.url}/v2/models/{model}/generate_stream"
+        body = generate_request(messages, sampling)
+        response = await self._open(session, url, body)
+        finished = False
         try:
-            outputs = {output["name"]: output["data"][0] for output in orjson.loads(payload)["outputs"]}
-            return Inference(
-                text=str(outputs[OUTPUT_TEXT]),
-                prompt_tokens=int(outputs[OUTPUT_PROMPT_TOKENS]),
-                completion_tokens=int(outputs[OUTPUT_COMPLETION_TOKENS]),
-                model_version=str(outputs[OUTPUT_MODEL_VERSION]),
-            )
-        except (orjson.JSONDecodeError, KeyError, IndexError, TypeError, ValueError) as exc:
-            raise UpstreamFailedError(f"Triton's answer from {model} lacks the contract's outputs: {exc!r}") from exc
+            if response.status != 200:
+                raise _classify(response.status, await response.read())
+            async for line in response.content:
+                if not line.startswith(b"data:"):
+                    continue
+                try:
+                    event = orjson.loads(line[5:])
+                except orjson.JSONDecodeError as exc:
+                    raise UpstreamFailedError(f"Triton sent an event that is not JSON: {line[:200]!r}") from exc
+                if "error" in event:
+                    # The status (200) went out with the first event: a later failure travels in the stream.
+                    raise _classify(500, orjson.dumps({"error": event["error"]}))
+                delta = _delta(event, model)
+                finished = bool(delta.finish_reason)
+                yield delta
+                if finished:
+                    return
+        except TimeoutError as exc:
+            raise UpstreamTimeoutError(f"Triton at {self.url} did not finish within {self.timeout_s:g} s") from exc
+        except aiohttp.ClientError as exc:
+            raise UpstreamUnavailableError(f"Triton at {self.url} broke off the answer: {exc!r}") from exc
+        finally:
+            if finished:
+                response.release()
+            else:
+                # Closing the connection is how Triton learns the client is gone: it cancels the request.
+                response.close()
+
+    async def _open(self, session: aiohttp.ClientSession, url: str, body: bytes) -> aiohttp.ClientResponse:
+        for attempt in (1, 2):
+            try:
+                return await session.post(url, data=body, headers=_JSON)
+            except aiohttp.ServerDisconnectedError as exc:
+                # A keep-alive connection the server closed while idle: the request never ran, send it again.
+                if attempt == 2:
+                    raise UpstreamUnavailableError(f"Triton at {self.url} closed the connection: {exc!r}") from exc
+            except TimeoutError as exc:
+                raise UpstreamTimeoutError(f"Triton at {self.url} did not answer within {self.timeout_s:g} s") from exc
+            except aiohttp.ClientError as exc:
+                raise UpstreamUnavailableError(f"Triton at {self.url} is unreachable: {exc!r}") from exc
+        raise AssertionError("unreachable")
 
     async def ready_models(self) -> set[str]:
         """Names of the models Triton reports READY (raises ``UpstreamUnavailableError`` when it is down)."""
@@ -164,29 +260,6 @@ class TritonUpstream:
             raise _classify(status, payload)
         parameters: dict[str, Any] = orjson.loads(payload).get("parameters") or {}
         return {key: str(value.get("string_value", "")) for key, value in parameters.items()}
-
-    def _request(
-        self, messages: bytes, max_tokens: int | None, temperature: float | None
-    ) -> tuple[bytes, dict[str, str]]:
-        scalars = []
-        if max_tokens is not None:
-            scalars.append({"name": INPUT_MAX_TOKENS, "shape": [1, 1], "datatype": "INT32", "data": [max_tokens]})
-        if temperature is not None:
-            scalars.append({"name": INPUT_TEMPERATURE, "shape": [1, 1], "datatype": "FP32", "data": [temperature]})
-        if not self.binary:
-            text = {"name": INPUT_MESSAGES, "shape": [1, 1], "datatype": "BYTES", "data": [messages.decode()]}
-            return orjson.dumps({"inputs": [text, *scalars], "outputs": _OUTPUTS}), {"Content-Type": "application/json"}
-        # Binary tensor extension: a BYTES element is a 4-byte little-endian length, then the bytes.
-        size = len(messages) + 4
-        tensor = {
-            "name": INPUT_MESSAGES,
-            "shape": [1, 1],
-            "datatype": "BYTES",
-            "parameters": {"binary_data_size": size},
-        }
-        header = orjson.dumps({"inputs": [tensor, *scalars], "outputs": _OUTPUTS})
-        headers = {"Inference-Header-Content-Length": str(len(header)), "Content-Type": "application/octet-stream"}
-        return b"".join((header, struct.pack("<I", len(messages)), messages)), headers
 
     async def _post(
         self, path: str, body: bytes, headers: dict[str, str], timeout: aiohttp.ClientTimeout | None = None
@@ -215,9 +288,52 @@ class TritonUpstream:
         return self._session
 
 
-def _classify(status: int, payload: bytes) -> UpstreamError:
+_JSON = {"Content-Type": "application/json"}
+
+
+def generate_request(messages: bytes, sampling: Sampling) -> bytes:
+    """The ``generate_stream`` body: every input of the contract, by name."""
+    body: dict[str, Any] = {
+        INPUT_MESSAGES: messages.decode("utf-8"),
+        INPUT_STOP: orjson.dumps(list(sampling.stop)).decode(),
+        INPUT_PRESENCE_PENALTY: sampling.presence_penalty,
+        INPUT_FREQUENCY_PENALTY: sampling.frequency_penalty,
+        INPUT_LOGIT_BIAS: orjson.dumps(dict(sampling.logit_bias)).decode(),
+        INPUT_LOGPROBS: sampling.logprobs,
+        INPUT_TOP_LOGPROBS: sampling.top_logprobs,
+        INPUT_RESPONSE_FORMAT: orjson.dumps(sampling.response_format or {"type": "text"}).decode(),
+    }
+    for name, value in (
+        (INPUT_MAX_TOKENS, sampling.max_tokens),
+        (INPUT_TEMPERATURE, sampling.temperature),
+        (INPUT_TOP_P, sampling.top_p),
+        (INPUT_SEED, sampling.seed),
+    ):
+        if value is not None:
+            body[name] = value
+    return orjson.dumps(body)
+
+
+def _delta(event: dict[str, Any], model: str) -> Delta:
     try:
-        message = str(orjson.loads(payload).get("error", ""))
+        logprobs = event.get(OUTPUT_TOKEN_LOGPROBS) or None
+        return Delta(
+            text=str(event[OUTPUT_TEXT]),
+            prompt_tokens=int(event[OUTPUT_PROMPT_TOKENS]),
+            completion_tokens=int(event[OUTPUT_COMPLETION_TOKENS]),
+            model_version=str(event[OUTPUT_MODEL_VERSION]),
+            finish_reason=str(event.get(OUTPUT_FINISH_REASON) or ""),
+            logprobs=orjson.loads(logprobs) if logprobs else None,
+        )
+    except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
+        raise UpstreamFailedError(f"Triton's answer from {model} lacks the contract's outputs: {exc!r}") from exc
+
+
+def _classify(status: int, payload: bytes) -> UpstreamError:
+    # An error before the first event comes as JSON, or as a one-event stream (`data: {"error": ...}`).
+    text = payload.strip().removeprefix(b"data:").strip()
+    try:
+        message = str(orjson.loads(text).get("error", ""))
     except (orjson.JSONDecodeError, AttributeError):
         message = payload[:300].decode("utf-8", "replace")
     lowered = message.lower()

@@ -1,29 +1,30 @@
-"""model.py's chat contract under random input: every request of a batch gets exactly one answer or one
-INVALID_ARG (HTTP 400), never an internal error, and a good neighbour is always answered.
+"""model.py's chat contract under random input: every request of a batch gets exactly one streamed answer
+or one INVALID_ARG (HTTP 400), never an internal error, and a good neighbour is always answered.
 
 Two layers: ``TritonPythonModel.execute`` with the real tiny model behind the real
 ``triton_python_backend_utils`` (the stub's injected types faked as in tests/serving/test_backend_unit.py),
-and a smaller sample through a real Triton over HTTP, where only 200 and 400 may come back.
+and a smaller sample through a real Triton over its gRPC stream (the decoupled model's transport that
+carries any bytes), where only answers and refusals may come back, never an internal error.
 """
 
 from __future__ import annotations
 
 import json
 import math
-import struct
+import queue
+import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-import httpx
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, seed, settings
 from hypothesis import strategies as st
 
-from core.contract import render_config
+from core.contract import INTERNAL_ERROR, render_config
 from serving.triton.launcher import TritonServer
 from tests.fuzz.conftest import SEED
 from tests.fuzz.strategies import CONVERSATION, ODD_CONVERSATION, often
@@ -34,6 +35,7 @@ from tests.serving.conftest import serving_params
 from tests.serving.test_backend_unit import (
     FakeLogger,
     FakeResponse,
+    FakeSender,
     FakeTensor,
     FakeTritonError,
     _as_triton_passes_it,
@@ -92,9 +94,16 @@ class Request:
     def __init__(self, tensors: dict[str, np.ndarray]) -> None:
         self._inputs = [FakeTensor(name, array) for name, array in tensors.items()]
         self.tensors = tensors
+        self.sender = FakeSender()
 
     def inputs(self) -> list[FakeTensor]:
         return self._inputs
+
+    def get_response_sender(self) -> FakeSender:
+        return self.sender
+
+    def is_cancelled(self) -> bool:
+        return False
 
 
 _JSON = st.recursive(
@@ -156,14 +165,21 @@ def _must_refuse(request: dict[str, np.ndarray], max_new_tokens: int = MAX_NEW_T
     return None
 
 
-def _check_answer(response: FakeResponse, request: dict[str, np.ndarray]) -> None:
-    outputs = {tensor.name(): tensor.as_numpy().reshape(-1)[0] for tensor in response.output_tensors()}
-    assert set(outputs) == {"text", "prompt_tokens", "completion_tokens", "model_version"}
-    bytes(outputs["text"]).decode("utf-8")
-    assert outputs["model_version"] == b"1"
+OUTPUTS = {"text", "prompt_tokens", "completion_tokens", "model_version", "finish_reason", "token_logprobs"}
+
+
+def _check_answer(responses: list[FakeResponse], request: dict[str, np.ndarray]) -> None:
+    for response in responses:
+        outputs = {tensor.name(): tensor.as_numpy().reshape(-1)[0] for tensor in response.output_tensors()}
+        assert set(outputs) == OUTPUTS
+        bytes(outputs["text"]).decode("utf-8")
+        assert outputs["model_version"] == b"1"
+    last = {tensor.name(): tensor.as_numpy().reshape(-1)[0] for tensor in responses[-1].output_tensors()}
     cap = int(request["max_tokens"].reshape(-1)[0]) if "max_tokens" in request else MAX_NEW_TOKENS
-    assert 1 <= int(outputs["completion_tokens"]) <= cap
-    assert 1 <= int(outputs["prompt_tokens"]) <= MAX_PROMPT_TOKENS
+    assert bytes(last["finish_reason"]) in (b"stop", b"length")
+    # The end-of-sequence token is not counted: an answer that ends at once has no completion tokens.
+    assert 0 <= int(last["completion_tokens"]) <= cap
+    assert 1 <= int(last["prompt_tokens"]) <= MAX_PROMPT_TOKENS
 
 
 def test_every_request_of_a_batch_gets_one_answer_or_one_400(model: Any) -> None:
@@ -182,21 +198,26 @@ def test_every_request_of_a_batch_gets_one_answer_or_one_400(model: Any) -> None
         FakeLogger.lines = []
         requests = [*batch[:where], neighbour, *batch[where:]]
 
-        responses = model.execute([Request(tensors) for tensors in requests])
+        sent = [Request(tensors) for tensors in requests]
+        assert model.execute(sent) is None
 
-        assert len(responses) == len(requests)
-        for request, response in zip(requests, responses, strict=True):
-            assert isinstance(response, FakeResponse)
-            if response.has_error():
-                error = response.error()
+        for request, fake in zip(requests, sent, strict=True):
+            sender = fake.sender
+            assert sender.finished and [flags for _, flags in sender.sent].count(1) == 1, sender.sent
+            responses = sender.responses
+            assert responses, "a stream ended without an answer or an error"
+            errors = [response for response in responses if response.has_error()]
+            if errors:
+                assert len(errors) == 1 and len(responses) == 1, "an error came mid-stream"
+                error = errors[0].error()
                 assert error.code() == FakeTritonError.INVALID_ARG, error.message()
                 assert error.message()
                 tally.add("400")
             else:
                 assert _must_refuse(request) is None, (_must_refuse(request), request)
-                _check_answer(response, request)
+                _check_answer(responses, request)
                 tally.add("answered")
-        assert not responses[min(where, len(batch))].has_error(), "the good neighbour was refused"
+        assert not sent[min(where, len(batch))].sender.last().has_error(), "the good neighbour was refused"
         assert [line for line in FakeLogger.lines if line[0] != "info"] == [], FakeLogger.lines
         tally.add("batches")
 
@@ -204,60 +225,75 @@ def test_every_request_of_a_batch_gets_one_answer_or_one_400(model: Any) -> None
     assert tally.counts["answered"] > tally.counts["batches"], "hardly any random request was answered"
 
 
-def _infer_body(request: dict[str, np.ndarray]) -> tuple[bytes, dict[str, str]]:
-    """A KServe v2 request with every tensor in the binary extension (so any bytes and NaN travel as sent)."""
-    header: list[dict[str, Any]] = []
-    payload = b""
-    for name, array in request.items():
-        if name == "messages":
-            raw = b"".join(struct.pack("<I", len(bytes(item))) + bytes(item) for item in array.reshape(-1))
-            datatype = "BYTES"
-        else:
-            raw = array.tobytes()
-            datatype = "INT32" if array.dtype == np.int32 else "FP32"
-        header.append(
-            {
-                "name": name,
-                "shape": list(array.shape),
-                "datatype": datatype,
-                "parameters": {"binary_data_size": len(raw)},
-            }
-        )
-        payload += raw
-    head = json.dumps({"inputs": header}).encode()
-    headers = {"Inference-Header-Content-Length": str(len(head)), "Content-Type": "application/octet-stream"}
-    return head + payload, headers
+class _Stream:
+    """One gRPC stream to Triton (a thread's own): send a request, wait for its final response."""
+
+    def __init__(self, url: str) -> None:
+        import tritonclient.grpc as grpc
+
+        self.grpc = grpc
+        self.client = grpc.InferenceServerClient(url)
+        self.responses: queue.Queue[tuple[Any, Any]] = queue.Queue()
+        self.client.start_stream(callback=lambda result, error: self.responses.put((result, error)))
+
+    def ask(self, request: dict[str, np.ndarray]) -> str:
+        """``"200"`` for a whole answer, ``"400"`` for a refusal; anything else fails the test."""
+        inputs = []
+        for name, array in request.items():
+            datatype = "BYTES" if array.dtype == np.object_ else "INT32" if array.dtype == np.int32 else "FP32"
+            tensor = self.grpc.InferInput(name, list(array.shape), datatype)
+            tensor.set_data_from_numpy(array)
+            inputs.append(tensor)
+        request_id = uuid.uuid4().hex
+        self.client.async_stream_infer(f"{MODEL}-v1", inputs, request_id=request_id, enable_empty_final_response=True)
+        pieces = 0
+        while True:
+            result, error = self.responses.get(timeout=120)
+            if error is not None:
+                message = error.message() or str(error)
+                assert not message.startswith(INTERNAL_ERROR), message
+                assert pieces == 0, f"an error after {pieces} pieces: {message}"
+                return "400"
+            response = result.get_response()
+            assert response.id == request_id
+            pieces += bool(response.outputs)
+            if response.parameters["triton_final_response"].bool_param:
+                assert pieces, "the stream ended without an answer"
+                return "200"
+
+    def close(self) -> None:
+        self.client.stop_stream()
+        self.client.close()
 
 
 @pytest.mark.triton
 def test_a_real_triton_answers_only_200_or_400(triton: TritonServer) -> None:
     """Sent together, so Triton's dynamic batcher puts bad requests in the same ``execute`` as good ones."""
-    tally = Tally.named("backend through a real Triton (HTTP)")
+    tally = Tally.named("backend through a real Triton (gRPC stream)")
     neighbour = {"messages": np.array([[json.dumps(NEIGHBOUR).encode()]], dtype=np.object_)}
+    url = triton.grpc_url
+    streams = [_Stream(url) for _ in range(5)]
+    try:
+        with ThreadPoolExecutor(max_workers=5) as pool:
 
-    with httpx.Client(base_url=triton.http_url, timeout=60) as client, ThreadPoolExecutor(max_workers=5) as pool:
+            @seed(SEED)
+            @settings(
+                max_examples=80,
+                deadline=None,
+                database=None,
+                suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+            )
+            @given(batch=st.lists(tensors(), min_size=1, max_size=4))
+            def run(batch: list[dict[str, np.ndarray]]) -> None:
+                requests = [neighbour, *batch]
+                outcomes = list(pool.map(lambda pair: pair[0].ask(pair[1]), zip(streams, requests, strict=False)))
+                for request, outcome in zip(batch, outcomes[1:], strict=True):
+                    tally.add(outcome)
+                    if outcome == "200":
+                        assert _must_refuse(request, E2E_MAX_NEW_TOKENS) is None, (_must_refuse(request), request)
+                assert outcomes[0] == "200", "the good neighbour was refused"
 
-        def send(request: dict[str, np.ndarray]) -> httpx.Response:
-            body, headers = _infer_body(request)
-            return client.post(f"/v2/models/{MODEL}-v1/infer", content=body, headers=headers)
-
-        @seed(SEED)
-        @settings(
-            max_examples=80,
-            deadline=None,
-            database=None,
-            suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
-        )
-        @given(batch=st.lists(tensors(), min_size=1, max_size=4))
-        def run(batch: list[dict[str, np.ndarray]]) -> None:
-            responses = list(pool.map(send, [neighbour, *batch]))
-            for request, response in zip(batch, responses[1:], strict=True):
-                tally.add(str(response.status_code))
-                assert response.status_code in (200, 400), response.text
-                if response.status_code == 200:
-                    assert _must_refuse(request, E2E_MAX_NEW_TOKENS) is None, (_must_refuse(request), request)
-                else:
-                    assert response.json()["error"]
-            assert responses[0].status_code == 200, responses[0].text
-
-        run()
+            run()
+    finally:
+        for stream in streams:
+            stream.close()

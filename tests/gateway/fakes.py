@@ -2,13 +2,14 @@
 
 The fake registry applies the registry's own pure plans (``registry.plans``) to an in-memory
 state, so its transitions and refusals are the real ones; only MLflow is missing. The fake
-upstream answers like the tiny model's contract and can be told to fail per Triton model.
+upstream streams like the tiny model's contract and can be told to fail per Triton model, before its
+first piece or after some.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -25,7 +26,7 @@ from serving.gateway.errors import (
     UpstreamUnavailableError,
 )
 from serving.gateway.registry_client import Action
-from serving.gateway.upstream import Inference
+from serving.gateway.upstream import Delta, Sampling
 
 MODEL = "qwen3-vl"
 STEPS = (5, 25, 50, 100)
@@ -137,28 +138,48 @@ Behaviour = Callable[[str, bytes], GatewayError | None]
 class Call:
     model: str
     messages: bytes
-    max_tokens: int | None
-    temperature: float | None
+    sampling: Sampling
+
+    @property
+    def max_tokens(self) -> int | None:
+        return self.sampling.max_tokens
+
+    @property
+    def temperature(self) -> float | None:
+        return self.sampling.temperature
 
 
 @dataclass
 class FakeUpstream:
-    """Triton in miniature: ``ready`` models answer ``"<text> from <model>"``; ``fail[model]`` raises instead."""
+    """Triton in miniature: ``ready`` models stream ``"<text> from <model>"`` word by word (a word a token);
+    ``fail[model]`` raises before the first piece, ``fail_after[model] = (n, error)`` after ``n`` pieces;
+    ``delay_s`` waits before the first piece, ``piece_delay_s`` before each later one. ``cancelled``
+    counts streams closed before their end (what Triton sees as a cancelled request)."""
 
     ready: set[str] = field(default_factory=set)
     parameters: dict[str, dict[str, str]] = field(default_factory=dict)
     fail: dict[str, GatewayError] = field(default_factory=dict)
+    fail_after: dict[str, tuple[int, GatewayError]] = field(default_factory=dict)
     delay_s: dict[str, float] = field(default_factory=dict)
+    piece_delay_s: dict[str, float] = field(default_factory=dict)
     answer: Callable[[str, bytes], str] = lambda model, messages: f"red from {model}"
     down: bool = False
     calls: list[Call] = field(default_factory=list)
     started: bool = False
+    cancelled: list[str] = field(default_factory=list)
+    finished: list[str] = field(default_factory=list)
 
     @classmethod
     def serving(cls, *versions: int, model: str = MODEL, max_new_tokens: int = 8) -> FakeUpstream:
         names = {served_model_name(model, version) for version in versions}
         parameters = {
-            name: {"MAX_NEW_TOKENS": str(max_new_tokens), "MAX_IMAGES": "4", "MAX_IMAGE_PIXELS": str(1 << 20)}
+            name: {
+                "MAX_NEW_TOKENS": str(max_new_tokens),
+                "MAX_IMAGES": "4",
+                "MAX_IMAGE_PIXELS": str(1 << 20),
+                "TEMPERATURE": "0.0",
+                "TOP_P": "1.0",
+            }
             for name in names
         }
         return cls(ready=names, parameters=parameters)
@@ -169,21 +190,48 @@ class FakeUpstream:
     async def close(self) -> None:
         self.started = False
 
-    async def infer(self, model: str, messages: bytes, max_tokens: int | None, temperature: float | None) -> Inference:
-        self.calls.append(Call(model, messages, max_tokens, temperature))
-        if self.down:
-            raise UpstreamUnavailableError("Triton at http://127.0.0.1:1 is unreachable (fake)")
-        if model in self.delay_s:
-            await asyncio.sleep(self.delay_s[model])
-        if model in self.fail:
-            raise self.fail[model]
-        if model not in self.ready:
-            from serving.gateway.errors import UpstreamNotReadyError
+    async def stream(self, model: str, messages: bytes, sampling: Sampling) -> AsyncGenerator[Delta, None]:
+        self.calls.append(Call(model, messages, sampling))
+        outcome = "cancelled"
+        try:
+            if self.down:
+                outcome = "failed"
+                raise UpstreamUnavailableError("Triton at http://127.0.0.1:1 is unreachable (fake)")
+            if model in self.delay_s:
+                await asyncio.sleep(self.delay_s[model])
+            if model in self.fail:
+                outcome = "failed"
+                raise self.fail[model]
+            if model not in self.ready:
+                from serving.gateway.errors import UpstreamNotReadyError
 
-            raise UpstreamNotReadyError(f"Request for unknown model: '{model}' is not found")
-        version = model.rsplit("-v", 1)[1]
-        cap = max_tokens if max_tokens is not None else 8
-        return Inference(self.answer(model, messages), 12, min(2, cap), version)
+                outcome = "failed"
+                raise UpstreamNotReadyError(f"Request for unknown model: '{model}' is not found")
+            version = model.rsplit("-v", 1)[1]
+            words = self.answer(model, messages).split(" ")
+            pieces = [words[0], *(" " + word for word in words[1:])]
+            cap = sampling.max_tokens if sampling.max_tokens is not None else 8
+            kept = pieces[:cap]
+            reason = "length" if len(pieces) > cap else "stop"
+            for index, piece in enumerate(kept):
+                if index and model in self.piece_delay_s:
+                    await asyncio.sleep(self.piece_delay_s[model])
+                broken = self.fail_after.get(model)
+                if broken is not None and index == broken[0]:
+                    outcome = "failed"
+                    raise broken[1]
+                last = index == len(kept) - 1
+                logprobs = [{"token": piece, "logprob": -0.5, "bytes": list(piece.encode()), "top_logprobs": []}]
+                if last:
+                    outcome = "finished"
+                yield Delta(
+                    piece, 12, index + 1, version, reason if last else "", logprobs if sampling.logprobs else None
+                )
+        finally:
+            if outcome == "finished":
+                self.finished.append(model)
+            elif outcome == "cancelled":
+                self.cancelled.append(model)
 
     async def ready_models(self) -> set[str]:
         if self.down:

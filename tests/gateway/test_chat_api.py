@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import orjson
@@ -60,11 +60,11 @@ def test_the_official_client_with_an_image(harness: Build) -> None:
     assert completion.choices[0].message.role == "assistant"
     assert completion.choices[0].message.content == f"red from {V1}"
     assert completion.choices[0].finish_reason == "stop"
-    assert completion.usage is not None and completion.usage.total_tokens == 14
+    assert completion.usage is not None and completion.usage.total_tokens == 12 + 3
     assert raw.headers["x-model-version"] == "1"
     assert completion.id == f"chatcmpl-{raw.headers['x-request-id']}"
     call = h.upstream.calls[-1]
-    assert (call.model, call.max_tokens, call.temperature) == (V1, 5, 0.0)
+    assert (call.model, call.max_tokens, call.temperature, call.sampling.top_p) == (V1, 5, 0.0, 1.0)
     # The contract's `messages` tensor: role and content only, the data URI passed on untouched.
     assert orjson.loads(call.messages) == image_message()
 
@@ -77,8 +77,10 @@ def test_the_official_client_streaming(harness: Build) -> None:
     chunks = list(stream)
     assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == f"red from {V1}"
     assert chunks[0].choices[0].delta.role == "assistant"
-    assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == "stop"
-    assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens == 2
+    # One chunk per piece Triton streamed, the finish on the last of them, the usage after it.
+    assert [c.choices[0].delta.content for c in chunks[1:-1]] == ["red", " from", f" {V1}"]
+    assert [c.choices[0].finish_reason for c in chunks[:-1]] == [None, None, None, "stop"]
+    assert chunks[-1].choices == [] and chunks[-1].usage is not None and chunks[-1].usage.completion_tokens == 3
     assert {c.id for c in chunks} == {chunks[0].id}
 
 
@@ -90,6 +92,9 @@ def test_a_raw_stream_ends_with_done(harness: Build) -> None:
     events = [line for line in response.text.split("\n\n") if line]
     assert events[-1] == "data: [DONE]"
     assert all(event.startswith("data: ") for event in events)
+    # nginx passes the events on as they come instead of buffering the answer.
+    assert response.headers["x-accel-buffering"] == "no"
+    assert response.headers["cache-control"] == "no-cache"
 
 
 def test_max_tokens_is_capped_by_the_version_and_length_is_reported(harness: Build) -> None:
@@ -123,6 +128,21 @@ def test_request_ids_are_echoed_when_sane(harness: Build) -> None:
         (chat_body(temperature=3), 400, "temperature", "less than or equal to 2"),
         (chat_body(top_p=0), 400, "top_p", "greater than 0"),
         (chat_body(n=2), 400, "n", "less than or equal to 1"),
+        (chat_body(top_logprobs=2), 400, None, "top_logprobs needs logprobs"),
+        (chat_body(stop=["a", "b", "c", "d", "e"]), 400, "stop", "at most 4 items"),
+        (chat_body(seed=2**63), 400, "seed", "less than 9223372036854775808"),
+        (chat_body(presence_penalty=2.5), 400, "presence_penalty", "less than or equal to 2"),
+        (chat_body(logit_bias={"red": 5}), 400, "logit_bias", "token ids"),
+        (chat_body(logit_bias={"5": 101}), 400, "logit_bias.5", "less than or equal to 100"),
+        (chat_body(response_format={"type": "yaml"}), 400, "response_format.type", "Input should be"),
+        (chat_body(response_format={"type": "json_schema"}), 400, "response_format", "'json_schema' is required"),
+        (chat_body(top_k=5), 400, "top_k", "Extra inputs are not permitted"),
+        (
+            {"model": "qwen3-vl", "messages": [{"role": "user", "content": "hi", "name": "bob"}]},
+            400,
+            "messages.0.name",
+            "Extra inputs are not permitted",
+        ),
         (chat_body(max_tokens=0), 400, "max_tokens", "greater than or equal to 1"),
         (
             {"model": "qwen3-vl", "messages": [{"role": "tool", "content": "x"}]},
@@ -315,10 +335,11 @@ def test_sessions_stick_by_header_then_by_user(harness: Build) -> None:
 def test_no_unhandled_error_leaks_a_traceback(harness: Build) -> None:
     h = harness()
 
-    async def broken(*args: object) -> None:
+    async def broken(*args: object) -> AsyncIterator[None]:
         raise RuntimeError("secret internals")
+        yield  # an async generator, as Upstream.stream is
 
-    h.upstream.infer = broken  # type: ignore[method-assign,assignment]
+    h.upstream.stream = broken  # type: ignore[method-assign,assignment]
     response = h.client.post("/v1/chat/completions", json=chat_body())
     error = assert_openai_error(response, 500, None, "internal error; quote request id")
     assert response.headers["x-request-id"] in error["message"]

@@ -109,6 +109,36 @@ def test_summary_has_rates_in_milliseconds() -> None:
     assert figures.p50_ms == pytest.approx(5.0, rel=0.1)
 
 
+def test_summary_has_time_to_first_token_and_per_token_for_the_status_page() -> None:
+    metrics = Metrics()
+    for ttft in (0.05, 0.1, 0.2):
+        metrics.attempt(1, "ok", 0.5, ttft_s=ttft, tpot_s=0.01, completion_tokens=8)
+
+    figures = summarize(metrics.version_stats()[1])
+
+    assert figures.ttft_p50_ms == pytest.approx(100.0, rel=0.1)
+    assert figures.ttft_p95_ms is not None and figures.ttft_p95_ms > figures.ttft_p50_ms
+    assert figures.tpot_p50_ms == pytest.approx(10.0, rel=0.1)
+    text = metrics.exposition().decode()
+    assert 'gateway_completion_tokens_bucket{le="8.0",version="1"} 3.0' in text
+    assert 'gateway_completion_tokens_bucket{le="4.0",version="1"} 0.0' in text
+
+
+def test_disconnects_and_cancellations_are_counted_apart_from_outcomes() -> None:
+    metrics = Metrics()
+    metrics.disconnect(2)
+    metrics.cancelled(2, "disconnect")
+    metrics.cancelled(2, "timeout")
+    metrics.attempt(2, "error")
+
+    text = metrics.exposition().decode()
+    assert 'gateway_client_disconnects_total{version="2"} 1.0' in text
+    assert 'gateway_upstream_cancellations_total{reason="disconnect",version="2"} 1.0' in text
+    assert 'gateway_upstream_cancellations_total{reason="timeout",version="2"} 1.0' in text
+    stats = metrics.version_stats()[2]
+    assert (stats.requests, stats.errors) == (1, 1)  # the disconnect is no attempt of the version
+
+
 def test_the_window_counts_only_what_happened_inside_it() -> None:
     metrics, clock = Metrics(), Clock()
     window = Window(metrics, 60.0, clock=clock)

@@ -169,15 +169,74 @@ def test_the_model_opens_only_the_contracts_image_formats(backend: ModuleType) -
     assert backend.decode_image(url, "m", 1 << 20, (*IMAGE_FORMATS, "TIFF")).mode == "RGB"
 
 
-def test_per_row_sampling_keeps_greedy_rows_greedy(backend: ModuleType) -> None:
-    scores = torch.tensor([[0.1, 2.0, 1.9, -1.0], [0.1, 2.0, 1.9, -1.0]])
+class _Row:
+    """What ``_Decoder`` reads of a row: its sampling and (unused here) grammar state."""
 
-    out = backend._PerRowSampling([0.0, 1.0], top_p=0.9)(torch.zeros((2, 1), dtype=torch.long), scores)
+    def __init__(self, backend: ModuleType, **sampling: Any) -> None:
+        self.sampling = backend.Sampling(**{"temperature": 0.0, "top_p": 1.0, "seed": 0, **sampling})
+        self.matcher = None
+        self.done = False
+        self.noted: list[int] = []
 
-    assert torch.isfinite(out[0]).tolist() == [False, True, False, False]
+    def note_logprobs(self, log_probabilities: torch.Tensor, token: int) -> None:
+        self.noted.append(token)
+
+
+def _pick(
+    backend: ModuleType, rows: list[_Row], scores: torch.Tensor, generated: list[list[int]] | None = None
+) -> list[int]:
+    prompt = torch.zeros((len(rows), 1), dtype=torch.long)
+    ids = torch.cat([prompt, torch.tensor(generated)], dim=1) if generated else prompt
+    out = backend._Decoder(rows, 1, scores.shape[1], torch.device("cpu"))(ids, scores)
+    assert torch.isfinite(out).sum(dim=1).tolist() == [1] * len(rows), "exactly one token stays per row"
+    return out.argmax(dim=1).tolist()
+
+
+def test_decoder_keeps_greedy_rows_greedy_and_samples_the_others(backend: ModuleType) -> None:
+    scores = torch.tensor([[0.1, 2.0, 1.9, -1.0]] * 2)
+    picks = [
+        _pick(backend, [_Row(backend, seed=seed), _Row(backend, temperature=1.0, top_p=0.9, seed=seed)], scores)
+        for seed in range(40)
+    ]
+
+    assert {pick[0] for pick in picks} == {1}
     # Top-p 0.9 keeps the two likely tokens of the sampled row and drops the tail.
-    assert torch.isfinite(out[1]).tolist() == [False, True, True, False]
-    torch.testing.assert_close(out[1, 1:3], scores[1, 1:3])
+    assert {pick[1] for pick in picks} == {1, 2}
+
+
+def test_decoder_samples_each_row_from_its_own_seed(backend: ModuleType) -> None:
+    scores = torch.zeros((1, 50))
+
+    def draws(seed: int, neighbours: int) -> list[int]:
+        rows = [
+            _Row(backend, temperature=1.0, seed=seed),
+            *(_Row(backend, temperature=1.0, seed=s) for s in range(neighbours)),
+        ]
+        decoder = backend._Decoder(rows, 1, 50, torch.device("cpu"))
+        ids = torch.zeros((len(rows), 1), dtype=torch.long)
+        return [int(decoder(ids, scores.repeat(len(rows), 1))[0].argmax()) for _ in range(20)]
+
+    # The same seed draws the same tokens whatever shares its batch; another seed draws others.
+    assert draws(7, 0) == draws(7, 3)
+    assert draws(7, 0) != draws(8, 0)
+
+
+def test_decoder_applies_bias_and_penalties_per_row(backend: ModuleType) -> None:
+    scores = torch.tensor([[2.0, 1.0, 0.0]] * 3)
+    plain, biased, penalized = _Row(backend), _Row(backend, logit_bias={2: 100.0}), _Row(backend, frequency_penalty=2.0)
+
+    # Token 0 was generated twice already by every row: a frequency penalty of 2 takes 4 off its score.
+    picks = _pick(backend, [plain, biased, penalized], scores, generated=[[0, 0]] * 3)
+
+    assert picks == [0, 2, 1]
+
+
+def test_decoder_notes_logprobs_only_for_rows_that_asked(backend: ModuleType) -> None:
+    asked, quiet = _Row(backend, logprobs=True), _Row(backend)
+
+    _pick(backend, [asked, quiet], torch.tensor([[0.0, 3.0]] * 2))
+
+    assert (asked.noted, quiet.noted) == ([1], [])
 
 
 def _as_triton_passes_it(text: str) -> dict[str, Any]:
@@ -334,21 +393,59 @@ class FakeResponse:
     def error(self) -> FakeTritonError | None:
         return self._error
 
-    def text(self) -> str:
-        (tensor,) = [t for t in self._outputs if t.name() == "text"]
-        return bytes(tensor.as_numpy().reshape(-1)[0]).decode()
+    def output(self, name: str) -> Any:
+        (tensor,) = [t for t in self._outputs if t.name() == name]
+        value = tensor.as_numpy().reshape(-1)[0]
+        return bytes(value).decode() if isinstance(value, bytes | np.bytes_) else int(value)
+
+
+class FakeSender:
+    """pb_utils.InferenceResponseSender: what was sent, with its flags; sending after the final is a bug."""
+
+    def __init__(self) -> None:
+        self.sent: list[tuple[FakeResponse | None, int]] = []
+
+    def send(self, response: FakeResponse | None = None, flags: int = 0) -> None:
+        assert not self.finished, "a response was sent after the final one"
+        self.sent.append((response, flags))
+
+    @property
+    def finished(self) -> bool:
+        return any(flags & 1 for _, flags in self.sent)
+
+    @property
+    def responses(self) -> list[FakeResponse]:
+        return [response for response, _ in self.sent if response is not None]
+
+    def answer(self) -> str:
+        """The text of the whole stream (its pieces joined)."""
+        return "".join(r.output("text") for r in self.responses if not r.has_error())
+
+    def last(self) -> FakeResponse:
+        return self.responses[-1]
 
 
 class FakeRequest:
-    """pb_utils.InferenceRequest as the backend sees it: named input tensors, batch dimension first."""
+    """pb_utils.InferenceRequest as the backend sees it: named input tensors (batch dimension first), its
+    response sender, and whether its client has gone (``cancel_after``: after that many responses)."""
 
-    def __init__(self, messages: list[dict[str, Any]] | bytes, **scalars: np.ndarray) -> None:
+    def __init__(
+        self, messages: list[dict[str, Any]] | bytes, cancel_after: int | None = None, **scalars: np.ndarray
+    ) -> None:
         document = messages if isinstance(messages, bytes) else json.dumps(messages).encode()
         self._inputs = [FakeTensor("messages", np.array([[document]], dtype=np.object_))]
         self._inputs += [FakeTensor(name, value) for name, value in scalars.items()]
+        self.sender = FakeSender()
+        self.cancel_after = cancel_after
 
     def inputs(self) -> list[FakeTensor]:
         return self._inputs
+
+    def get_response_sender(self) -> FakeSender:
+        return self.sender
+
+    def is_cancelled(self) -> bool:
+        return self.cancel_after is not None and len(self.sender.sent) >= self.cancel_after
 
 
 class FakeLogger:
@@ -371,28 +468,56 @@ class FakeLogger:
         cls.lines.append(("verbose", message))
 
 
+EOS = 392
+
+
 class FakeModel:
-    """A model whose ``generate`` answers a fixed text, or raises for the batches ``fails`` picks."""
+    """A model whose every row prefers the tokens of ``answer`` and then end-of-sequence, step by step,
+    through the real logits processor and stopping criteria ``generate`` gets; or it raises for the
+    batches ``fails`` picks (``fail_at``: after that many steps)."""
 
     def __init__(self, processor: Any, answer: str, fails: Callable[[int], BaseException | None]) -> None:
         from transformers import GenerationConfig
 
-        self.generation_config = GenerationConfig(eos_token_id=[392, 0], pad_token_id=0)
-        self.config = type("Config", (), {})()
+        self.generation_config = GenerationConfig(eos_token_id=[EOS, 0], pad_token_id=0)
+        vocab = len(processor.tokenizer)
+        text = type("TextConfig", (), {"vocab_size": vocab})()
+        self.config = type("Config", (), {"get_text_config": lambda self: text})()
+        self.vocab = vocab
         self.answer_ids = processor.tokenizer(answer)["input_ids"]
         self.fails = fails
+        self.fail_at = 0
         self.batch_sizes: list[int] = []
+        self.steps = 0
 
     def eval(self) -> FakeModel:
         return self
 
-    def generate(self, input_ids: torch.Tensor, **kwargs: Any) -> torch.Tensor:
+    def generate(
+        self,
+        input_ids: torch.Tensor,
+        generation_config: Any = None,
+        logits_processor: Any = None,
+        stopping_criteria: Any = None,
+        **kwargs: Any,
+    ) -> torch.Tensor:
         self.batch_sizes.append(input_ids.shape[0])
         failure = self.fails(input_ids.shape[0])
-        if failure is not None:
+        if failure is not None and self.fail_at == 0:
             raise failure
-        answer = torch.tensor([[*self.answer_ids, 392]] * input_ids.shape[0])
-        return torch.cat([input_ids, answer], dim=1)
+        preferred = [*self.answer_ids, EOS]
+        ids = input_ids
+        for step in range(generation_config.max_new_tokens):
+            if failure is not None and step == self.fail_at:
+                raise failure
+            scores = torch.full((ids.shape[0], self.vocab), -10.0)
+            scores[:, preferred[min(step, len(preferred) - 1)]] = 10.0
+            chosen = logits_processor(ids, scores).argmax(dim=-1)
+            ids = torch.cat([ids, chosen[:, None]], dim=1)
+            self.steps += 1
+            if bool(stopping_criteria(ids, None).all()):
+                break
+        return ids
 
 
 @pytest.fixture()
@@ -420,16 +545,18 @@ def served(
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
 ) -> Served:
-    """``served(fails=..., **params)``: a TritonPythonModel initialized as the stub does, over a fake model."""
+    """``served(fails=..., answer=..., **params)``: a TritonPythonModel set up as the stub does, over a fake model."""
 
-    def start(fails: Callable[[int], BaseException | None] = lambda size: None, **params: Any) -> tuple[Any, FakeModel]:
+    def start(
+        fails: Callable[[int], BaseException | None] = lambda size: None, answer: str = "red", **params: Any
+    ) -> tuple[Any, FakeModel]:
         (tmp_path / "1").symlink_to(tiny_checkpoint)
         fakes: list[FakeModel] = []
 
         def load(folder: Path, device: str, dtype: str) -> FakeModel:
             from transformers import AutoProcessor
 
-            fakes.append(FakeModel(AutoProcessor.from_pretrained(folder), "red", fails))
+            fakes.append(FakeModel(AutoProcessor.from_pretrained(folder), answer, fails))
             return fakes[0]
 
         monkeypatch.setattr(backend, "load_model", load)
@@ -463,6 +590,117 @@ def _ask(index: int) -> list[dict[str, Any]]:
     ]
 
 
+def _int32(value: int) -> np.ndarray:
+    return np.array([[value]], dtype=np.int32)
+
+
+def _text(value: Any) -> np.ndarray:
+    return np.array([[json.dumps(value).encode()]], dtype=np.object_)
+
+
+def test_execute_streams_each_request_and_ends_it_once(served: Served) -> None:
+    model, fake = served(answer="red circle")
+    requests = [FakeRequest(_ask(i)) for i in range(3)]
+
+    assert model.execute(requests) is None  # decoupled: everything goes through the senders
+
+    assert fake.batch_sizes == [3]
+    for request in requests:
+        sender = request.sender
+        assert sender.answer() == "red circle"
+        assert [flags for _, flags in sender.sent] == [0] * (len(sender.sent) - 1) + [1]
+        assert len(sender.responses) >= 2, "the answer came in one piece"
+        last = sender.last()
+        assert last.output("finish_reason") == "stop"
+        # The end-of-sequence token is not a completion token.
+        assert last.output("completion_tokens") == len(fake.answer_ids)
+        assert last.output("prompt_tokens") > 20
+        assert all(r.output("finish_reason") == "" for r in sender.responses[:-1])
+
+
+def test_finish_reason_is_stop_when_the_end_comes_at_the_last_allowed_token(served: Served) -> None:
+    model, fake = served(answer="red")
+    (ends, cut) = [FakeRequest(_ask(0), max_tokens=_int32(2)), FakeRequest(_ask(1), max_tokens=_int32(1))]
+
+    model.execute([ends, cut])
+
+    assert len(fake.answer_ids) == 1
+    # "red" then the end of sequence as the second and last allowed token: the model stopped by itself.
+    assert (ends.sender.answer(), ends.sender.last().output("finish_reason")) == ("red", "stop")
+    assert ends.sender.last().output("completion_tokens") == 1
+    # Cut at its one allowed token, before the model could say it was done.
+    assert (cut.sender.answer(), cut.sender.last().output("finish_reason")) == ("red", "length")
+
+
+def test_a_stop_sequence_ends_the_answer_and_is_not_returned(served: Served) -> None:
+    model, _ = served(answer="red circle and blue square", max_new_tokens=16)
+    request = FakeRequest(_ask(0), stop=_text(["blue sq", "nothing"]))
+    plain = FakeRequest(_ask(1))
+
+    model.execute([request, plain])
+
+    sender = request.sender
+    assert sender.answer() == "red circle and"
+    assert sender.last().output("finish_reason") == "stop"
+    # Nothing of the stop sequence ever went out, not even a piece of it that later turned out to be it.
+    assert all("blue" not in r.output("text") for r in sender.responses)
+    assert plain.sender.answer() == "red circle and blue square"
+
+
+def test_a_cancelled_request_stops_and_its_neighbours_go_on(served: Served, stub_types: type[FakeLogger]) -> None:
+    model, _ = served(answer="red circle and blue square", max_new_tokens=16)
+    gone, stays = FakeRequest(_ask(0), cancel_after=1), FakeRequest(_ask(1))
+
+    model.execute([gone, stays])
+
+    assert len(gone.sender.responses) == 1 and gone.sender.finished
+    assert gone.sender.sent[-1] == (None, 1)  # the end of its stream, without an answer nobody reads
+    assert stays.sender.answer() == "red circle and blue square"
+    assert any(
+        "a request was cancelled by its client after 1 of at most 16 tokens" in line for _, line in stub_types.lines
+    ), stub_types.lines
+
+
+def test_a_request_cancelled_before_it_ran_is_ended_at_once(served: Served) -> None:
+    model, fake = served()
+    gone = FakeRequest(_ask(0), cancel_after=0)
+
+    model.execute([gone, FakeRequest(_ask(1))])
+
+    assert gone.sender.sent == [(None, 1)]
+    assert fake.batch_sizes == [1]
+
+
+def test_logprobs_come_with_their_tokens(served: Served) -> None:
+    model, fake = served(answer="red circle")
+    request = FakeRequest(_ask(0), logprobs=np.array([[True]]), top_logprobs=_int32(2))
+    plain = FakeRequest(_ask(1))
+
+    model.execute([request, plain])
+
+    entries = [entry for r in request.sender.responses for entry in json.loads(r.output("token_logprobs") or "[]")]
+    assert [entry["token"] for entry in entries] == [model.decode([t]) for t in fake.answer_ids]
+    for entry in entries:
+        assert entry["logprob"] <= 0 and entry["bytes"] == list(entry["token"].encode())
+        assert len(entry["top_logprobs"]) == 2 and entry["top_logprobs"][0]["token"] == entry["token"]
+    assert all(r.output("token_logprobs") == "" for r in plain.sender.responses)
+
+
+def test_json_mode_constrains_the_answer_to_a_json_object(served: Served) -> None:
+    model, _ = served(answer="red circle", max_new_tokens=32)
+    request = FakeRequest(_ask(0), response_format=_text({"type": "json_object"}))
+    free = FakeRequest(_ask(1), response_format=_text({"type": "text"}))
+
+    model.execute([request, free])
+
+    answer = request.sender.answer()
+    # The fake model wants to say "red circle"; the grammar lets it say only JSON.
+    assert answer.startswith("{"), answer
+    if request.sender.last().output("finish_reason") == "stop":
+        assert isinstance(json.loads(answer), dict)
+    assert free.sender.answer() == "red circle"
+
+
 def test_a_failed_batch_is_logged_freed_and_answered_one_by_one(
     served: Served, stub_types: type[FakeLogger], backend: ModuleType, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -474,12 +712,12 @@ def test_a_failed_batch_is_logged_freed_and_answered_one_by_one(
     collections: list[int] = []
     collect = backend.gc.collect
     monkeypatch.setattr(backend.gc, "collect", lambda *args: collections.append(1) or collect(*args))
+    requests = [FakeRequest(_ask(i)) for i in range(3)]
 
-    responses = model.execute([FakeRequest(_ask(i)) for i in range(3)])
+    model.execute(requests)
 
-    assert len(responses) == 3
-    assert [response.has_error() for response in responses] == [False, False, False]
-    assert [response.text() for response in responses] == ["red"] * 3
+    assert [request.sender.answer() for request in requests] == ["red"] * 3
+    assert all(not r.has_error() for request in requests for r in request.sender.responses)
     assert fake.batch_sizes == [3, 1, 1, 1]
     assert collections, "memory was not freed after the batch failed"
     warnings = [message for level, message in stub_types.lines if level == "warn"]
@@ -488,17 +726,38 @@ def test_a_failed_batch_is_logged_freed_and_answered_one_by_one(
     assert "OutOfMemoryError: CUDA out of memory" in warnings[0]
 
 
+def test_a_batch_failing_mid_stream_ends_the_rows_that_had_begun(served: Served) -> None:
+    model, fake = served(
+        answer="red circle and blue", fails=lambda size: RuntimeError("device lost") if size > 1 else None
+    )
+    fake.fail_at = 2  # two tokens streamed, then the batch fails
+    begun, fresh = FakeRequest(_ask(0)), FakeRequest(_ask(1), cancel_after=None)
+
+    model.execute([begun, fresh])
+
+    # The first row had streamed part of its answer: it cannot start again, it ends with the error.
+    last = begun.sender.sent[-1][0]
+    assert last is not None and last.has_error() and begun.sender.finished
+    assert (
+        "internal error: generation failed after the answer had begun: RuntimeError: device lost"
+        in last.error().message()
+    )
+    assert begun.sender.answer().startswith("red")
+
+
 def test_only_the_request_that_fails_alone_gets_an_error(served: Served, stub_types: type[FakeLogger]) -> None:
     calls = iter(range(100))
     # The batch fails, then the second request fails on its own too: only it gets the error.
     model, _ = served(fails=lambda size: RuntimeError("device lost") if size > 1 or next(calls) == 1 else None)
+    requests = [FakeRequest(_ask(i)) for i in range(3)]
 
-    responses = model.execute([FakeRequest(_ask(i)) for i in range(3)])
+    model.execute(requests)
 
-    assert [response.has_error() for response in responses] == [False, True, False]
-    error = responses[1].error()
+    errors = [request.sender.last().has_error() for request in requests]
+    assert errors == [False, True, False]
+    error = requests[1].sender.last().error()
     assert error.code() == FakeTritonError.INTERNAL
-    assert "generation failed: RuntimeError: device lost" in error.message()
+    assert "internal error: generation failed: RuntimeError: device lost" in error.message()
     assert ("error", "generate failed for a single request: RuntimeError: device lost") in stub_types.lines
 
 
@@ -509,10 +768,10 @@ def test_every_request_is_answered_once_even_when_execute_itself_breaks(
     requests = [FakeRequest(_ask(0)), FakeRequest(b"not json"), FakeRequest(_ask(1))]
     monkeypatch.setattr(model, "_generate_isolated", lambda batch: 1 / 0)
 
-    responses = model.execute(requests)
+    model.execute(requests)
 
-    assert len(responses) == 3
-    assert [response.error().code() for response in responses] == [
+    assert all(len(request.sender.sent) == 1 and request.sender.finished for request in requests)
+    assert [request.sender.last().error().code() for request in requests] == [
         FakeTritonError.INTERNAL,
         FakeTritonError.INVALID_ARG,
         FakeTritonError.INTERNAL,
@@ -536,7 +795,7 @@ def test_every_request_is_answered_once_even_when_execute_itself_breaks(
         ({"max_prompt_tokens": 20}, lambda: FakeRequest(_ask(0)), "the prompt is 31 tokens, over MAX_PROMPT_TOKENS=20"),
         (
             {"max_new_tokens": 4},
-            lambda: FakeRequest(_ask(0), max_tokens=np.array([[5]], dtype=np.int32)),
+            lambda: FakeRequest(_ask(0), max_tokens=_int32(5)),
             "from 1 to MAX_NEW_TOKENS=4, got 5",
         ),
     ],
@@ -546,23 +805,55 @@ def test_each_limit_is_a_400_that_names_it(
     served: Served, params: dict[str, int], request_: Callable[[], FakeRequest], problem: str
 ) -> None:
     model, fake = served(**params)
-
     # The neighbour is within every limit: text only, and short.
-    (refused, answered) = model.execute([request_(), FakeRequest([{"role": "user", "content": "hi"}])])
+    refused, answered = request_(), FakeRequest([{"role": "user", "content": "hi"}])
 
-    assert refused.error().code() == FakeTritonError.INVALID_ARG
-    assert re.search(problem, refused.error().message()), refused.error().message()
-    assert answered.text() == "red"
+    model.execute([refused, answered])
+
+    error = refused.sender.last().error()
+    assert error.code() == FakeTritonError.INVALID_ARG
+    assert re.search(problem, error.message()), error.message()
+    assert answered.sender.answer() == "red"
     assert fake.batch_sizes == [1]
+
+
+@pytest.mark.parametrize(
+    ("inputs", "problem"),
+    [
+        ({"top_p": np.array([[0.0]], dtype=np.float32)}, "'top_p' must be more than 0 and at most 1"),
+        ({"presence_penalty": np.array([[2.5]], dtype=np.float32)}, "'presence_penalty' must be from -2 to 2"),
+        ({"frequency_penalty": np.array([[-3.0]], dtype=np.float32)}, "'frequency_penalty' must be from -2 to 2"),
+        ({"stop": _text(["a", "b", "c", "d", "e"])}, "'stop' must be a string or a list of up to 4"),
+        ({"stop": _text([""])}, "'stop' must be a string or a list of up to 4 non-empty strings"),
+        ({"logit_bias": _text({"99999": 1})}, r"'logit_bias' must map up to 300 token ids \(0 to 404\)"),
+        ({"logit_bias": _text({"5": 101})}, "to biases from -100 to 100"),
+        ({"top_logprobs": _int32(21)}, "'top_logprobs' must be from 0 to 20"),
+        ({"top_logprobs": _int32(2)}, "'top_logprobs' needs 'logprobs' to be true"),
+        ({"response_format": _text({"type": "yaml"})}, "'response_format' type must be 'text', 'json_object'"),
+        ({"response_format": _text({"type": "json_schema"})}, "'response_format' json_schema needs"),
+        ({"response_format": np.array([[b"{"]], dtype=np.object_)}, "'response_format' is not UTF-8 JSON"),
+    ],
+)
+def test_each_sampling_input_is_checked_by_name(served: Served, inputs: dict[str, np.ndarray], problem: str) -> None:
+    model, _ = served()
+    refused, answered = FakeRequest(_ask(0), **inputs), FakeRequest(_ask(1))
+
+    model.execute([refused, answered])
+
+    error = refused.sender.last().error()
+    assert error.code() == FakeTritonError.INVALID_ARG
+    assert re.search(problem, error.message()), error.message()
+    assert answered.sender.answer() == "red"
 
 
 def test_history_dropped_before_counting_images(served: Served) -> None:
     model, _ = served(max_images=1, max_history=0)
     conversation = [_ask(0)[0], {"role": "assistant", "content": "ok"}, *_ask(1)]
+    request = FakeRequest(conversation)
 
-    (response,) = model.execute([FakeRequest(conversation)])
+    model.execute([request])
 
-    assert response.text() == "red"
+    assert request.sender.answer() == "red"
 
 
 def test_memory_is_returned_to_the_gpu_after_a_failure(backend: ModuleType, monkeypatch: pytest.MonkeyPatch) -> None:

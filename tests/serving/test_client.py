@@ -9,11 +9,14 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
+import httpx
 import pytest
 from tritonclient.utils import InferenceServerException
 
 from serving.triton import client as client_module
 from serving.triton.client import (
+    InferenceFailedError,
+    InvalidRequestError,
     ModelNotFoundError,
     ModelNotReadyError,
     OverloadedError,
@@ -90,15 +93,32 @@ def test_bad_options_are_refused(kwargs: dict[str, object]) -> None:
 
 
 class RefusingServer:
-    """The part of a tritonclient client the transports call; every ``infer`` fails with ``error``."""
+    """Triton refusing every request with ``error``: as an HTTP ``generate_stream`` answer (an
+    ``httpx.MockTransport``) or as what tritonclient's gRPC stream hands its callback."""
 
     def __init__(self, error: InferenceServerException) -> None:
         self.error = error
         self.calls = 0
+        self._callback: Any = None
 
-    def infer(self, model_name: str, inputs: list[Any], **kwargs: Any) -> Any:
+    def http(self, request: httpx.Request) -> httpx.Response:
         self.calls += 1
-        raise self.error
+        status = int(self.error.status() or 500)
+        return httpx.Response(status, json={"error": self.error.message()})
+
+    # tritonclient.grpc.InferenceServerClient, the part the gRPC transport calls.
+    def start_stream(self, callback: Any) -> None:
+        self._callback = callback
+
+    def async_stream_infer(self, model_name: str, inputs: list[Any], **kwargs: Any) -> None:
+        self.calls += 1
+        if self.error.status() == "StatusCode.UNAVAILABLE" and "connect" in (self.error.message() or ""):
+            raise self.error  # a stream that cannot even open
+        # A per-request error on a stream carries the message only (tritonclient's _InferStream).
+        self._callback(result=None, error=InferenceServerException(msg=self.error.message()))
+
+    def stop_stream(self, cancel_requests: bool = False) -> None:
+        self._callback = None
 
     def close(self) -> None:
         pass
@@ -107,12 +127,14 @@ class RefusingServer:
 def _refused(protocol: WireProtocol, error: InferenceServerException) -> tuple[TritonChatClient, RefusingServer]:
     server = RefusingServer(error)
     client = TritonChatClient("127.0.0.1:1", "m", protocol=protocol, connect_retries=2, retry_backoff_s=0.01)
-    transport = (
-        client_module._HttpTransport(server, "m")
-        if protocol == "http"
-        else client_module._GrpcTransport(server, "m", 1.0)
-    )
-    client._connect = lambda: transport  # type: ignore[method-assign]
+
+    def connect() -> Any:
+        if protocol == "http":
+            mock = httpx.Client(base_url="http://triton", transport=httpx.MockTransport(server.http))
+            return client_module._HttpTransport(mock, "m", 1.0)
+        return client_module._GrpcTransport(server, "m", 1.0)
+
+    client._connect = connect  # type: ignore[method-assign]
     return client, server
 
 
@@ -162,6 +184,11 @@ def test_queue_rejections_are_overloaded_errors_sent_once(protocol: WireProtocol
         ),
         # A refused gRPC connection is UNAVAILABLE too, and is worth the bounded retries.
         ("grpc", "StatusCode.UNAVAILABLE", "failed to connect to all addresses", ServerUnavailableError, 3),
+        ("http", "400", "'max_tokens' must be a whole number from 1 to MAX_NEW_TOKENS=8", InvalidRequestError, 1),
+        ("http", "500", "internal error: generation failed: RuntimeError", InferenceFailedError, 1),
+        # On a gRPC stream an error has no status: model.py's own failures say so in their first words.
+        ("grpc", "", "'max_tokens' must be a whole number from 1 to MAX_NEW_TOKENS=8", InvalidRequestError, 1),
+        ("grpc", "", "internal error: generation failed: RuntimeError", InferenceFailedError, 1),
     ],
 )
 def test_other_refusals_keep_their_errors(

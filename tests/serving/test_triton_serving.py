@@ -60,14 +60,17 @@ import triton_python_backend_utils as pb_utils
 class TritonPythonModel:
     def execute(self, requests):
         time.sleep({SLOW_S})
-        outputs = {{"text": b"done", "prompt_tokens": 1, "completion_tokens": 1, "model_version": b"1"}}
-        return [
-            pb_utils.InferenceResponse(
+        outputs = {{
+            "text": b"done", "prompt_tokens": 1, "completion_tokens": 1, "model_version": b"1",
+            "finish_reason": b"stop", "token_logprobs": b"",
+        }}
+        for request in requests:
+            response = pb_utils.InferenceResponse(
                 [pb_utils.Tensor(name, np.array([[value]], dtype=np.object_ if isinstance(value, bytes) else np.int32))
                  for name, value in outputs.items()]
             )
-            for _ in requests
-        ]
+            request.get_response_sender().send(response, flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
+        return None
 """
 
 
@@ -220,13 +223,17 @@ def test_batch_mixing_greedy_and_sampled_requests_keeps_greedy_answers(client: C
     assert [result.text for result in results[::2]] == [sample.answer for sample in GOLDEN]
 
 
-def _raw_infer(server: TritonServer, inputs: list[dict[str, Any]], model: str = NAMES[FLOAT]) -> httpx.Response:
-    return httpx.post(f"{server.http_url}/v2/models/{model}/infer", json={"inputs": inputs}, timeout=60)
+def _generate_stream(server: TritonServer, inputs: dict[str, Any], model: str = NAMES[FLOAT]) -> httpx.Response:
+    """Triton's ``generate_stream`` endpoint (inputs by name); the response read whole."""
+    return httpx.post(f"{server.http_url}/v2/models/{model}/generate_stream", json=inputs, timeout=60)
+
+
+def _events(response: httpx.Response) -> list[dict[str, Any]]:
+    return [json.loads(line[5:]) for line in response.text.splitlines() if line.startswith("data:")]
 
 
 def _messages_input(messages: list[dict[str, Any]] | str) -> dict[str, Any]:
-    document = messages if isinstance(messages, str) else json.dumps(messages)
-    return {"name": "messages", "shape": [1, 1], "datatype": "BYTES", "data": [document]}
+    return {"messages": messages if isinstance(messages, str) else json.dumps(messages)}
 
 
 def _image_part(data: bytes) -> dict[str, Any]:
@@ -243,28 +250,22 @@ _PNG = png_bytes(GOLDEN[0].image)
 @pytest.mark.parametrize(
     ("inputs", "problem"),
     [
-        ([_messages_input("not json")], "'messages' is not UTF-8 JSON"),
+        (_messages_input("not json"), "'messages' is not UTF-8 JSON"),
         (
-            [
-                _messages_input(
-                    [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "https://x"}}]}]
-                )
-            ],
+            _messages_input([{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "https://x"}}]}]),
             "base64 data URIs",
         ),
         (
-            [
-                _messages_input([{"role": "user", "content": "hi"}]),
-                {"name": "max_tokens", "shape": [1, 1], "datatype": "INT32", "data": [999]},
-            ],
+            {**_messages_input([{"role": "user", "content": "hi"}]), "max_tokens": 999},
             f"from 1 to MAX_NEW_TOKENS={MAX_NEW_TOKENS[FLOAT]}, got 999",
         ),
-        ([{"name": "max_tokens", "shape": [1, 1], "datatype": "INT32", "data": [1]}], "messages"),
-        ([_messages_input(_user(*[_image_part(_PNG)] * 5))], "holds 5 images .* over MAX_IMAGES=4"),
+        ({"max_tokens": 1}, "messages"),
+        (_messages_input(_user(*[_image_part(_PNG)] * 5)), "holds 5 images .* over MAX_IMAGES=4"),
         # 20000 x 20000 pixels declared by a file of a few kB: refused from its header, never decoded.
-        ([_messages_input(_user(_image_part(png_declaring(20000, 20000))))], "over MAX_IMAGE_PIXELS=1048576"),
-        ([_messages_input(_user(_image_part(png_declaring(1500, 1000))))], "1500x1000 .* over MAX_IMAGE_PIXELS"),
-        ([_messages_input([{"role": "user", "content": "tell me " * 2000}])], "over MAX_PROMPT_TOKENS=4096"),
+        (_messages_input(_user(_image_part(png_declaring(20000, 20000)))), "over MAX_IMAGE_PIXELS=1048576"),
+        (_messages_input(_user(_image_part(png_declaring(1500, 1000)))), "1500x1000 .* over MAX_IMAGE_PIXELS"),
+        (_messages_input([{"role": "user", "content": "tell me " * 2000}]), "over MAX_PROMPT_TOKENS=4096"),
+        ({**_messages_input("[]"), "response_format": '{"type": "yaml"}'}, "'response_format' type must be"),
     ],
     ids=[
         "not-json",
@@ -275,16 +276,54 @@ _PNG = png_bytes(GOLDEN[0].image)
         "decompression-bomb",
         "too-many-pixels",
         "prompt-too-long",
+        "bad-response-format",
     ],
 )
 def test_malformed_request_gets_400_and_server_keeps_answering(
-    server: TritonServer, client: Clients, inputs: list[dict[str, Any]], problem: str
+    server: TritonServer, client: Clients, inputs: dict[str, Any], problem: str
 ) -> None:
-    response = _raw_infer(server, inputs)
+    response = _generate_stream(server, inputs)
 
-    assert response.status_code == 400
-    assert re.search(problem, response.json()["error"]), response.json()["error"]
+    assert response.status_code == 400, response.text
+    (event,) = _events(response)
+    assert re.search(problem, event["error"]), event["error"]
     assert client("http", FLOAT).chat(_ask(GOLDEN[0])).text == GOLDEN[0].answer
+
+
+def test_the_answer_streams_piece_by_piece(server: TritonServer) -> None:
+    """Triton's own SSE endpoint: one event per piece as the model produces it, the last with the finish."""
+    # End-of-sequence banned: the model has to use every token it may, one response each.
+    banned = json.dumps({"392": -100, "0": -100})
+    inputs = {**_messages_input(_ask(GOLDEN[0])), "temperature": 1.0, "seed": 5, "logit_bias": banned}
+    arrivals: list[float] = []
+    events: list[dict[str, Any]] = []
+    started = time.perf_counter()
+    url = f"{server.http_url}/v2/models/{NAMES[FLOAT]}/generate_stream"
+    with httpx.stream("POST", url, json=inputs, timeout=60) as response:
+        assert response.status_code == 200
+        for line in response.iter_lines():
+            if line.startswith("data:"):
+                arrivals.append(time.perf_counter() - started)
+                events.append(json.loads(line[5:]))
+
+    assert len(events) >= 3, events
+    assert [event["finish_reason"] for event in events] == [""] * (len(events) - 1) + ["length"]
+    assert events[-1]["completion_tokens"] == MAX_NEW_TOKENS[FLOAT]
+    counts = [event["completion_tokens"] for event in events]
+    assert counts == sorted(counts) and counts[0] < counts[-1]
+    # The first piece arrived while the later tokens were still being generated.
+    assert arrivals[0] < arrivals[-1]
+
+
+def test_the_same_seed_samples_the_same_answer(client: Clients, server: TritonServer) -> None:
+    def sampled(seed: int) -> str:
+        inputs = {**_messages_input(_ask(GOLDEN[0])), "temperature": 2.0, "seed": seed}
+        return "".join(event["text"] for event in _events(_generate_stream(server, inputs)))
+
+    first = sampled(11)
+
+    assert sampled(11) == first
+    assert len({sampled(seed) for seed in range(12, 20)} | {first}) > 1, "sampling at temperature 2 never varied"
 
 
 def test_bad_requests_in_a_batch_leave_the_others_answered(client: Clients) -> None:
@@ -322,6 +361,18 @@ def test_max_tokens_caps_the_completion(client: Clients) -> None:
     result = client("grpc", INT8).chat(_ask(GOLDEN[0]), max_tokens=1)
 
     assert result.completion_tokens == 1
+    assert result.finish_reason == "length"
+
+
+@pytest.mark.parametrize("protocol", ["http", "grpc"])
+def test_an_answer_that_ends_by_itself_says_stop(client: Clients, protocol: WireProtocol) -> None:
+    result = client(protocol, FLOAT).chat(_ask(GOLDEN[0]))
+
+    assert result.text == GOLDEN[0].answer
+    assert result.finish_reason == "stop"
+    # The end-of-sequence token is not a completion token.
+    assert result.completion_tokens < MAX_NEW_TOKENS[FLOAT]
+    assert 0 < result.first_token_s <= result.latency_s
 
 
 def test_each_build_enforces_its_own_config(client: Clients) -> None:

@@ -26,6 +26,18 @@ class TritonPythonModel:
             responses.append(pb_utils.InferenceResponse([pb_utils.Tensor("OUTPUT0", tensor.as_numpy())]))
         return responses
 """
+#: The same echo for a decoupled config: Triton wants its responses through the response sender.
+DECOUPLED_ECHO_MODEL_PY = """import triton_python_backend_utils as pb_utils
+
+
+class TritonPythonModel:
+    def execute(self, requests):
+        for request in requests:
+            tensor = pb_utils.get_input_tensor_by_name(request, "INPUT0")
+            response = pb_utils.InferenceResponse([pb_utils.Tensor("OUTPUT0", tensor.as_numpy())])
+            request.get_response_sender().send(response, flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
+        return None
+"""
 PYTHON = 'backend: "python"'
 ENSEMBLE = 'platform: "ensemble"'
 IO = """input [{ name: "INPUT0" data_type: TYPE_FP32 dims: [4] }]
@@ -56,7 +68,8 @@ class Case:
         for version in self.versions:
             (folder / version).mkdir(exist_ok=True)
             if self.model_py:
-                (folder / version / "model.py").write_text(ECHO_MODEL_PY)
+                decoupled = "decoupled: true" in (self.config or "")
+                (folder / version / "model.py").write_text(DECOUPLED_ECHO_MODEL_PY if decoupled else ECHO_MODEL_PY)
         for relative, text in self.files.items():
             (folder / relative).parent.mkdir(parents=True, exist_ok=True)
             (folder / relative).write_text(text)
@@ -382,6 +395,15 @@ CASES = [
         "leading_zero_only", phrase="at least one version must be available under the version policy", versions=("01",)
     ),
     model("no_version_folder", phrase="at least one version must be available under the version policy", versions=()),
+    # A decoupled config over a model.py that returns its responses: the warmup's request fails the load
+    # (or, on some runs, kills the server).
+    model(
+        "decoupled_returns",
+        "model_transaction_policy { decoupled: true }\n" + WARMUP % (1, "INPUT0", "TYPE_FP32", "4", "zero_data: true"),
+        phrase="is using the decoupled mode and the execute function must return None",
+        model_py=False,
+        files={"1/model.py": ECHO_MODEL_PY},
+    ),
     model(
         "cache_decoupled",
         "response_cache { enable: true }\nmodel_transaction_policy { decoupled: true }",

@@ -195,3 +195,26 @@ def test_a_vllm_model_with_a_unicode_digit_folder_is_checked_not_crashed_on(tmp_
     findings = check_vllm_model(folder)
 
     assert f"{folder}: no version folder holds a model.json" in [f.message for f in findings]
+
+
+def test_a_decoupled_config_needs_a_model_py_that_answers_through_its_response_sender(make_model: MakeModel) -> None:
+    from tests.validation.cases import ECHO_MODEL_PY
+
+    decoupled = WARM + "\nmodel_transaction_policy { decoupled: true }"
+    streams = make_model("streams", decoupled)
+    returns = make_model("returns", decoupled, model_py=False, files={"1/model.py": ECHO_MODEL_PY})
+
+    assert "python-decoupled" not in rules(streams)
+    [error] = errors(returns)
+    assert "Python model 'returns_0' is using the decoupled mode and the execute function must return None" in error
+    assert "never calls request.get_response_sender()" in error
+
+
+def test_the_projects_own_package_passes_the_decoupled_rule(tiny_checkpoint: Path, tmp_path: Path) -> None:
+    from serving.triton.packaging import package
+    from tests.serving.conftest import BACKEND, serving_params
+
+    result = package(tiny_checkpoint, BACKEND, tmp_path, "qwen3-vl", serving_params())
+
+    findings = check_paths([tmp_path / result.triton_model], Target(backends=frozenset({"python"})))
+    assert [f.format() for f in findings if f.severity is Severity.ERROR] == []
