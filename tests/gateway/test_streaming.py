@@ -223,7 +223,8 @@ def test_a_canary_failure_before_the_first_piece_streams_the_champions_answer(ha
 
     assert (text, raw.headers["x-model-version"]) == (f"red from {V1}", "1")
     counted = parse_version_stats(metrics_text(h))
-    assert (counted[2].requests, counted[2].errors, counted[1].errors) == (1, 1, 0)
+    assert (counted[2].requests, counted[2].errors) == (1, 1)
+    assert 1 not in counted  # the champion's answer for it is a retry, outside the split: not judged
     assert "gateway_retries_total 1.0" in metrics_text(h)
 
 
@@ -266,7 +267,7 @@ def test_a_non_streamed_answer_failing_mid_way_is_answered_by_the_champion(harne
 
     assert (raw.parse().choices[0].message.content, raw.headers["x-model-version"]) == (f"red from {V1}", "1")
     counted = parse_version_stats(metrics_text(h))
-    assert (counted[2].errors, counted[1].errors) == (1, 0)
+    assert counted[2].errors == 1 and 1 not in counted  # the champion's retry is not judged
     assert V2 in h.upstream.cancelled or V2 not in h.upstream.finished
 
 
