@@ -14,8 +14,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+
+def _canary(section: dict[str, Any]) -> str:
+    from bench.canary.report import markdown as canary_markdown
+
+    # Its figures say when they ran; its plot lies beside this report.
+    return "## Canary verdicts (`make canary-eval`)\n\n" + canary_markdown(section).replace("](bench/", "](")
+
+
 #: ``bench/<name>.json`` sections a renderer knows: name -> function from that file's JSON to Markdown.
-SECTIONS: dict[str, Callable[[dict[str, Any]], str]] = {}
+#: A section's own plot is ``bench/<name>.png``; the README shows each section under its own markers.
+SECTIONS: dict[str, Callable[[dict[str, Any]], str]] = {"canary": _canary}
 
 
 @dataclass(frozen=True)
@@ -183,7 +192,7 @@ def _verdict_cell(row: dict[str, Any]) -> str:
     return row["verdict"] if row["verdict"] == "met" else f"{row['verdict']}: {row['why']}"
 
 
-def markdown(results: dict[str, Any]) -> str:
+def markdown(results: dict[str, Any], *, sections: bool = True) -> str:
     summary, machine = results["summary"], results["machine"]
     loads = results.get("load_average", {})
     lines = [
@@ -205,8 +214,9 @@ def markdown(results: dict[str, Any]) -> str:
     if failed := results.get("failed"):
         lines += ["", "Failed parts: " + "; ".join(f"{part}: {why.splitlines()[0]}" for part, why in failed.items())]
     lines += _triton_lines(results) + _path_lines(results) + _other_lines(results)
-    for name, section in results.get("sections", {}).items():
-        lines += ["", SECTIONS[name](section).rstrip()]
+    if sections:
+        for name, section in results.get("sections", {}).items():
+            lines += ["", SECTIONS[name](section).rstrip()]
     return "\n".join(lines) + "\n"
 
 
@@ -373,7 +383,8 @@ def write(results: dict[str, Any], out: Path) -> None:
     out.mkdir(parents=True, exist_ok=True)
     (out / "results.json").write_text(json.dumps(results, indent=2, sort_keys=True) + "\n")
     for stale in out.glob("*.png"):
-        stale.unlink()  # a plot this run did not draw must not stay beside its report
+        if stale.stem not in SECTIONS:  # a section's plot is its own command's
+            stale.unlink()  # a plot this run did not draw must not stay beside its report
     images = plots(results, out)
     pictures = "\n".join(f"![{p.stem}]({p.name})" for p in images)
     (out / "REPORT.md").write_text("# Benchmark report\n\n" + markdown(results) + "\n" + pictures + "\n")
@@ -389,7 +400,7 @@ def update_readme(results: dict[str, Any], readme: Path) -> None:
         return
     head, rest = text.split(START, 1)
     _, tail = rest.split(END, 1)
-    body = markdown(results).replace("](", "](bench/")
+    body = markdown(results, sections=False).replace("](", "](bench/")  # sections have README markers of their own
     audit = (
         "Dependency audit: `make audit` (pip-audit of requirements.lock) runs in CI's `audit` job; the "
         "machines these figures come from reach only a package mirror without a vulnerability API, so no "

@@ -48,6 +48,8 @@ log = logging.getLogger(__name__)
 
 _UNSAFE_KEY = re.compile(r"[^\w./: -]")
 ARTIFACT_DIR = "model"
+#: The run artifact folder holding the golden set the build was validated on (the controller probes with it).
+GOLDEN_ARTIFACT = "golden"
 VERSION_DIR = VERSION_KEY
 CONFIG = "config.pbtxt"
 CANDIDATE = "candidate"
@@ -237,6 +239,8 @@ def _create_version(store: Store, candidate: Candidate, actor: Actor) -> ModelVe
         _log_run_data(store, run_id, candidate, run_tags)
         if candidate.evaluation is not None:
             log_evaluation_set(store, run_id, candidate.evaluation)
+            # The files too: the rollout controller probes canaries with the set their champion passed.
+            store.client.log_artifacts(run_id, candidate.evaluation.source, GOLDEN_ARTIFACT)
         _upload(store, run_id, run.info.artifact_uri, candidate, manifest_bytes)
         if model_digests(candidate.model_dir, candidate.version_dir.name) != candidate.files:
             raise NotValidatedError(

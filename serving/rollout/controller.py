@@ -20,17 +20,21 @@ import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
+from mlflow.exceptions import MlflowException
 
+from core.answers import ROWS_FILE
 from core.names import served_model_name
 from core.rollout_policy import RolloutPolicy
 from registry import controller_status, materialize, rollout
 from registry.errors import RegistryError
 from registry.events import Actor
 from registry.lease import Lease
-from registry.state import RolloutState, read_state
+from registry.publish import GOLDEN_ARTIFACT
+from registry.state import RolloutState, get_version, read_state
 from registry.store import Store
 from serving.rollout.adoption import Adoption
 from serving.rollout.analysis import (
@@ -104,7 +108,10 @@ class Controller:
         self._scraper = None if scrape is not None else Scraper(settings.gateways)
         self.scrape: Callable[[], dict[str, Snapshot]] = scrape if scrape is not None else self._scraper  # type: ignore[assignment]
         self.totals = Totals()
-        self.prober = prober if prober is not None else self._make_prober()
+        # Given (tests), or made for each champion from the golden set it was validated on.
+        self._fixed_prober = prober
+        self.prober: Prober | None = prober
+        self._golden: tuple[int, Path | None] | None = None  # (champion, where its golden set is)
         self.progress = _Progress()
         self.served = _Served()
         self.adoption = Adoption(self)
@@ -229,17 +236,42 @@ class Controller:
 
     # -- judging --------------------------------------------------------------------------------
 
-    def _make_prober(self) -> Prober | None:
-        folder = self.settings.golden_path
-        if self.policy.probe_rps <= 0:
-            log.info("golden probes are off (ROLLOUT_PROBE_RPS=0): answer quality is not judged")
-            return None
-        if folder is None or not (folder / "golden.jsonl").is_file():
+    def _golden_set(self, champion: int) -> Path | None:
+        """Where the golden set to probe with is: CONTROLLER_GOLDEN_PATH, else the one the champion's
+        registration logged (the set the offline gate judged it on), downloaded once; None without one."""
+        local = self.settings.golden_path
+        if local is not None and (local / ROWS_FILE).is_file():
+            return local
+        if self._golden is not None and self._golden[0] == champion:
+            return self._golden[1]
+        found: Path | None = None
+        try:
+            run_id = get_version(self.store, champion).run_id
+            target = self.settings.cache_dir / f"golden-v{champion}"
+            if run_id and not (target / GOLDEN_ARTIFACT / ROWS_FILE).is_file():
+                target.mkdir(parents=True, exist_ok=True)
+                self.store.client.download_artifacts(run_id, GOLDEN_ARTIFACT, str(target))
+            if (target / GOLDEN_ARTIFACT / ROWS_FILE).is_file():
+                found = target / GOLDEN_ARTIFACT
+        except (RegistryError, MlflowException, OSError) as exc:
+            log.warning("cannot fetch v%d's golden set from the registry: %s", champion, exc)
+        if found is None:
             log.warning(
-                "no golden set at %s (CONTROLLER_GOLDEN_PATH): answer quality is not judged; `dvc repro golden` "
-                "makes one",
-                folder,
+                "no golden set for v%d (CONTROLLER_GOLDEN_PATH %s, nor one logged with its registration): "
+                "answer quality is not judged",
+                champion,
+                local,
             )
+        self._golden = (champion, found)
+        return found
+
+    def _prober_for(self, champion: int) -> Prober | None:
+        if self._fixed_prober is not None:
+            return self._fixed_prober
+        if self.policy.probe_rps <= 0:
+            return None
+        folder = self._golden_set(champion)
+        if folder is None:
             return None
         questions = load_golden(folder, self.store.model)
         bases = [url.removesuffix("/metrics") for url in self.settings.gateways]
@@ -282,6 +314,7 @@ class Controller:
             self.totals.reset(scrapes)
             # A canary already at a weight (a restarted controller) starts its warm-up and step now.
             progress.machine = Machine(self.policy, 1, now)
+            self.prober = self._prober_for(champion)
             if self.prober is not None:
                 self.prober.start(champion, canary)
         else:

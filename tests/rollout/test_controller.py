@@ -253,3 +253,19 @@ def test_a_slow_start_is_forgiven_but_a_slow_canary_is_rolled_back(
     assert back.action.startswith("rollback") and "latency" in (back.reason or "")
     assert back.details["latency_p50_ratio"] > POLICY.latency_tolerance
     controller.close()
+
+
+def test_without_a_local_golden_set_the_champions_registered_one_is_probed_with(
+    store: Store, actor: Actor, register: Register, tmp_path: Path
+) -> None:
+    v1 = register(b"one")
+    rollout.promote_to_champion(store, actor, v1)
+    controller = _controller(store, tmp_path, FakeTriton(), Gateways(store), Clock())
+
+    folder = controller._golden_set(v1)
+
+    # The set its registration logged (tests/registry/conftest.py writes one question): what the gate judged on.
+    assert folder is not None and '"id": "q1"' in (folder / "golden.jsonl").read_text()
+    assert (folder / "images" / "q1.png").read_bytes() == b"\x89PNG fixture"
+    assert controller._golden_set(v1) == folder  # fetched once
+    controller.close()
