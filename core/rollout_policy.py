@@ -37,8 +37,9 @@ class RolloutPolicy(BaseSettings):
 
     # Canary share of live traffic, percent, step by step; after the last step the canary is promoted.
     steps: Annotated[list[int], NoDecode] = Field(default_factory=lambda: [5, 25, 50, 100])
-    # What the canary serves in its first seconds is not judged: cold caches and lazy imports make a
-    # freshly loaded model's first requests slow, which says nothing of the build.
+    # The canary's latencies in its first seconds are not judged (its errors and answers are): cold
+    # caches and lazy imports make a freshly loaded model's first requests slow, which says nothing of
+    # the build.
     warmup_s: float = Field(10.0, ge=0)
     # The least time and canary requests at each step before it may step again.
     min_step_s: float = Field(30.0, ge=0)

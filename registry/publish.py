@@ -240,7 +240,7 @@ def _create_version(store: Store, candidate: Candidate, actor: Actor) -> ModelVe
         if candidate.evaluation is not None:
             log_evaluation_set(store, run_id, candidate.evaluation)
             # The files too: the rollout controller probes canaries with the set their champion passed.
-            store.client.log_artifacts(run_id, candidate.evaluation.source, GOLDEN_ARTIFACT)
+            store.upload_dir(run.info.artifact_uri, Path(candidate.evaluation.source), GOLDEN_ARTIFACT)
         _upload(store, run_id, run.info.artifact_uri, candidate, manifest_bytes)
         if model_digests(candidate.model_dir, candidate.version_dir.name) != candidate.files:
             raise NotValidatedError(

@@ -75,6 +75,10 @@ class Store:
         """Upload one file into ``artifact_path`` (a folder under ``artifact_uri``; None for its root)."""
         self.artifact_repo(artifact_uri).log_artifact(str(local_file), artifact_path)
 
+    def upload_dir(self, artifact_uri: str, local_dir: Path, artifact_path: str) -> None:
+        """Upload every file under ``local_dir`` into ``artifact_path`` (a folder under ``artifact_uri``)."""
+        self.artifact_repo(artifact_uri).log_artifacts(str(local_dir), artifact_path)
+
     def download(self, source: str, dst: Path) -> Path:
         """Copy everything under ``source`` into ``dst`` (created) and return ``dst``."""
         dst.mkdir(parents=True, exist_ok=True)

@@ -186,21 +186,18 @@ class Sequential:
         self.previous = select_rows(self.previous, keep)
 
 
-def evidence_minus(now: Evidence, baseline: Evidence) -> Evidence:
-    """Live traffic since ``baseline`` (probes are not live traffic: kept whole)."""
+def latencies_since(now: Evidence, baseline: Evidence) -> Evidence:
+    """``now`` with the latency histograms counted from ``baseline`` on (requests, errors and probes whole)."""
 
     def side(a: Side, b: Side) -> Side:
-        return Side(
-            a.requests - b.requests, a.errors - b.errors, {k: v - b.histograms[k] for k, v in a.histograms.items()}
-        )
+        return Side(a.requests, a.errors, {k: v - b.histograms[k] for k, v in a.histograms.items()})
 
     return Evidence(side(now.canary, baseline.canary), side(now.champion, baseline.champion), now.probes)
 
 
 def take_rows(target: Evidence, source: Evidence, rows: Mask) -> None:
-    """Copy ``source``'s live counts into ``target`` on ``rows`` (in place)."""
+    """Copy ``source``'s latency histograms into ``target`` on ``rows`` (in place)."""
     for mine, theirs in ((target.canary, source.canary), (target.champion, source.champion)):
-        mine.requests[rows], mine.errors[rows] = theirs.requests[rows], theirs.errors[rows]
         for name, counts in mine.histograms.items():
             counts[rows] = theirs.histograms[name][rows]
 

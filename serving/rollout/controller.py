@@ -248,11 +248,11 @@ class Controller:
         try:
             run_id = get_version(self.store, champion).run_id
             target = self.settings.cache_dir / f"golden-v{champion}"
-            if run_id and not (target / GOLDEN_ARTIFACT / ROWS_FILE).is_file():
-                target.mkdir(parents=True, exist_ok=True)
-                self.store.client.download_artifacts(run_id, GOLDEN_ARTIFACT, str(target))
-            if (target / GOLDEN_ARTIFACT / ROWS_FILE).is_file():
-                found = target / GOLDEN_ARTIFACT
+            if run_id and not (target / ROWS_FILE).is_file():
+                artifacts = self.store.client.get_run(run_id).info.artifact_uri
+                self.store.download(f"{artifacts}/{GOLDEN_ARTIFACT}", target)
+            if (target / ROWS_FILE).is_file():
+                found = target
         except (RegistryError, MlflowException, OSError) as exc:
             log.warning("cannot fetch v%d's golden set from the registry: %s", champion, exc)
         if found is None:

@@ -6,8 +6,9 @@ the actions itself. Both call ``tick`` with the same policy, so the figures it p
 controller's own.
 
 Each tick:
-1. a canary below the first step is started at it; what it serves in its first ``warmup_s`` is not
-   judged (a freshly loaded model's first requests are slow for reasons that are not the build's);
+1. a canary below the first step is started at it; the latencies of its first ``warmup_s`` are not
+   judged (a freshly loaded model's first requests are slow for reasons that are not the build's),
+   its errors and answers are, from the first request;
 2. harm on any judged metric rolls it back, at any step, at once (the bounds are always valid, so
    looking every tick costs no false rollbacks);
 3. otherwise, once it has been at this weight ``min_step_s`` and served ``min_step_requests`` there,
@@ -31,7 +32,7 @@ from serving.rollout.analysis import (
     Sequential,
     Side,
     assess,
-    evidence_minus,
+    latencies_since,
     select_rows,
     take_rows,
 )
@@ -56,7 +57,7 @@ class Machine:
         self.step_started = np.full(rows, now)
         self.step_requests = np.zeros(rows)  # canary requests when the step began
         self.started_at = np.full(rows, np.nan)  # when the canary first got traffic (NaN: not yet)
-        # Live traffic up to the end of the warm-up, subtracted from everything judged.
+        # Latency histograms up to the end of the warm-up, subtracted from what is judged.
         self.baseline = Evidence(Side.empty(rows), Side.empty(rows), Probes.empty(rows))
         self.sequential = Sequential(rows)
 
@@ -73,8 +74,9 @@ class Machine:
         """The action for every row (``Action`` values) and the assessment it rests on."""
         policy = self.policy
         warming = ~(now - self.started_at >= policy.warmup_s)  # NaN (not started) counts as warming
+        # Latencies of the warm-up are not judged; errors and answers are, from the first request.
         take_rows(self.baseline, evidence, warming)
-        judged = evidence_minus(evidence, self.baseline)
+        judged = latencies_since(evidence, self.baseline)
         self.sequential.update(judged, policy)
         # A canary gets more traffic only once shown fit for that much: judged at the margins of the
         # weight it would move to (the final margins for the last step and for promotion).
@@ -92,7 +94,7 @@ class Machine:
             ~started,
             Action.START,
             np.where(
-                assessment.any_harm() & ~warming,
+                assessment.any_harm(),
                 Action.ROLLBACK,
                 np.where(dwelt & healthy, np.where(last, Action.PROMOTE, Action.STEP), Action.WAIT),
             ),

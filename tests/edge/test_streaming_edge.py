@@ -21,6 +21,8 @@ from serving.triton.launcher import free_ports
 #: Seconds between the stand-in's events: far above any scheduling noise, far below the read timeout.
 GAP_S = 0.4
 EVENTS = 4
+#: The stand-in says ``X-Accel-Buffering: no`` (as the gateway's event streams do) when asked with this.
+UNBUFFERED = {"X-Test-Unbuffered": "1"}
 
 _STREAMER = f"""
 import sys, time
@@ -37,7 +39,7 @@ class Streamer(BaseHTTPRequestHandler):
         self.send_response(200)
         self.send_header("Content-Type", "text/event-stream")
         self.send_header("Transfer-Encoding", "chunked")
-        if self.path == "/unbuffered":
+        if self.headers.get("X-Test-Unbuffered") == "1":
             self.send_header("X-Accel-Buffering", "no")
         self.end_headers()
         try:
@@ -84,8 +86,8 @@ def streamer(tmp_path: Path) -> Iterator[tuple[int, Path]]:
 
 @pytest.fixture()
 def edge(streamer: tuple[int, Path], tmp_path: Path) -> Iterator[Edge]:
-    (port,) = free_ports(1)
-    settings = EdgeSettings(port=port, upstreams=[f"127.0.0.1:{streamer[0]}"])
+    port, internal = free_ports(2)
+    settings = EdgeSettings(port=port, internal_port=internal, upstreams=[f"127.0.0.1:{streamer[0]}"])
     with Edge(settings, tmp_path / "edge") as running:
         yield running
 
@@ -93,7 +95,7 @@ def edge(streamer: tuple[int, Path], tmp_path: Path) -> Iterator[Edge]:
 def _arrivals(url: str) -> list[float]:
     started = time.monotonic()
     arrivals = []
-    with httpx.stream("POST", url, content=b"{}", timeout=30) as response:
+    with httpx.stream("POST", url, content=b"{}", headers=UNBUFFERED, timeout=30) as response:
         assert response.status_code == 200
         for line in response.iter_lines():
             if line.startswith("data:"):
@@ -102,7 +104,7 @@ def _arrivals(url: str) -> list[float]:
 
 
 def test_events_pass_through_unbuffered_when_the_gateway_says_so(edge: Edge) -> None:
-    arrivals = _arrivals(f"{edge.url}/unbuffered")
+    arrivals = _arrivals(f"{edge.url}/v1/chat/completions")
 
     assert len(arrivals) == EVENTS
     # The first event came while the stand-in was still writing the others (they follow GAP_S apart).
@@ -111,7 +113,9 @@ def test_events_pass_through_unbuffered_when_the_gateway_says_so(edge: Edge) -> 
 
 def test_a_client_leaving_a_stream_closes_it_towards_the_gateway(edge: Edge, streamer: tuple[int, Path]) -> None:
     _, log = streamer
-    with httpx.stream("POST", f"{edge.url}/unbuffered", content=b"{}", timeout=30) as response:
+    with httpx.stream(
+        "POST", f"{edge.url}/v1/chat/completions", content=b"{}", headers=UNBUFFERED, timeout=30
+    ) as response:
         first = next(line for line in response.iter_lines() if line.startswith("data:"))
     assert first == "data: 0"
 

@@ -51,7 +51,8 @@ FAULTS = {
 @pytest.mark.parametrize("fault", sorted(FAULTS))
 def test_a_failing_canary_costs_no_client_request_and_is_rolled_back(stack: Stack, fault: str) -> None:
     champion, canary = start_canary(stack)
-    load = Load(stack.edge_url).start()
+    # Enough clients that a hung canary, each of its attempts held for the timeout, still fails often.
+    load = Load(stack.edge_url, workers=6).start()
     try:
         wait_until(lambda: sum(a.version == str(canary) for a in load.snapshot()) >= 15, "canary answers", 30)
         # Healthy so far: the floors have judged a window with enough canary traffic and kept it.
@@ -80,7 +81,10 @@ def test_a_failing_canary_costs_no_client_request_and_is_rolled_back(stack: Stac
         f"{summary(after)}"
     )
     assert failures(answers) == [], summary(answers)
-    assert rollback_s <= ROLLBACK_TARGET_S, f"rolled back after {rollback_s:.1f} s"
+    # A hung canary's attempts fail only at the upstream timeout, the same for canary and champion (a
+    # shorter cut for the canary would hide its slow answers from the verdict): its evidence starts then.
+    target = ROLLBACK_TARGET_S + (UPSTREAM_TIMEOUT_S if fault == "hang" else 0)
+    assert rollback_s <= target, f"rolled back after {rollback_s:.1f} s"
     # The fault did reach clients' requests, and the champion answered each of them.
     hit = [a for a in after if a.seconds >= UPSTREAM_TIMEOUT_S * 0.9] if fault == "hang" else after
     assert hit and {a.version for a in hit} == {str(champion)}, summary(hit)

@@ -51,7 +51,8 @@ pytestmark = pytest.mark.slow
 @cache
 def seeds() -> tuple[Case, ...]:
     """Model folders to mutate: the project's rendered configs first, then the checker's cases."""
-    params = load_group("package", PackageParams, ROOT / "params.yaml")
+    # The count the package stage would render here (``auto`` resolves against the machine).
+    params = load_group("package", PackageParams, ROOT / "params.yaml").model_copy(update={"instance_count": 2})
     name = served_model_name(load_group("registry", RegistryParams, ROOT / "params.yaml").model_name, params.version)
     project = Case(name, render_config(name, params.version, params), files={"warmup/messages.bin": "[]"})
     vllm = params.model_copy(update={"engine": "vllm", "instance_kind": "gpu"})

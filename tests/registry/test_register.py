@@ -82,7 +82,9 @@ def test_register_records_run_version_tags_manifest_and_candidate_alias(
     assert run.data.tags["git.dirty"] == "false"
     assert run.data.tags["package.model"] == "qwen3-vl-v1"
     root = {f.path for f in store.client.list_artifacts(candidate.run_id)}
-    assert root == {"manifest.json", "model"}
+    # The golden set validate judged on, for the rollout controller's probes, beside the model.
+    assert root == {"manifest.json", "model", "golden"}
+    assert {f.path for f in store.client.list_artifacts(candidate.run_id, "golden")} >= {"golden/golden.jsonl"}
     listed = {f.path for f in store.client.list_artifacts(candidate.run_id, "model")}
     assert listed == {"model/config.pbtxt", "model/version", "model/warmup", "model/MLmodel"}
 

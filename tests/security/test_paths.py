@@ -27,8 +27,10 @@ PINS = ["../x", "1/../2", "%2e%2e", "1%2f..%2f2", "v1/..", "..", "-1", "0", "1 2
 
 
 def upstream_attempts(url: str) -> float:
+    """Every attempt that reached Triton: the split's live ones and those outside it (pins, retries)."""
     lines = httpx.get(f"{url}/metrics", timeout=5).text.splitlines()
-    return sum(float(line.rsplit(" ", 1)[1]) for line in lines if line.startswith("gateway_upstream_requests_total{"))
+    series = ("gateway_upstream_requests_total{", "gateway_unjudged_requests_total{")
+    return sum(float(line.rsplit(" ", 1)[1]) for line in lines if line.startswith(series))
 
 
 def test_the_gateway_refuses_model_names_and_pins_that_are_paths(stack: Stack) -> None:

@@ -34,7 +34,8 @@ class TritonPythonModel(_real.TritonPythonModel):  # type: ignore[misc,name-defi
 
     def execute(self, requests: list[Any]) -> list[Any] | None:
         doomed = [self._draw.random() < self._fail for _ in requests]
-        error = pb_utils.TritonError("flaky_model: injected failure inside the backend")
+        # The real model's words for a failure of its own (core.contract.INTERNAL_ERROR): a 5xx, not the client's 400.
+        error = pb_utils.TritonError("internal error: flaky_model: injected failure inside the backend")
         kept = [r for r, d in zip(requests, doomed, strict=True) if not d]
         if self._decoupled:
             for request, fail in zip(requests, doomed, strict=True):

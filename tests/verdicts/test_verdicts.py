@@ -74,6 +74,7 @@ def verdict(stack: Stack, canary: int, timeout_s: float) -> Event:
 
 def run_canary(stack: Stack, canary: int, timeout_s: float, faults: list[dict[str, object]] | None = None) -> Event:
     """Promote ``canary`` under load until its verdict; no client sees an error the champion did not make."""
+    stack.clear_canary()  # nothing left over from an earlier test
     champion = stack.state().version_of("champion")
     load = Load(stack.edge_url, workers=4, pause_s=0.0).start()
     try:
