@@ -60,6 +60,7 @@ from core.contract import (
     INPUT_TEMPERATURE,
     INPUT_TOP_LOGPROBS,
     INPUT_TOP_P,
+    INTERNAL_ERROR,
     OUTPUT_COMPLETION_TOKENS,
     OUTPUT_FINISH_REASON,
     OUTPUT_MODEL_VERSION,
@@ -341,6 +342,8 @@ def _classify(status: int, payload: bytes) -> UpstreamError:
         return UpstreamNotReadyError(message)
     if any(words in lowered for words in _OVERLOAD) or status in (429, 503):
         return UpstreamOverloadedError(message)
-    if status == 400:
+    # Triton answers a decoupled model's error response 400 whatever its code; model.py marks its own
+    # failures (out of memory, a broken batch) with INTERNAL_ERROR: those are the version's, not the client's.
+    if status == 400 and not message.startswith(INTERNAL_ERROR):
         return UpstreamRejectedError(message)
     return UpstreamFailedError(f"Triton answered {status}: {message}")

@@ -54,7 +54,13 @@ def seeds() -> tuple[Case, ...]:
     # The count the package stage would render here (``auto`` resolves against the machine).
     params = load_group("package", PackageParams, ROOT / "params.yaml").model_copy(update={"instance_count": 2})
     name = served_model_name(load_group("registry", RegistryParams, ROOT / "params.yaml").model_name, params.version)
-    project = Case(name, render_config(name, params.version, params), files={"warmup/messages.bin": "[]"})
+    # The project's own model.py beside it: its config is decoupled, and the checker reads model.py for that.
+    backend = (ROOT / "serving" / "backend" / "model.py").read_text()
+    project = Case(
+        name,
+        render_config(name, params.version, params),
+        files={"warmup/messages.bin": "[]", f"{params.version}/model.py": backend},
+    )
     vllm = params.model_copy(update={"engine": "vllm", "instance_kind": "gpu"})
     served_by_vllm = Case(
         f"{name}-vllm",

@@ -35,7 +35,9 @@ class TritonPythonModel(_real.TritonPythonModel):  # type: ignore[misc,name-defi
     def execute(self, requests: list[Any]) -> list[Any] | None:
         doomed = [self._draw.random() < self._fail for _ in requests]
         # The real model's words for a failure of its own (core.contract.INTERNAL_ERROR): a 5xx, not the client's 400.
-        error = pb_utils.TritonError("internal error: flaky_model: injected failure inside the backend")
+        error = pb_utils.TritonError(
+            "internal error: flaky_model: injected failure inside the backend", pb_utils.TritonError.INTERNAL
+        )
         kept = [r for r, d in zip(requests, doomed, strict=True) if not d]
         if self._decoupled:
             for request, fail in zip(requests, doomed, strict=True):
