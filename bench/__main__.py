@@ -20,7 +20,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from bench import hop, measure, report
+from bench import hop, measure, report, ttft
 from bench import triton as direct_triton
 from bench.requests import chat_body, triton_request
 from core.processes import exit_on_sigterm
@@ -32,7 +32,7 @@ log = logging.getLogger("bench")
 
 #: Every part, in the order a full run measures them; the stack parts share one scratch stack.
 PARTS = ("pipeline", "triton", "hop", "overhead", "inprocess", "quantization", "rollback", "ttft")
-STACK_PARTS = ("overhead", "inprocess", "quantization", "rollback")
+STACK_PARTS = ("overhead", "ttft", "inprocess", "quantization", "rollback")
 
 
 def machine() -> dict[str, Any]:
@@ -170,10 +170,6 @@ def run_parts(parts: tuple[str, ...], args: argparse.Namespace, workdir: Path) -
     stack_parts = [part for part in STACK_PARTS if part in parts]
     if stack_parts:
         _stack_parts(runner, stack_parts, args, workdir, copy if have_copy else ROOT, env)
-    if "ttft" in parts:
-        # Streaming (issue 16) has not landed: no stream to time. When it does, this part sends
-        # `"stream": true` through nginx and to Triton's streaming endpoint and times the first event.
-        results["ttft"] = {"measured": False, "why": "streaming not landed"}
     return results
 
 
@@ -191,6 +187,8 @@ def _stack_parts(
                            build) as stack:  # fmt: skip
             if "overhead" in parts:
                 runner.part("overhead", lambda: measure.overhead(stack, args.rounds, args.seconds))
+            if "ttft" in parts:
+                runner.part("ttft", lambda: ttft.measure(stack, args.rounds, args.seconds))
             if "inprocess" in parts:
                 rounds = max(2, args.rounds - 1)
                 runner.part("inprocess", lambda: measure.inprocess(stack, model_dir, rounds, args.seconds))

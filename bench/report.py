@@ -122,14 +122,22 @@ def verdicts(results: dict[str, Any], summary: dict[str, Any]) -> list[dict[str,
 def _not_measured(results: dict[str, Any], part: str) -> str:
     if why := results.get("failed", {}).get(part):
         return f"the {part} part failed: {why.splitlines()[0]}"
-    if part == "ttft" and "ttft" in results:
-        return str(results["ttft"]["why"])
     return f"the {part} part was not run"
 
 
 def _why(key: str, results: dict[str, Any], summary: dict[str, Any]) -> str:
     """What this run measured about a target it did not meet (figures of this run only)."""
     triton, overhead, hop = results.get("triton"), results.get("overhead"), results.get("hop")
+    if key == "ttft_p50_ratio" and (ttft := results.get("ttft")):
+        c1, hop_ms = ttft["c1"], (hop or {}).get("gateway", {}).get("p50_ms")
+        added = c1["nginx"]["ttft_p50_ms"] - c1["direct"]["ttft_p50_ms"]
+        return (
+            f"first text {c1['nginx']['ttft_p50_ms']:.1f} ms through nginx against "
+            f"{c1['direct']['ttft_p50_ms']:.1f} ms "
+            f"straight from Triton at concurrency 1: the path adds {added:.1f} ms to a first token that takes "
+            f"{c1['direct']['ttft_p50_ms']:.1f} ms"
+            + (f" (the gateway hop alone, against a zero-work model: {hop_ms:.2f} ms p50)" if hop_ms else "")
+        )
     if key == "direct_c8_p99_over_p50" and triton:
         c8, stats = triton["c8"], triton["triton_c8"]
         return (
@@ -304,6 +312,22 @@ def _other_lines(results: dict[str, Any]) -> list[str]:
                 f"| {method} | {row['weights_bytes']:,} | {row['golden_accuracy']:.1%} | "
                 f"{row['served_accuracy']:.1%} | {quant['served_p50_ms'][method]:.1f} |"
             )
+    if (ttft := results.get("ttft")) and ttft.get("measured"):
+        lines += [
+            "",
+            f"Time to first token, streamed answers ({ttft['rounds']} alternated rounds of "
+            f"{ttft['seconds_per_run']:.0f} s):",
+            "",
+            "| path | concurrency | TTFT p50 ms | TTFT p95 ms | answer p50 ms | output tokens/s |",
+            "|---|---|---|---|---|---|",
+        ]
+        for level in ("c1", "c8"):
+            for side, label in (("nginx", "nginx + gateway"), ("direct", "Triton `generate_stream`")):
+                f = ttft[level][side]
+                lines.append(
+                    f"| {label} | {level[1:]} | {f['ttft_p50_ms']:.1f} | {f['ttft_p95_ms']:.1f} | "
+                    f"{f['e2e_p50_ms']:.1f} | {f['output_tokens_per_s']:.0f} |"
+                )
     if roll := results.get("rollback"):
         lines += [
             "",
