@@ -113,10 +113,20 @@ def verdicts(results: dict[str, Any], summary: dict[str, Any]) -> list[dict[str,
             # The gateway path contains the direct one: adding less than nothing is the direct side's noise.
             if t.key.startswith("gateway_added") and value < 0:
                 row["verdict"] = "inconclusive"
-            if row["verdict"] != "met":
+            if failed := _failed_requests(results.get(t.part)):
+                row["verdict"] = "inconclusive"  # a figure over failed requests times the failures
+                row["why"] = f"{failed:,} requests failed during the {t.part} part's runs"
+            elif row["verdict"] != "met":
                 row["why"] = _why(t.key, results, summary)
         rows.append(row)
     return rows
+
+
+def _failed_requests(part: Any) -> int:
+    """Failed requests a part's load runs counted (wrk's errors and non-2xx answers), over every side."""
+    if not isinstance(part, dict):
+        return 0
+    return sum(int(side.get("failed", 0)) for side in part.values() if isinstance(side, dict) and "failed" in side)
 
 
 def _not_measured(results: dict[str, Any], part: str) -> str:

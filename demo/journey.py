@@ -104,7 +104,7 @@ def run(run_dir: Path) -> dict[str, Any]:
     """The whole journey; returns the steps and the summary. Leaves nothing running."""
     journey = Journey(run_dir)
     traffic: Traffic | None = None
-    with scratch_stack(run_dir, ACTOR, journey.timings, rollout_policy=DEMO_POLICY) as stack:
+    with scratch_stack(run_dir, ACTOR, journey.timings, service_env={"controller": DEMO_POLICY}) as stack:
         try:
             store = stack.store
             journey.events_seen.update(e.run_id for e in events.history(store, 50) if e.run_id)

@@ -113,11 +113,11 @@ def scratch_stack(
     actor: Actor,
     timings: dict[str, float] | None = None,
     build: Path = ROOT,
-    rollout_policy: dict[str, str] | None = None,
+    service_env: dict[str, dict[str, str]] | None = None,
 ) -> Iterator[Scratch]:
     """The stack with build 1 (of the checkout ``build``) as champion, serving; stopped when the block ends.
 
-    ``rollout_policy``: ``ROLLOUT_*`` settings for its controller (the shipped policy where not given).
+    ``service_env``: settings for its services by name (``ROLLOUT_*`` for the controller, ``EDGE_*`` for nginx).
     """
     timings = timings if timings is not None else {}
     shutil.rmtree(run_dir, ignore_errors=True)
@@ -134,8 +134,7 @@ def scratch_stack(
     )
     stack = services(run_dir, ports, store_dir=run_dir / "mlflow")
     for service in stack:
-        if service.name == "controller":
-            service.env.update(rollout_policy or {})
+        service.env.update((service_env or {}).get(service.name, {}))
     mlflow_url = f"http://127.0.0.1:{ports.mlflow}"
     env = {
         **os.environ,

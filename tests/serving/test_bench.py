@@ -193,6 +193,14 @@ def test_targets_met_on_a_valid_baseline() -> None:
     assert {key: row["verdict"] for key, row in rows.items()} == {t.key: "met" for t in report.TARGETS}
 
 
+def test_a_figure_over_failed_requests_is_inconclusive() -> None:
+    # Seen: the edge's per-client rate limit answered 429s in a millisecond, "4,343 req/s" through nginx.
+    results = _results()
+    results["overhead"]["nginx"]["failed"] = 20367
+    row = _verdicts(results)["gateway_throughput_ratio_c8"]
+    assert row["verdict"] == "inconclusive" and "20,367 requests failed" in row["why"]
+
+
 def test_a_slow_first_token_says_what_the_path_added() -> None:
     results = _results()
     results["ttft"]["ratio"] = 1.5
