@@ -415,17 +415,48 @@ def serving_state(gateways: list[str], edge: str, model: str, *, ask: bool = Tru
     return Serving(champion, reachable, True, "answering")
 
 
+def registry_champion(mlflow_url: str) -> int | None:
+    """The champion the registry itself names (what serves, ``rollout.state``), asked of MLflow directly:
+    a gateway adopts a promotion only on its next poll, so its word alone lags an action just taken.
+    None when the model has no champion or is not registered yet; ``StackError`` when MLflow cannot say."""
+    from mlflow.exceptions import MlflowException  # here: mlflow takes seconds to import
+
+    from registry.errors import NotFoundError, RegistryError
+    from registry.state import read_state
+    from registry.store import Store
+
+    try:
+        return read_state(Store(RegistrySettings(tracking_uri=mlflow_url))).aliases.get("champion")
+    except NotFoundError:
+        return None
+    except (RegistryError, MlflowException, OSError) as exc:  # OSError: requests' connection errors
+        raise StackError(f"MLflow at {mlflow_url} did not say which version is champion: {exc}") from exc
+
+
+def no_champion(state: Serving, mlflow_url: str) -> bool:
+    """The gateways know no champion and MLflow confirms it names none (so waiting would not help)."""
+    if state.champion is not None or not state.registry_reachable:
+        return False
+    try:
+        return registry_champion(mlflow_url) is None
+    except StackError as exc:
+        log.info("%s; asking the gateways again", exc)
+        return False
+
+
 def wait_for_champion(stack: list[Service], timeout_s: float, poll_s: float = 0.5) -> Serving:
-    """Until the champion answers through nginx, or the registry is known to name none; bounded,
-    with a progress line every few seconds. ``StackError`` when the time runs out."""
+    """Until the champion answers through nginx, or the registry is known to name none (the gateways
+    and MLflow agree); bounded, with a progress line every few seconds. ``StackError`` when the time
+    runs out."""
     gateways = [s.url for s in stack if s.name.startswith("gateway-")]
     edge = next(s.url for s in stack if s.name == "nginx")
+    mlflow_url = next(s.url for s in stack if s.name == "mlflow")
     model = RegistrySettings().model_name
     started = time.monotonic()
     said = 0.0
     while True:
         state = serving_state(gateways, edge, model)
-        if state.answered or (state.champion is None and state.registry_reachable):
+        if state.answered or no_champion(state, mlflow_url):
             return state
         waited = time.monotonic() - started
         if waited > timeout_s:

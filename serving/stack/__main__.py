@@ -17,6 +17,7 @@ from serving.stack import (
     StackError,
     StackSettings,
     down,
+    no_champion,
     no_champion_advice,
     recorded_names,
     running_pid,
@@ -67,8 +68,9 @@ def _status(run_dir: Path) -> int:
         print("\nthe stack is not running: `make up` starts it")
         return 0
     state = serving_state(gateways, records["nginx"]["url"], "", ask=False)
-    if state.champion is None and state.registry_reachable:
-        print("\n" + no_champion_advice(records.get("mlflow", {}).get("url", url(DEFAULT.mlflow))))
+    mlflow_url = records.get("mlflow", {}).get("url", url(DEFAULT.mlflow))
+    if no_champion(state, mlflow_url):
+        print("\n" + no_champion_advice(mlflow_url))
     elif state.reason == "ready":
         print(f"\nserving: champion v{state.champion} is ready on every gateway")
     else:

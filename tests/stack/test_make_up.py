@@ -54,6 +54,9 @@ def test_up_status_promote_up_chat_down(tmp_path: Path, tiny_checkpoint: Path) -
         "EDGE_UPSTREAMS": f"127.0.0.1:{gw1},127.0.0.1:{gw2}",
         "GATEWAY_ADMIN_TOKEN": TOKEN,
         "STACK_CHAMPION_TIMEOUT_S": "300",
+        # Gateways that adopt a promotion only seconds later: `up` right after the promotion must wait
+        # for them (MLflow names the champion), not report "no champion yet" from their stale view.
+        "GATEWAY_REGISTRY_POLL_S": "6",
     }
     env.pop("MLFLOW_TRACKING_URI", None)
     mlflow_url = f"http://127.0.0.1:{mlflow}"
