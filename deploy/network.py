@@ -11,6 +11,7 @@ from typing import Any
 
 from deploy.objects import GATEWAY_PORT, MLFLOW_PORT, Manifest, labels, metadata
 from deploy.settings import DeploySettings
+from serving.edge.config import PUBLIC_PATHS
 from serving.edge.settings import EdgeSettings
 from serving.gateway.settings import MIN_TOKEN_LENGTH
 
@@ -35,28 +36,29 @@ def ingress_annotations() -> dict[str, str]:
         "nginx.ingress.kubernetes.io/proxy-connect-timeout": str(_edge_default("connect_timeout_s")),
         "nginx.ingress.kubernetes.io/proxy-read-timeout": str(_edge_default("read_timeout_s")),
         "nginx.ingress.kubernetes.io/proxy-send-timeout": str(_edge_default("read_timeout_s")),
-        # A replica that dies mid-request: the next one answers (a chat completion changes nothing).
-        "nginx.ingress.kubernetes.io/proxy-next-upstream": "error timeout non_idempotent",
+        # Another replica only when this one could not be connected to (or a GET timed out), as the edge:
+        # never a POST that was sent (no `non_idempotent`): an admin step would step twice, and a slow
+        # generation would run twice on an already slow Triton.
+        "nginx.ingress.kubernetes.io/proxy-next-upstream": "error timeout",
         "nginx.ingress.kubernetes.io/proxy-next-upstream-tries": "2",
         "nginx.ingress.kubernetes.io/proxy-buffering": "on",
     }
 
 
 def ingress(s: DeploySettings) -> Manifest:
+    """The public way in: exactly the edge's public paths (the OpenAI API and ``/healthz``), each ``Exact``.
+
+    The admin API, ``/metrics``, the status page and ``/readyz`` stay inside the cluster (the
+    controller reaches the gateways' ``/metrics`` through the headless Service; operators use
+    ``kubectl port-forward``): ingress-nginx answers 404 for every other path.
+    """
+    backend = {"service": {"name": "gateway", "port": {"number": GATEWAY_PORT}}}
     spec: Manifest = {
         "ingressClassName": s.ingress.class_name,
         "rules": [
             {
                 "host": s.ingress.host,
-                "http": {
-                    "paths": [
-                        {
-                            "path": "/",
-                            "pathType": "Prefix",
-                            "backend": {"service": {"name": "gateway", "port": {"number": GATEWAY_PORT}}},
-                        }
-                    ]
-                },
+                "http": {"paths": [{"path": path, "pathType": "Exact", "backend": backend} for path in PUBLIC_PATHS]},
             }
         ],
     }

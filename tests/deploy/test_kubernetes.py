@@ -19,6 +19,7 @@ from referencing import Registry, Resource
 
 from deploy import render
 from deploy.network import SecretsError, ingress_annotations, secrets_from_environment
+from serving.edge.config import PUBLIC_PATHS
 from deploy.settings import DeploySettings, SettingsError, load_settings
 from serving.edge.settings import EdgeSettings
 from serving.gateway.settings import GatewaySettings
@@ -263,8 +264,18 @@ def test_services_and_policies_select_real_pods_and_ports(rendered: Any, form: s
                 if "podSelector" in peer:
                     assert len(matching(peer["podSelector"]["matchLabels"])) == 1
     ingress = find(rendered, form, "Ingress", "edge")
-    backend = ingress["spec"]["rules"][0]["http"]["paths"][0]["backend"]["service"]
-    assert find(rendered, form, "Service", backend["name"])["spec"]["ports"][0]["port"] == backend["port"]["number"]
+    for path in ingress["spec"]["rules"][0]["http"]["paths"]:
+        backend = path["backend"]["service"]
+        assert find(rendered, form, "Service", backend["name"])["spec"]["ports"][0]["port"] == backend["port"]["number"]
+
+
+def test_ingress_serves_only_the_public_paths(rendered: Any) -> None:
+    # The admin API, /metrics, the status page and /readyz must not be reachable from outside: only
+    # the compose edge's public paths, each matched exactly (a Prefix "/" would route every path).
+    ingress = find(rendered, "kubernetes", "Ingress", "edge")
+    paths = ingress["spec"]["rules"][0]["http"]["paths"]
+    assert [(p["path"], p["pathType"]) for p in paths] == [(path, "Exact") for path in PUBLIC_PATHS]
+    assert {"/v1/chat/completions", "/v1/models", "/healthz"} == set(PUBLIC_PATHS)
 
 
 def test_ingress_limits_are_the_edges() -> None:
@@ -275,6 +286,9 @@ def test_ingress_limits_are_the_edges() -> None:
     assert int(annotations[prefix + "limit-rps"]) == edge.rate_per_s
     assert int(annotations[prefix + "limit-rps"]) * int(annotations[prefix + "limit-burst-multiplier"]) == edge.burst
     assert annotations[prefix + "proxy-read-timeout"] == str(edge.read_timeout_s)
+    # A POST that reached a gateway is never sent again (an admin step would step twice).
+    assert "non_idempotent" not in annotations[prefix + "proxy-next-upstream"]
+    assert annotations[prefix + "proxy-next-upstream"].split() == ["error", "timeout"]
 
 
 def test_triton_gets_its_gpus_and_nothing_else_reaches_it(rendered: Any, settings: DeploySettings) -> None:
