@@ -16,11 +16,13 @@ import random
 from collections.abc import Awaitable, Callable
 
 from serving.gateway.errors import UpstreamError
+from serving.gateway.lograte import RateLimitedLog
 from serving.gateway.metrics import Metrics
 from serving.gateway.reconcile import View
 from serving.gateway.upstream import Inference, Sampling
 
 log = logging.getLogger(__name__)
+_aggregated = RateLimitedLog(log)  # a candidate failing every mirror must not log a line per request
 
 #: ``call(version, messages, sampling)``: one whole attempt on a version, faults included.
 Call = Callable[[int, bytes, Sampling], Awaitable[Inference]]
@@ -90,7 +92,9 @@ class Shadow:
         try:
             answer = await self._call(version, messages, sampling)
         except UpstreamError as exc:
-            log.info("shadow request to v%d failed: %s", version, exc.message)
+            _aggregated.warning(
+                f"shadow v{version} {exc.code}", "shadow request to v%d failed: %s", version, exc.message
+            )
             self._metrics.shadow(version, ok=False, agreed=False)
             return
         except Exception:  # a mirror's bug must never surface anywhere but this log

@@ -19,8 +19,8 @@ from referencing import Registry, Resource
 
 from deploy import render
 from deploy.network import SecretsError, ingress_annotations, secrets_from_environment
-from serving.edge.config import PUBLIC_PATHS
 from deploy.settings import DeploySettings, SettingsError, load_settings
+from serving.edge.config import PUBLIC_PATHS
 from serving.edge.settings import EdgeSettings
 from serving.gateway.settings import GatewaySettings
 from serving.rollout.settings import ControllerSettings

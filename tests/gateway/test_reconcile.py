@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable
 
+import pytest
+
+from serving.gateway import shadow
 from serving.gateway.errors import UpstreamFailedError, UpstreamTimeoutError
+from serving.gateway.lograte import RateLimitedLog
 from serving.gateway.reconcile import HISTORY_REREADS, VersionConfig
 from serving.telemetry import parse_version_stats
 from tests.gateway.conftest import AUTH, Harness, chat_body, wait_for
@@ -218,6 +223,22 @@ def test_a_failing_slow_candidate_never_reaches_the_client(harness: Build) -> No
         assert response.status_code == 200 and response.headers["x-model-version"] == "1"
     assert time.monotonic() - started < 0.9
     wait_for(lambda: shadow_counts(h).get('gateway_shadow_requests_total{outcome="error",version="3"}') == 3)
+
+
+def test_a_candidate_failing_every_mirror_does_not_log_a_line_per_request(
+    harness: Build, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The aggregation is per process, as the log is: start from a fresh one, not from earlier tests' runs.
+    monkeypatch.setattr(shadow, "_aggregated", RateLimitedLog(shadow.log))
+    h = shadow_harness(harness)
+    h.upstream.fail["qwen3-vl-v3"] = UpstreamFailedError("Triton answered 500: candidate broke")
+    caplog.set_level(logging.INFO, logger="serving.gateway.shadow")
+    for _ in range(50):
+        assert h.client.post("/v1/chat/completions", json=chat_body()).status_code == 200
+    wait_for(lambda: shadow_counts(h).get('gateway_shadow_requests_total{outcome="error",version="3"}') == 50)
+    lines = [r.getMessage() for r in caplog.records if r.name == "serving.gateway.shadow"]
+    assert 1 <= len(lines) <= 3, lines
+    assert lines[0].startswith("shadow request to v3 failed")
 
 
 def test_shadow_is_off_by_default_and_skips_a_candidate_not_loaded(harness: Build) -> None:
