@@ -21,6 +21,8 @@ from safetensors.torch import load_file, save_file
 from core.quantization import QuantizeParams, quantize_checkpoint
 from registry import rollout
 from registry.events import Event
+from serving.rollout.analysis import LABELS
+from serving.telemetry import HISTOGRAMS
 from tests.stack_fixture import ACTOR, Answer, Load, Stack, failures, summary
 
 pytestmark = [pytest.mark.slow, pytest.mark.triton, pytest.mark.mlflow]
@@ -136,6 +138,9 @@ def test_the_slower_int8_build_is_rolled_back_for_latency(verdict_stack: Stack, 
     )  # fmt: skip
     slower = verdict_stack.register(checkpoint=int8)
     event = run_canary(verdict_stack, slower, 300)
-    assert event.action == "rollback-canary" and "latency" in (event.reason or ""), event.reason
-    ratios = [value for key, value in event.details.items() if key.endswith("_ratio")]
+    # Slower shows as end-to-end latency, time to first token or time per output token: whichever the
+    # evidence reaches first on this run's traffic (CI saw TTFT p50 x1.38 decide it, 25 s in).
+    timings = tuple(f"canary {LABELS[name]} " for name in HISTOGRAMS)
+    assert event.action == "rollback-canary" and (event.reason or "").startswith(timings), event.reason
+    ratios = [v for k, v in event.details.items() if k.endswith("_ratio") and isinstance(v, int | float) and v == v]
     assert max(ratios) > 1.1
