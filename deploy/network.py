@@ -11,7 +11,7 @@ from typing import Any
 
 from deploy.objects import GATEWAY_PORT, MLFLOW_PORT, Manifest, labels, metadata
 from deploy.settings import DeploySettings
-from serving.edge.config import PUBLIC_PATHS
+from serving.edge.config import PUBLIC_PATHS, PUBLIC_PREFIXES
 from serving.edge.settings import EdgeSettings
 from serving.gateway.settings import MIN_TOKEN_LENGTH
 
@@ -46,7 +46,8 @@ def ingress_annotations() -> dict[str, str]:
 
 
 def ingress(s: DeploySettings) -> Manifest:
-    """The public way in: exactly the edge's public paths (the OpenAI API and ``/healthz``), each ``Exact``.
+    """The public way in: exactly the edge's public paths (the OpenAI API and ``/healthz``), each ``Exact``,
+    and its public prefixes (``/v1/models/``, which the gateway routes only to its model lookup), ``Prefix``.
 
     The admin API, ``/metrics``, the status page and ``/readyz`` stay inside the cluster (the
     controller reaches the gateways' ``/metrics`` through the headless Service; operators use
@@ -58,7 +59,10 @@ def ingress(s: DeploySettings) -> Manifest:
         "rules": [
             {
                 "host": s.ingress.host,
-                "http": {"paths": [{"path": path, "pathType": "Exact", "backend": backend} for path in PUBLIC_PATHS]},
+                "http": {
+                    "paths": [{"path": path, "pathType": "Exact", "backend": backend} for path in PUBLIC_PATHS]
+                    + [{"path": path, "pathType": "Prefix", "backend": backend} for path in PUBLIC_PREFIXES]
+                },
             }
         ],
     }

@@ -23,6 +23,8 @@ from serving.edge.settings import EdgeSettings
 
 #: What the public listener serves: the gateway's OpenAI API and its liveness check, nothing else.
 PUBLIC_PATHS = ("/v1/chat/completions", "/v1/models", "/healthz")
+#: ... and every path under these (``GET /v1/models/{model}``): the gateway routes all of it to one handler.
+PUBLIC_PREFIXES = ("/v1/models/",)
 
 #: Errors nginx answers itself, in OpenAI's error format like the gateway's.
 _ERRORS = {
@@ -80,6 +82,16 @@ def render(settings: EdgeSettings, run_dir: Path, *, user: str | None = None, te
         f"{_proxy(settings)}"
         f"        }}"
         for path in PUBLIC_PATHS
+    )
+    public += "".join(
+        f"\n        location ^~ {prefix} {{\n"
+        f"            {limit}\n"
+        # No URI on proxy_pass: the path as the client sent it, which the gateway matches only to its
+        # model route (a dot segment or an escaped slash stays inside the model id there).
+        f"            proxy_pass http://gateways;\n"
+        f"{_proxy(settings)}"
+        f"        }}"
+        for prefix in PUBLIC_PREFIXES
     )
     not_found = json.dumps(_NOT_FOUND, separators=(",", ":"))
     user_line = f"user {user};\n" if user else ""

@@ -1,9 +1,10 @@
 """``create_app``: the gateway's FastAPI application, wired from settings (or from fakes, in tests).
 
-Routes: ``POST /v1/chat/completions`` and ``GET /v1/models`` (OpenAI-compatible), ``/healthz``,
-``/readyz``, ``/metrics``, the status page ``/`` with ``/status.json``, and the admin API under
-``/admin/``. Only the first three are public: the edge's public listener serves exactly those
-(``serving.edge.config.PUBLIC_PATHS``); the rest are for operators, on its internal listener.
+Routes: ``POST /v1/chat/completions``, ``GET /v1/models`` and ``GET /v1/models/{model}``
+(OpenAI-compatible), ``/healthz``, ``/readyz``, ``/metrics``, the status page ``/`` with
+``/status.json``, and the admin API under ``/admin/``. Only the OpenAI routes and ``/healthz`` are
+public: the edge's public listener serves exactly those (``serving.edge.config.PUBLIC_PATHS`` and
+``PUBLIC_PREFIXES``); the rest are for operators, on its internal listener.
 
 An outer ASGI middleware gives every response an ``X-Request-Id`` (the client's, when it sends a
 sane one), adds ``X-Model-Version`` where a version was chosen, counts every answer in
@@ -198,6 +199,12 @@ def create_app(
     async def list_models() -> Response:
         versions = sorted(reconciler.view.ready)
         return Response(wire.model_list(registry.model, versions, started), media_type="application/json")
+
+    # ``:path``: an id with a slash in it is a model this gateway lacks (404 model_not_found), not a missing route.
+    @app.get("/v1/models/{model:path}")
+    async def retrieve_model(model: str) -> Response:
+        versions = sorted(reconciler.view.ready)
+        return Response(wire.model_object(registry.model, versions, started, model), media_type="application/json")
 
     @app.get("/healthz")
     async def healthz() -> dict[str, str]:

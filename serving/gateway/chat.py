@@ -48,6 +48,7 @@ from serving.gateway.errors import (
     UpstreamRejectedError,
     UpstreamTimeoutError,
     UpstreamUnavailableError,
+    public_message,
     validation_message,
 )
 from serving.gateway.faults import Faults
@@ -241,15 +242,19 @@ class ChatService:
         if key is None and isinstance(user, str) and user:
             key = user
         pinned = self._pin_from_model(raw.get("model"), pinned)
+        try:  # a request that can never succeed is a 400 whatever the upstream's state (a 503 invites a retry)
+            wire.refuse_unsupported(raw)
+            try:
+                chat = wire.ChatRequest.model_validate(raw)
+            except ValidationError as exc:
+                raise validation_message(list(exc.errors()), raw) from exc  # type: ignore[arg-type]
+        except GatewayError:
+            self._route_quietly(request, view, key, pinned)
+            raise
         if not view.ready and not view.triton.reachable:
             raise UpstreamUnavailableError(f"Triton is unreachable ({view.triton.error}); retry shortly")
         route = choose(view.split, key=key, draw=self._draw() * 100, pinned=pinned)
         request.state.model_version = route.version
-        wire.refuse_unsupported(raw)
-        try:
-            chat = wire.ChatRequest.model_validate(raw)
-        except ValidationError as exc:
-            raise validation_message(list(exc.errors()), raw) from exc  # type: ignore[arg-type]
         images, urls = await self._images(chat)
         messages = wire.wire_messages(chat, urls)
         sampling = chat.sampling()
@@ -410,7 +415,9 @@ class ChatService:
             except UpstreamError as exc:
                 attempt.failed(exc)
                 log.warning("v%d failed after its answer had begun streaming: %s", attempt.version, exc.message)
-                public = PUBLIC_UNAVAILABLE if isinstance(exc, UpstreamUnavailableError) else None
+                # As error_response does for an answer that had not begun: no internal address reaches a client.
+                unavailable = isinstance(exc, UpstreamUnavailableError)
+                public = PUBLIC_UNAVAILABLE if unavailable else public_message(exc.message)
                 yield wire.error_event(exc, public)
                 return
             attempt.succeeded()

@@ -26,10 +26,10 @@ from collections.abc import Iterator, Mapping
 from typing import Annotated, Any, Literal
 
 import orjson
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 from core.names import served_model_name
-from serving.gateway.errors import GatewayError, InvalidRequestError, status_of
+from serving.gateway.errors import GatewayError, InvalidRequestError, ModelNotFoundError, status_of
 from serving.gateway.upstream import Delta, Inference, Sampling
 
 #: OpenAI request fields this gateway does not implement, with why; refused by name unless at a no-op value.
@@ -113,8 +113,19 @@ Part = Annotated[TextPart | ImagePart, Field(discriminator="type")]
 class Message(_Strict):
     role: Literal["system", "developer", "user", "assistant"]
     content: str | Annotated[list[Part], Field(min_length=1)]
-    # Assistant turns as OpenAI returns them; a refusal text cannot be replayed to this model.
+    # Assistant turns as OpenAI returns them (``message.model_dump()`` replays every field, at null when
+    # unused): a refusal text, tool calls or audio cannot be replayed to this model, their nulls can.
     refusal: None = None
+    tool_calls: Annotated[list[Any], Field(max_length=0)] | None = None
+    function_call: None = None
+    audio: None = None
+    annotations: Annotated[list[Any], Field(max_length=0)] | None = None
+
+    @model_validator(mode="after")
+    def _assistant_fields(self) -> Message:
+        if self.role != "assistant" and (self.tool_calls is not None or self.annotations is not None):
+            raise ValueError(f"tool_calls and annotations belong to assistant messages, not to {self.role} ones")
+        return self
 
 
 class StreamOptions(_Strict):
@@ -168,10 +179,19 @@ class ChatRequest(_Strict):
     top_logprobs: int | None = Field(None, ge=0, le=20)
     response_format: ResponseFormat | None = None
     user: str | None = Field(None, max_length=256)
-    stream: bool = False
+    # null is "not set" for every optional field, as OpenAI's own client types them.
+    stream: bool | None = False
     stream_options: StreamOptions | None = None
-    n: int = Field(1, ge=1, le=1, description="only 1: one choice per request")
+    n: int | None = Field(1, ge=1, le=1, description="only 1: one choice per request")
     # The no-op values of UNSUPPORTED (anything else was refused before validation).
+    parallel_tool_calls: None = None
+    audio: None = None
+    prediction: None = None
+    reasoning_effort: None = None
+    verbosity: None = None
+    web_search_options: None = None
+    prompt_cache_key: None = None
+    safety_identifier: None = None
     store: Literal[False] | None = None
     modalities: list[Literal["text"]] | None = None
     service_tier: Literal["auto", "default"] | None = None
@@ -186,6 +206,13 @@ class ChatRequest(_Strict):
     def _stop(cls, value: str | list[str] | None) -> str | list[str] | None:
         if isinstance(value, str) and not 1 <= len(value) <= 256:
             raise ValueError("a stop sequence must be 1 to 256 characters")
+        return value
+
+    @field_validator("stream_options")
+    @classmethod
+    def _only_streamed(cls, value: StreamOptions | None, info: ValidationInfo) -> StreamOptions | None:
+        if value is not None and not info.data.get("stream"):
+            raise ValueError("stream_options is only allowed when stream is enabled")
         return value
 
     @field_validator("logit_bias")
@@ -347,6 +374,18 @@ def error_event(exc: GatewayError, message: str | None = None) -> bytes:
 
 def model_list(model: str, versions: list[int], created: int) -> bytes:
     """``GET /v1/models``: the registered model, then each served version as its own id."""
+    return orjson.dumps({"object": "list", "data": _models(model, versions, created)})
+
+
+def model_object(model: str, versions: list[int], created: int, wanted: str) -> bytes:
+    """``GET /v1/models/{wanted}``: that entry of ``model_list``, or a 404 (``model_not_found``) naming what is."""
+    for entry in _models(model, versions, created):
+        if entry["id"] == wanted:
+            return orjson.dumps(entry)
+    served = ", ".join(repr(entry["id"]) for entry in _models(model, versions, created))
+    raise ModelNotFoundError(f"the model {wanted[:100]!r} does not exist here; these do: {served}", param="model")
+
+
+def _models(model: str, versions: list[int], created: int) -> list[dict[str, Any]]:
     ids = [model, *(served_model_name(model, version) for version in versions)]
-    data = [{"id": name, "object": "model", "created": created, "owned_by": "registry"} for name in ids]
-    return orjson.dumps({"object": "list", "data": data})
+    return [{"id": name, "object": "model", "created": created, "owned_by": "registry"} for name in ids]

@@ -82,25 +82,21 @@ _EVENT_SCHEMA: dict[str, Any] = {
     "properties": {"data": {"type": "string", "minLength": 1}},
 }
 #: ``wire.model_list``'s answer.
+#: One entry of ``GET /v1/models``, and the answer of ``GET /v1/models/{model}``.
+MODEL_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "required": ["id", "object", "created", "owned_by"],
+    "properties": {
+        "id": {"type": "string"},
+        "object": {"const": "model"},
+        "created": {"type": "integer"},
+        "owned_by": {"type": "string"},
+    },
+}
 MODELS_SCHEMA: dict[str, Any] = {
     "type": "object",
     "required": ["object", "data"],
-    "properties": {
-        "object": {"const": "list"},
-        "data": {
-            "type": "array",
-            "items": {
-                "type": "object",
-                "required": ["id", "object", "created", "owned_by"],
-                "properties": {
-                    "id": {"type": "string"},
-                    "object": {"const": "model"},
-                    "created": {"type": "integer"},
-                    "owned_by": {"type": "string"},
-                },
-            },
-        },
-    },
+    "properties": {"object": {"const": "list"}, "data": {"type": "array", "items": MODEL_SCHEMA}},
 }
 _ERRORS = {
     # The chat route: errors._STATUS for what it raises, and what nginx answers in front of it.
@@ -164,6 +160,9 @@ def document(app: FastAPI) -> dict[str, Any]:
             if kind == "admin":
                 operation["security"] = [{"admin_token": []}]
     paths["/v1/models"]["get"]["responses"]["200"]["content"]["application/json"]["schema"] = MODELS_SCHEMA
+    retrieve = paths["/v1/models/{model}"]["get"]["responses"]
+    retrieve["200"]["content"]["application/json"]["schema"] = MODEL_SCHEMA
+    retrieve["404"] = _error(404)  # a model this gateway does not serve: code model_not_found
     paths["/metrics"]["get"]["responses"]["200"]["content"] = {"text/plain": {"schema": {"type": "string"}}}
     paths["/readyz"]["get"]["responses"]["503"] = {
         "description": "Not ready: the detail says why (no champion known, or it is not READY in Triton)",

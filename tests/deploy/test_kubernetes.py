@@ -20,7 +20,7 @@ from referencing import Registry, Resource
 from deploy import render
 from deploy.network import SecretsError, ingress_annotations, secrets_from_environment
 from deploy.settings import DeploySettings, SettingsError, load_settings
-from serving.edge.config import PUBLIC_PATHS
+from serving.edge.config import PUBLIC_PATHS, PUBLIC_PREFIXES
 from serving.edge.settings import EdgeSettings
 from serving.gateway.settings import GatewaySettings
 from serving.rollout.settings import ControllerSettings
@@ -274,8 +274,11 @@ def test_ingress_serves_only_the_public_paths(rendered: Any) -> None:
     # the compose edge's public paths, each matched exactly (a Prefix "/" would route every path).
     ingress = find(rendered, "kubernetes", "Ingress", "edge")
     paths = ingress["spec"]["rules"][0]["http"]["paths"]
-    assert [(p["path"], p["pathType"]) for p in paths] == [(path, "Exact") for path in PUBLIC_PATHS]
+    assert [(p["path"], p["pathType"]) for p in paths] == [(path, "Exact") for path in PUBLIC_PATHS] + [
+        (prefix, "Prefix") for prefix in PUBLIC_PREFIXES
+    ]
     assert {"/v1/chat/completions", "/v1/models", "/healthz"} == set(PUBLIC_PATHS)
+    assert PUBLIC_PREFIXES == ("/v1/models/",)  # GET /v1/models/{model}: the gateway routes it to one handler
 
 
 def test_ingress_limits_are_the_edges() -> None:

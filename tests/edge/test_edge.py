@@ -18,7 +18,7 @@ import httpx
 import pytest
 from pydantic import ValidationError
 
-from serving.edge.config import PUBLIC_PATHS
+from serving.edge.config import PUBLIC_PATHS, PUBLIC_PREFIXES
 from serving.edge.launcher import Edge, EdgeError, write_config
 from serving.edge.settings import EdgeSettings
 from serving.triton.launcher import free_ports
@@ -255,6 +255,8 @@ DISGUISED = [
     "/v1/chat/completions/x",
     "/V1/models",
     "/admin/state?/v1/models",
+    "/v1/models/%2e%2e/%2e%2e/readyz",
+    "/v1/models/..%2F..%2Freadyz",
 ]
 
 
@@ -262,19 +264,26 @@ def test_the_public_listener_serves_the_openai_api_and_healthz_only(
     replicas: dict[str, Replica], tmp_path: Path
 ) -> None:
     with Edge(_settings(replicas), tmp_path / "run") as edge, httpx.Client(base_url=edge.url) as client:
-        allowed = [client.post("/v1/chat/completions", json={}), client.get("/v1/models"), client.get("/healthz")]
+        allowed = [
+            client.post("/v1/chat/completions", json={}),
+            client.get("/v1/models"),
+            client.get("/v1/models/qwen3-vl-v2"),
+            client.get("/healthz"),
+        ]
         hidden = [client.request(method, path, json={}) for method, path in INTERNAL_PATHS]
         disguised = [client.get(path) for path in DISGUISED]
         # A spelling that normalizes to a public path reaches the gateway as exactly that path.
         dotted = client.get("/admin/../v1/models?x=1")
 
-    assert [r.status_code for r in allowed] == [200, 200, 200]
+    assert [r.status_code for r in allowed] == [200, 200, 200, 200]
     for response in hidden + disguised:
         assert response.status_code == 404, (response.request.url, response.text)
         assert response.json()["error"]["code"] == "not_found"
     assert dotted.status_code == 200 and dotted.json()["path"] == "/v1/models?x=1"
     reached = {r["path"] for replica in replicas.values() for r in replica.received()}
-    assert reached <= {"/v1/chat/completions", "/v1/models", "/healthz", "/v1/models?x=1"}, reached
+    assert reached <= {"/v1/chat/completions", "/v1/models", "/healthz", "/v1/models?x=1", "/v1/models/qwen3-vl-v2"}, (
+        reached
+    )
 
 
 def test_the_internal_listener_serves_every_path_on_loopback(replicas: dict[str, Replica], tmp_path: Path) -> None:
@@ -304,7 +313,8 @@ def test_the_public_paths_are_the_gateways_openai_routes() -> None:
 
     app = create_app(gateway_settings(), registry=FakeRegistry({"champion": 1}), upstream=FakeUpstream.serving(1))
     routes = {str(route.path) for route in app.routes if hasattr(route, "path")}
-    assert {path for path in routes if path.startswith("/v1/")} | {"/healthz"} == set(PUBLIC_PATHS)
+    public = {path for path in routes if path.startswith("/v1/")} | {"/healthz"}
+    assert public == {*PUBLIC_PATHS, *(f"{prefix}{{model:path}}" for prefix in PUBLIC_PREFIXES)}
 
 
 class _ResetCounter:

@@ -111,6 +111,20 @@ def test_models_lists_the_registered_model_and_served_versions(harness: Build) -
     assert [m.id for m in client(h).models.list()] == ["qwen3-vl", V1, V2]
 
 
+def test_a_model_is_retrieved_by_its_id_as_openai_does(harness: Build) -> None:
+    h = harness()
+    listed = {m.id: m for m in client(h).models.list()}
+
+    for name in ("qwen3-vl", V2):
+        assert client(h).models.retrieve(name) == listed[name]
+    with pytest.raises(NotFoundError) as raised:
+        client(h).models.retrieve("gpt-4o")
+    assert raised.value.code == "model_not_found" and "'qwen3-vl-v2'" in raised.value.message
+    # An id with a slash in it is a model this gateway lacks, not a missing route.
+    error = assert_openai_error(h.client.get("/v1/models/org/qwen3-vl"), 404, "model", "does not exist here")
+    assert error["code"] == "model_not_found"
+
+
 def test_request_ids_are_echoed_when_sane(harness: Build) -> None:
     h = harness()
     assert h.client.get("/healthz", headers={"X-Request-Id": "trace-42"}).headers["x-request-id"] == "trace-42"
@@ -278,6 +292,17 @@ def test_overload_and_triton_down_are_503_with_retry_after(harness: Build, failu
     response = h.client.post("/v1/chat/completions", json=chat_body())
     assert_openai_error(response, status)
     assert response.headers["retry-after"] == "1"
+
+
+def test_a_bad_request_is_a_400_even_while_triton_is_down(harness: Build) -> None:
+    # A 503 would have the official client send it twice more; it can never succeed.
+    h = harness()
+    h.upstream.down = True
+    wait_for(lambda: not h.app.state.reconciler.view.ready, what="the Triton poll to notice")
+
+    response = h.client.post("/v1/chat/completions", json=chat_body(temperature=3))
+
+    assert_openai_error(response, 400, "temperature", "less than or equal to 2")
 
 
 def test_triton_down_for_good_is_503_without_touching_it(harness: Build) -> None:

@@ -16,6 +16,7 @@ import uvicorn
 from openai import OpenAI
 
 from core.contract import INPUTS
+from serving.gateway import openai_schema as wire
 from serving.gateway.app import create_app
 from serving.gateway.errors import UpstreamFailedError
 from serving.gateway.upstream import Sampling, generate_request
@@ -203,12 +204,45 @@ def test_each_unsupported_parameter_is_refused_by_name(harness: Build, name: str
         {"tools": []},
         {"metadata": None},
         {"stream_options": None},
+        # null is "not set", as the official client types every optional field (wrappers send param=None).
+        *({name: None} for name in ("n", "stream", *wire.UNSUPPORTED)),
     ],
 )
 def test_values_that_ask_for_nothing_missing_are_accepted(harness: Build, extra: dict[str, Any]) -> None:
     h = harness()
     response = h.client.post("/v1/chat/completions", json=chat_body(**extra))
     assert response.status_code == 200, response.text
+
+
+def test_stream_options_without_a_stream_is_refused_as_openai_does(harness: Build) -> None:
+    h = harness()
+    with pytest.raises(openai.BadRequestError) as raised:
+        client(h).chat.completions.create(model="qwen3-vl", messages=messages(), stream_options={"include_usage": True})
+    assert raised.value.param == "stream_options"
+    assert "only allowed when stream is enabled" in raised.value.message
+
+
+def test_an_answer_replayed_as_the_client_returned_it_continues_the_conversation(harness: Build) -> None:
+    h = harness()
+    first = client(h).chat.completions.create(model="qwen3-vl", messages=messages())
+    # model_dump() sends every field of the message, those it does not use at null.
+    replayed = first.choices[0].message.model_dump()
+    assert {"tool_calls", "function_call", "audio", "annotations", "refusal"} <= set(replayed)
+
+    again = client(h).chat.completions.create(
+        model="qwen3-vl", messages=[*messages(), replayed, {"role": "user", "content": "and the other one?"}]
+    )
+
+    assert again.choices[0].message.content
+    sent = orjson.loads(h.upstream.calls[-1].messages)
+    assert sent[-2] == {"role": "assistant", "content": first.choices[0].message.content}
+    tool_call = {"id": "c1", "type": "function", "function": {"name": "f", "arguments": "{}"}}
+    with pytest.raises(openai.BadRequestError) as raised:
+        client(h).chat.completions.create(
+            model="qwen3-vl",
+            messages=[*messages(), {**replayed, "tool_calls": [tool_call]}, {"role": "user", "content": "so?"}],
+        )
+    assert raised.value.param == "messages.1.tool_calls"
 
 
 # --- streaming and failures ----------------------------------------------------------------------
@@ -257,6 +291,17 @@ def test_a_raw_stream_failing_mid_way_ends_with_openais_error_object(harness: Bu
     error = orjson.loads(events[-2].removeprefix("data: "))["error"]
     assert set(error) == {"message", "type", "param", "code"}
     assert (error["type"], error["code"]) == ("server_error", "upstream_error")
+
+
+def test_an_error_event_names_no_internal_address(harness: Build) -> None:
+    h = harness(weight=0)
+    failure = UpstreamFailedError("Triton at http://10.0.3.7:8000/v2 answered 500: generation failed")
+    h.upstream.fail_after[V1] = (2, failure)
+
+    response = h.client.post("/v1/chat/completions", json=chat_body(stream=True))
+
+    error = orjson.loads(response.text.split("\n\n")[-3].removeprefix("data: "))["error"]
+    assert "10.0.3.7" not in error["message"] and "generation failed" in error["message"], error
 
 
 def test_a_non_streamed_answer_failing_mid_way_is_answered_by_the_champion(harness: Build) -> None:
