@@ -188,7 +188,7 @@ def _stack_parts(
         with scratch_stack(workdir / "stack", Actor(name="make bench"), runner.results.setdefault("stack", {}),
                            build, unlimited) as stack:  # fmt: skip
             if "overhead" in parts:
-                runner.part("overhead", lambda: measure.overhead(stack, args.rounds, args.seconds))
+                runner.part("overhead", lambda: measure.overhead(stack, args.rounds, args.seconds, args.paired_seconds))
             if "ttft" in parts:
                 runner.part("ttft", lambda: ttft.measure(stack, args.rounds, args.seconds))
             if "inprocess" in parts:
@@ -222,6 +222,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--parts", default=",".join(PARTS), help=f"comma-separated, of: {', '.join(PARTS)}")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--seconds", type=float, default=5.0, help="seconds per load run")
+    parser.add_argument(
+        "--paired-seconds",
+        type=float,
+        default=60.0,
+        help="seconds of requests taken in turn by direct Triton and the gateway, for what the gateway adds at 1",
+    )
     parser.add_argument("--rollbacks", type=int, default=5)
     parser.add_argument("--no-readme", action="store_true", help="do not refresh the README's Figures section")
     parser.add_argument(

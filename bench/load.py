@@ -6,12 +6,16 @@ HTTP load comes from ``wrk`` in a second process (``bench.wrk``); ``closed_loop`
 
 from __future__ import annotations
 
+import http.client
 import logging
 import statistics
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
+from urllib.parse import urlsplit
+
+import numpy as np
 
 from bench import wrk
 
@@ -61,6 +65,81 @@ def http_figures(url: str, body: bytes, headers: dict[str, str], connections: in
     done = wrk.load(url, body, connections=connections, seconds=seconds, headers=headers)
     return {"p50_ms": done.p50_ms, "p99_ms": done.p99_ms, "max_ms": done.max_ms, "rps": done.rps,
             "failed": done.failed}  # fmt: skip
+
+
+#: One target of ``interleaved``: URL, body, headers.
+Target = tuple[str, bytes, Mapping[str, str]]
+
+
+def interleaved(targets: Mapping[str, Target], seconds: float) -> dict[str, Any]:
+    """One client, its requests alternating over the targets (A B, then B A, ...), each target on its own
+    keep-alive connection, for about ``seconds``: every latency in ms per target, and the failed requests.
+
+    Two wrk runs one after the other meet different moments of a shared machine, and a p99 of a few hundred
+    requests is its few slowest; requests taken turn about see the same seconds, so a difference between
+    the targets' tails is the paths', and every sample is kept for an interval on it
+    (``quantile_difference``).
+    """
+    names = list(targets)
+    connections = {name: _connection(targets[name][0]) for name in names}
+    latencies: dict[str, list[float]] = {name: [] for name in names}
+    failed = 0
+    deadline = time.perf_counter() + seconds
+    turn = 0
+    try:
+        while time.perf_counter() < deadline:
+            for name in names if turn % 2 == 0 else names[::-1]:
+                url, body, headers = targets[name]
+                started = time.perf_counter()
+                try:
+                    connection = connections[name]
+                    sent = {"Content-Type": "application/json", **headers}
+                    connection.request("POST", urlsplit(url).path, body, sent)
+                    response = connection.getresponse()
+                    response.read()
+                    ok = response.status == 200
+                except (OSError, http.client.HTTPException):
+                    connections[name].close()
+                    connections[name] = _connection(url)
+                    ok = False
+                if ok:
+                    latencies[name].append((time.perf_counter() - started) * 1000.0)
+                else:
+                    failed += 1
+            turn += 1
+    finally:
+        for connection in connections.values():
+            connection.close()
+    return {"latencies_ms": latencies, "failed": failed}
+
+
+def _connection(url: str) -> http.client.HTTPConnection:
+    parts = urlsplit(url)
+    if parts.scheme != "http" or parts.hostname is None:
+        raise ValueError(f"interleaved load takes http:// URLs, got {url!r}")
+    return http.client.HTTPConnection(parts.hostname, parts.port or 80, timeout=30)
+
+
+def quantile_difference(
+    base: Sequence[float], other: Sequence[float], q: float, *, resamples: int = 2000, seed: int = 0
+) -> dict[str, float]:
+    """``other``'s ``q`` quantile minus ``base``'s, with a 95% bootstrap interval (each side resampled on its own).
+
+    Returns ``value`` (from the samples themselves), ``low`` and ``high`` (the 2.5th and 97.5th percentiles
+    of the resampled differences), rounded to 0.01.
+    """
+    a, b = np.asarray(base, dtype=np.float64), np.asarray(other, dtype=np.float64)
+    if a.size < 2 or b.size < 2:
+        raise ValueError(f"a quantile difference needs at least 2 samples a side, got {a.size} and {b.size}")
+    rng = np.random.default_rng(seed)
+    differences = np.empty(resamples)
+    for start in range(0, resamples, 200):  # in blocks: a resample of every sample at once is 2000 x n floats
+        block = min(200, resamples - start)
+        resampled_b = np.quantile(rng.choice(b, (block, b.size)), q, axis=1)
+        differences[start : start + block] = resampled_b - np.quantile(rng.choice(a, (block, a.size)), q, axis=1)
+    low, high = np.quantile(differences, [0.025, 0.975])
+    value = float(np.quantile(b, q) - np.quantile(a, q))
+    return {"value": round(value, 2), "low": round(float(low), 2), "high": round(float(high), 2)}
 
 
 def conversations() -> list[list[dict[str, Any]]]:

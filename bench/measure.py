@@ -6,6 +6,7 @@ other, several rounds, and reports medians and ratios from the same run.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -17,10 +18,12 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
+import numpy as np
 
-from bench.load import alternate, http_figures, median
+from bench.load import alternate, http_figures, interleaved, median, quantile_difference
 from bench.requests import chat_body, triton_request
 from core.processes import ManagedProcess
 from demo.scratch import Scratch, run, wait_for
@@ -35,8 +38,10 @@ log = logging.getLogger(__name__)
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def overhead(stack: Scratch, rounds: int, seconds: float) -> dict[str, Any]:
-    """Direct Triton vs gateway vs nginx + gateway: p50/p99 at concurrency 1, req/s (and p50/p99) at 8."""
+def overhead(stack: Scratch, rounds: int, seconds: float, paired_seconds: float) -> dict[str, Any]:
+    """Direct Triton vs gateway vs nginx + gateway: p50/p99 at concurrency 1, req/s (and p50/p99) at 8; then
+    what the gateway adds at concurrency 1, from requests to direct Triton and to the gateway taken in turn
+    (``paired_seconds``), with 95% intervals."""
     model = f"{stack.store.model}-v1"
     direct_body, direct_headers = triton_request()
     targets = {
@@ -60,7 +65,51 @@ def overhead(stack: Scratch, rounds: int, seconds: float) -> dict[str, Any]:
         return once
 
     medians, _ = alternate({name: side(*target) for name, target in targets.items()}, rounds, "overhead")
-    return {**medians, "rounds": rounds, "seconds_per_run": seconds}
+    return {**medians, "rounds": rounds, "seconds_per_run": seconds,
+            "c1_paired": paired_c1(targets["direct"], targets["gateway"], paired_seconds)}  # fmt: skip
+
+
+def paired_c1(direct: tuple[str, bytes, dict[str, str]], gateway: tuple[str, bytes, dict[str, str]],
+              seconds: float) -> dict[str, Any]:  # fmt: skip
+    """p50 and p99 of each side from requests taken in turn, and gateway minus direct with 95% intervals."""
+    pid = listening_pid(int(str(urlsplit(gateway[0]).port)))
+    cpu_before = cpu_seconds(pid)
+    done = interleaved({"direct": direct, "gateway": gateway}, seconds)
+    cpu = cpu_seconds(pid) - cpu_before
+    samples = done["latencies_ms"]
+    sides = {
+        name: {"requests": len(values), "p50_ms": round(float(np.quantile(values, 0.5)), 2),
+               "p99_ms": round(float(np.quantile(values, 0.99)), 2)}
+        for name, values in samples.items()
+    }  # fmt: skip
+    direct_ms, gateway_ms = samples["direct"], samples["gateway"]
+    added = {label: quantile_difference(direct_ms, gateway_ms, q) for label, q in (("p50", 0.5), ("p99", 0.99))}
+    log.info("overhead paired c1 %s added %s", sides, added)
+    # What the gateway's process spent, over the requests it answered (its polling threads included).
+    cpu_ms = round(cpu * 1000 / max(1, len(gateway_ms)), 2)
+    return {**sides, "added": added, "failed": done["failed"], "seconds": seconds, "gateway_cpu_ms_per_request": cpu_ms}
+
+
+def listening_pid(port: int) -> int:
+    """The process listening on TCP ``port`` (from /proc: the socket's inode, then the process holding it)."""
+    inodes = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with contextlib.suppress(OSError):
+            for line in Path(table).read_text().splitlines()[1:]:
+                fields = line.split()
+                if fields[3] == "0A" and int(fields[1].rsplit(":", 1)[1], 16) == port:  # 0A: LISTEN
+                    inodes.add(f"socket:[{fields[9]}]")
+    for fd in Path("/proc").glob("[0-9]*/fd/*"):
+        with contextlib.suppress(OSError):
+            if str(fd.readlink()) in inodes:
+                return int(fd.parent.parent.name)
+    raise RuntimeError(f"no process is listening on port {port}")
+
+
+def cpu_seconds(pid: int) -> float:
+    """User plus system CPU time of process ``pid`` so far, every thread's."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def inprocess(stack: Scratch, model_dir: Path, rounds: int, seconds: float) -> dict[str, Any]:

@@ -72,8 +72,8 @@ def summarize(results: dict[str, Any]) -> dict[str, Any]:
         summary["instance_rss_mib"] = max(m["rss_mib"] for m in triton["memory"])
     if overhead := results.get("overhead"):
         direct, gateway, nginx = overhead["direct"], overhead["gateway"], overhead["nginx"]
-        summary["gateway_added_p50_ms"] = round(gateway["p50_ms"] - direct["p50_ms"], 2)
-        summary["gateway_added_p99_ms"] = round(gateway["p99_ms"] - direct["p99_ms"], 2)
+        for label in ("p50", "p99"):
+            summary[f"gateway_added_{label}_ms"] = overhead["c1_paired"]["added"][label]["value"]
         summary["gateway_throughput_ratio_c8"] = _ratio(gateway["rps_c8"], direct["rps_c8"])
         summary["edge_added_p50_ms"] = round(nginx["p50_ms"] - direct["p50_ms"], 2)
         summary["edge_throughput_ratio_c8"] = _ratio(nginx["rps_c8"], direct["rps_c8"])
@@ -110,9 +110,9 @@ def verdicts(results: dict[str, Any], summary: dict[str, Any]) -> list[dict[str,
             row |= {"value": value, "verdict": "met" if met else "missed"}
             if t.key == "gateway_throughput_ratio_c8" and value > BROKEN_DIRECT_RATIO:
                 row["verdict"] = "inconclusive"
-            # The gateway path contains the direct one: adding less than nothing is the direct side's noise.
-            if t.key.startswith("gateway_added") and value < 0:
-                row["verdict"] = "inconclusive"
+            if t.key.startswith("gateway_added"):
+                row["interval"] = interval = _added(results, t.key)
+                row["verdict"] = _interval_verdict(interval, t.target)
             if failed := _failed_requests(results.get(t.part)):
                 row["verdict"] = "inconclusive"  # a figure over failed requests times the failures
                 row["why"] = f"{failed:,} requests failed during the {t.part} part's runs"
@@ -120,6 +120,24 @@ def verdicts(results: dict[str, Any], summary: dict[str, Any]) -> list[dict[str,
                 row["why"] = _why(t.key, results, summary)
         rows.append(row)
     return rows
+
+
+def _added(results: dict[str, Any], key: str) -> dict[str, float]:
+    """The paired interval behind ``gateway_added_<q>_ms``."""
+    return dict(results["overhead"]["c1_paired"]["added"][key.split("_")[2]])
+
+
+def _interval_verdict(interval: dict[str, float], target: float) -> str:
+    """Met only when the whole 95% interval is at most the target, missed when all of it is above.
+
+    The gateway's path contains the direct one, so an interval wholly below zero says the direct side was
+    the slower one: that baseline is broken, whatever the target.
+    """
+    if interval["high"] < 0:
+        return "inconclusive"
+    if interval["high"] <= target:
+        return "met"
+    return "missed" if interval["low"] > target else "inconclusive"
 
 
 def _failed_requests(part: Any) -> int:
@@ -158,13 +176,21 @@ def _why(key: str, results: dict[str, Any], summary: dict[str, Any]) -> str:
     if key == "batching_gain" and triton:
         return f"Triton's batches at 8: {_batches(triton['triton_c8'])}; at 1: {_batches(triton['triton_c1'])}"
     if key.startswith("gateway_added") and overhead:
-        d, g = overhead["direct"], overhead["gateway"]
+        paired = overhead["c1_paired"]
+        d, g, interval = paired["direct"], paired["gateway"], _added(results, key)
         text = (
-            f"concurrency 1: direct p50 {d['p50_ms']:.2f} / p99 {d['p99_ms']:.2f} ms, gateway p50 {g['p50_ms']:.2f} / "
+            f"{d['requests']:,} direct and {g['requests']:,} gateway requests taken in turn at concurrency 1: "
+            f"direct p50 {d['p50_ms']:.2f} / p99 {d['p99_ms']:.2f} ms, gateway p50 {g['p50_ms']:.2f} / "
             f"p99 {g['p99_ms']:.2f} ms"
         )
-        if summary[key] < 0:
-            text += " (the direct side measured slower than the path through the gateway)"
+        if interval["high"] < 0:
+            text += " (the direct side measured slower than the path through the gateway, the whole interval below 0)"
+        elif interval["low"] <= _target(key) < interval["high"]:
+            text += f" (the 95% interval holds the target {_target(key):.2f} ms: the run cannot tell which side it is)"
+        text += (
+            f"; the gateway's process used {paired['gateway_cpu_ms_per_request']:.2f} ms of CPU per request it "
+            "answered (its registry and metrics polling included)"
+        )
         if hop:
             text += (
                 f"; against a zero-work model the hop alone adds {summary['hop_added_p50_ms']:.2f} ms p50 and "
@@ -196,6 +222,10 @@ def _why(key: str, results: dict[str, Any], summary: dict[str, Any]) -> str:
     return "no measurement of its cause in this run"
 
 
+def _target(key: str) -> float:
+    return next(t.target for t in TARGETS if t.key == key)
+
+
 def _batches(stats: dict[str, Any]) -> str:
     sizes = stats["by_batch_size"]
     parts = [f"{e['executions']} of {size} at {e['compute_infer_ms']:.1f} ms" for size, e in sizes.items()]
@@ -217,7 +247,8 @@ def markdown(results: dict[str, Any], *, sections: bool = True) -> str:
         f"Measured by `make bench`, started {machine['started']}: {machine['cpu']}, {machine['cores']} cores, "
         f"{machine['memory_gib']} GiB, {'GPU ' + machine['gpu'] if machine['gpu'] else 'no GPU'}, Python "
         f"{machine['python']}, torch {machine['torch']}; the tiny model. Comparisons alternate their sides over "
-        f"rounds of wrk runs (keep-alive); medians. The machine is shared: 1-minute load average as each part "
+        f"rounds of wrk runs (keep-alive); medians; what the gateway adds at concurrency 1 is from requests taken in "
+        f"turn, with 95% intervals. The machine is shared: 1-minute load average as each part "
         f"started (this run's own work included): "
         + ", ".join(f"{part} {value:.1f}" for part, value in loads.items())
         + ".",
@@ -228,6 +259,8 @@ def markdown(results: dict[str, Any], *, sections: bool = True) -> str:
     for row in verdicts(results, summary):
         sign = "≤" if row["kind"] == "max" else "≥"
         value = _fmt(row["value"]) if "value" in row else "-"
+        if interval := row.get("interval"):
+            value += f" (95%: {interval['low']:.2f} to {interval['high']:.2f})"
         lines.append(f"| {row['what']} | {value} | {sign} {_fmt(row['target'])} | {_verdict_cell(row)} |")
     if failed := results.get("failed"):
         lines += ["", "Failed parts: " + "; ".join(f"{part}: {why.splitlines()[0]}" for part, why in failed.items())]
@@ -289,6 +322,20 @@ def _path_lines(results: dict[str, Any]) -> list[str]:
                 f"| {label} | {r['p50_ms']:.2f} | {r['p99_ms']:.2f} | {r['rps_c1']:.0f} | {r['rps_c8']:.0f} | "
                 f"{r['p99_ms_c8']:.0f} |"
             )
+        paired = overhead["c1_paired"]
+        d, g, added = paired["direct"], paired["gateway"], paired["added"]
+        lines += [
+            "",
+            f"What the gateway adds at concurrency 1 (the targets), from requests to direct Triton and to the gateway "
+            f"taken in turn for {paired['seconds']:.0f} s, each on its own keep-alive connection: direct "
+            f"{d['requests']:,} requests, p50 {d['p50_ms']:.2f} / p99 {d['p99_ms']:.2f} ms; gateway {g['requests']:,}, "
+            f"p50 {g['p50_ms']:.2f} / p99 {g['p99_ms']:.2f} ms; added "
+            + ", ".join(
+                f"{label} {a['value']:.2f} ms (95% bootstrap interval {a['low']:.2f} to {a['high']:.2f})"
+                for label, a in added.items()
+            )
+            + ".",
+        ]
     if hop := results.get("hop"):
         d, g = hop["direct"], hop["gateway"]
         lines += [

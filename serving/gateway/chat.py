@@ -513,7 +513,7 @@ class ChatService:
         return parsed[1]
 
     def _route_quietly(self, request: Request, view: View, key: str | None, pinned: int | None) -> None:
-        """For a request refused before its body was read: the version it would have reached, if any."""
+        """For a request refused before it was routed: the version it would have reached, if any."""
         with contextlib.suppress(GatewayError):
             request.state.model_version = choose(view.split, key=key, draw=self._draw() * 100, pinned=pinned).version
 

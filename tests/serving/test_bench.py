@@ -7,15 +7,20 @@ import copy
 import json
 import os
 import re
+import statistics
 import subprocess
 import sys
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 
 from bench import __main__ as bench_main
-from bench import report, wrk
+from bench import load, report, wrk
 from bench.triton import stats_delta
 from tests.conftest import ROOT
 
@@ -54,6 +59,58 @@ def _snapshot(requests: int, executions: int, queue_ns: int, batches: dict[int, 
             {"batch_size": size, "compute_infer": {"count": count, "ns": ns}} for size, (count, ns) in batches.items()
         ],
     }
+
+
+def test_a_quantile_difference_comes_with_an_interval_that_holds_it() -> None:
+    rng = np.random.default_rng(3)
+    base = rng.lognormal(np.log(20.0), 0.1, 2000)
+
+    shifted = load.quantile_difference(base, base + 5.0 + rng.normal(0, 0.2, 2000), 0.99)
+    same = load.quantile_difference(base, rng.lognormal(np.log(20.0), 0.1, 2000), 0.99)
+
+    assert 4.0 < shifted["low"] < shifted["value"] < shifted["high"] < 6.0
+    assert same["low"] < 0 < same["high"]
+    with pytest.raises(ValueError, match="at least 2 samples a side, got 1 and 2000"):
+        load.quantile_difference([1.0], base, 0.5)
+
+
+class _Slow(BaseHTTPRequestHandler):
+    """Answers a POST after the delay (ms) its path names; /fail answers 500."""
+
+    def do_POST(self) -> None:
+        self.rfile.read(int(self.headers["Content-Length"]))
+        name = self.path.strip("/")
+        if name != "fail":
+            time.sleep(float(name) / 1000)
+        body = b"{}"
+        self.send_response(500 if name == "fail" else 200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+def test_interleaved_requests_take_turns_and_keep_every_latency() -> None:
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Slow)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_address[1]}"
+    try:
+        done = load.interleaved(
+            {"fast": (f"{url}/0", b"{}", {}), "slow": (f"{url}/4", b"{}", {}), "broken": (f"{url}/fail", b"{}", {})},
+            0.5,
+        )
+    finally:
+        server.shutdown()
+
+    fast, slow = done["latencies_ms"]["fast"], done["latencies_ms"]["slow"]
+    assert len(fast) == len(slow) >= 20 and done["latencies_ms"]["broken"] == []
+    assert done["failed"] == len(fast)  # every turn's request to /fail, counted, none timed
+    assert min(slow) >= 4.0 > statistics.median(fast)
+    with pytest.raises(ValueError, match="takes http:// URLs"):
+        load.interleaved({"tls": ("https://127.0.0.1:1/", b"{}", {})}, 0.1)
 
 
 def test_triton_statistics_are_differenced_between_snapshots() -> None:
@@ -119,6 +176,17 @@ def _results() -> dict[str, Any]:
             "nginx": {**path, "p50_ms": 18.6, "rps_c8": 388.0},
             "rounds": 3,
             "seconds_per_run": 5.0,
+            "c1_paired": {
+                "direct": {"requests": 1650, "p50_ms": 16.2, "p99_ms": 23.1},
+                "gateway": {"requests": 1649, "p50_ms": 16.8, "p99_ms": 24.3},
+                "added": {
+                    "p50": {"value": 0.6, "low": 0.43, "high": 0.79},
+                    "p99": {"value": 1.2, "low": 0.31, "high": 1.87},
+                },
+                "failed": 0,
+                "seconds": 60.0,
+                "gateway_cpu_ms_per_request": 0.71,
+            },
         },
         "inprocess": {
             "rps_c8": {"triton": 388.0, "inprocess": 77.0},
@@ -219,14 +287,54 @@ def test_a_gateway_faster_than_direct_triton_is_inconclusive_not_met() -> None:
     assert "direct side is the broken one" in row["why"]
 
 
-def test_a_gateway_that_adds_less_than_nothing_is_inconclusive() -> None:
+def _added_p99(value: float, low: float, high: float) -> dict[str, Any]:
     results = _results()
-    results["overhead"]["gateway"]["p99_ms"] = results["overhead"]["direct"]["p99_ms"] - 1.7
+    results["overhead"]["c1_paired"]["added"]["p99"] = {"value": value, "low": low, "high": high}
+    return _verdicts(results)["gateway_added_p99_ms"]
 
-    row = _verdicts(results)["gateway_added_p99_ms"]
+
+def test_a_gateway_that_adds_less_than_nothing_is_inconclusive() -> None:
+    row = _added_p99(-1.7, -2.9, -0.4)  # the whole interval below 0: the direct side was the slower one
 
     assert row["verdict"] == "inconclusive"
     assert "direct side measured slower" in row["why"]
+
+
+def test_what_the_gateway_adds_is_judged_on_its_whole_interval() -> None:
+    # A noisy negative estimate whose interval stays under the target: at most 1.6 ms, so met.
+    assert _added_p99(-0.3, -1.9, 1.6)["verdict"] == "met"
+    # The interval holds the target: the run cannot tell, whichever side the estimate falls.
+    for value in (1.5, 2.4):
+        row = _added_p99(value, 0.6, 3.1)
+        assert row["verdict"] == "inconclusive" and "cannot tell" in row["why"], row
+    row = _added_p99(3.4, 2.2, 4.9)
+    assert row["verdict"] == "missed" and "gateway p50 16.80 / p99 24.30 ms" in row["why"]
+    assert "used 0.71 ms of CPU per request" in row["why"]
+
+
+def test_the_listening_process_and_its_cpu_time_are_read_from_proc() -> None:
+    from bench.measure import cpu_seconds, listening_pid
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Slow)
+    try:
+        assert listening_pid(server.server_address[1]) == os.getpid()
+    finally:
+        server.server_close()
+    spent = cpu_seconds(os.getpid())
+    sum(i * i for i in range(300_000))
+    assert cpu_seconds(os.getpid()) > spent > 0
+    with pytest.raises(RuntimeError, match="no process is listening on port 1"):
+        listening_pid(1)
+
+
+def test_the_interval_the_verdict_rests_on_is_in_the_report() -> None:
+    results = _results()
+    results["summary"] = report.summarize(results)
+
+    text = report.markdown(results)
+
+    assert "| 1.20 (95%: 0.31 to 1.87) | ≤ 2.00 | met |" in text
+    assert "taken in turn for 60 s" in text and "direct 1,650 requests" in text
 
 
 def test_a_missed_target_shows_what_the_run_measured_about_it() -> None:
@@ -288,7 +396,27 @@ def test_the_report_prints_no_number_the_run_did_not_measure() -> None:
 
     targets = {report._fmt(t.target) for t in report.TARGETS}
     # Words: "concurrency 1/8", "p50/p99", "KServe v2", "weight 0", "4-bit", "1-minute"; the machine and date.
-    words = {"0", "0,", "1", "4", "8", "8,", "50", "99", "2", "23.5", "3.11", "2.14", "2026", "12", "04", "21", "00"}
+    # "95%" names the intervals' level.
+    words = {
+        "0",
+        "0,",
+        "1",
+        "4",
+        "8",
+        "8,",
+        "50",
+        "95",
+        "99",
+        "2",
+        "23.5",
+        "3.11",
+        "2.14",
+        "2026",
+        "12",
+        "04",
+        "21",
+        "00",
+    }
     assert fixed <= targets | words, sorted(fixed - targets - words)
 
 
