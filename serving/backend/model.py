@@ -99,6 +99,21 @@ _FINISH_STOP, _FINISH_LENGTH = "stop", "length"
 _INTERNAL = "internal error"
 
 
+def _byte_alphabet() -> dict[str, int]:
+    """GPT-2's byte-level BPE alphabet, character -> byte: printable bytes as themselves, the rest from U+0100."""
+    printable = [*range(ord("!"), ord("~") + 1), *range(ord("\xa1"), ord("\xac") + 1), *range(ord("\xae"), 256)]
+    alphabet = {chr(byte): byte for byte in printable}
+    extra = 0
+    for byte in range(256):
+        if byte not in printable:
+            alphabet[chr(256 + extra)] = byte
+            extra += 1
+    return alphabet
+
+
+_BYTE_OF = _byte_alphabet()
+
+
 class BadRequestError(ValueError):
     """A request the client has to fix; answered with INVALID_ARG (HTTP 400)."""
 
@@ -628,9 +643,23 @@ class TritonPythonModel:
         return str(self.processor.tokenizer.decode(tokens, skip_special_tokens=True))
 
     def logprob_entry(self, token: int, logprob: float) -> dict[str, Any]:
-        """One token as OpenAI's ``logprobs.content`` lists it (a log-probability too small for JSON: -9999)."""
+        """One token as OpenAI's ``logprobs.content`` lists it (a log-probability too small for JSON: -9999).
+
+        ``bytes`` are the token's own bytes: a byte-level token holding part of a character (one of the
+        three of a CJK character, say) decodes to U+FFFD alone, but its bytes joined with its
+        neighbours' rebuild the character, which is what OpenAI's field is for.
+        """
         text = self.processor.tokenizer.decode([token])
-        return {"token": text, "logprob": max(logprob, -9999.0), "bytes": list(text.encode("utf-8"))}
+        return {"token": text, "logprob": max(logprob, -9999.0), "bytes": list(self._token_bytes(token, text))}
+
+    def _token_bytes(self, token: int, text: str) -> bytes:
+        piece = self.processor.tokenizer.convert_ids_to_tokens(token)
+        if isinstance(piece, str) and piece and all(char in _BYTE_OF for char in piece):
+            raw = bytes(_BYTE_OF[char] for char in piece)
+            # A byte-level vocabulary (GPT-2's alphabet, as Qwen's): the piece is the bytes, spelled.
+            if raw.decode("utf-8", errors="replace") == text:
+                return raw
+        return text.encode("utf-8")
 
     def matcher(self, grammar: str) -> Any:
         import llguidance

@@ -686,6 +686,18 @@ def test_logprobs_come_with_their_tokens(served: Served) -> None:
     assert all(r.output("token_logprobs") == "" for r in plain.sender.responses)
 
 
+def test_logprob_bytes_of_a_character_split_over_tokens_rebuild_it(served: Served) -> None:
+    model, fake = served(answer="red 圆 😀", max_new_tokens=16)
+    request = FakeRequest(_ask(0), logprobs=np.array([[True]]))
+
+    model.execute([request])
+
+    entries = [entry for r in request.sender.responses for entry in json.loads(r.output("token_logprobs") or "[]")]
+    assert len(entries) == len(fake.answer_ids) > len("red 圆 😀")  # some tokens hold part of a character
+    assert "\ufffd" in {entry["token"] for entry in entries}
+    assert b"".join(bytes(entry["bytes"]) for entry in entries).decode() == "red 圆 😀"
+
+
 def test_json_mode_constrains_the_answer_to_a_json_object(served: Served) -> None:
     model, _ = served(answer="red circle", max_new_tokens=32)
     request = FakeRequest(_ask(0), response_format=_text({"type": "json_object"}))
