@@ -223,15 +223,22 @@ class ChatRequest(_Strict):
                 raise ValueError(f"keys must be token ids (whole numbers as strings), got {key[:20]!r}")
         return value
 
-    @model_validator(mode="after")
-    def _conversation(self) -> ChatRequest:
-        if self.messages[-1].role != "user":
+    # Field validators, so the error's param names the field (an object-level check has none).
+    @field_validator("messages")
+    @classmethod
+    def _conversation(cls, messages: list[Message]) -> list[Message]:
+        if messages[-1].role != "user":
             raise ValueError("the last message must come from the user")
-        if any(message.role in ("system", "developer") for message in self.messages[1:]):
+        if any(message.role in ("system", "developer") for message in messages[1:]):
             raise ValueError("a system (or developer) message may only come first")
-        if self.top_logprobs and not self.logprobs:
+        return messages
+
+    @field_validator("top_logprobs")
+    @classmethod
+    def _with_logprobs(cls, value: int | None, info: ValidationInfo) -> int | None:
+        if value and not info.data.get("logprobs"):
             raise ValueError("top_logprobs needs logprobs: true")
-        return self
+        return value
 
     @property
     def token_cap(self) -> int | None:
