@@ -23,7 +23,7 @@ from urllib.parse import urlsplit
 import httpx
 import numpy as np
 
-from bench.load import alternate, http_figures, interleaved, median, quantile_difference
+from bench.load import Target, alternate, http_figures, interleaved, median, quantile_difference
 from bench.requests import chat_body, triton_request
 from core.processes import ManagedProcess
 from demo.scratch import Scratch, run, wait_for
@@ -69,8 +69,7 @@ def overhead(stack: Scratch, rounds: int, seconds: float, paired_seconds: float)
             "c1_paired": paired_c1(targets["direct"], targets["gateway"], paired_seconds)}  # fmt: skip
 
 
-def paired_c1(direct: tuple[str, bytes, dict[str, str]], gateway: tuple[str, bytes, dict[str, str]],
-              seconds: float) -> dict[str, Any]:  # fmt: skip
+def paired_c1(direct: Target, gateway: Target, seconds: float) -> dict[str, Any]:
     """p50 and p99 of each side from requests taken in turn, and gateway minus direct with 95% intervals."""
     pid = listening_pid(int(str(urlsplit(gateway[0]).port)))
     cpu_before = cpu_seconds(pid)

@@ -73,25 +73,18 @@ def render(settings: EdgeSettings, run_dir: Path, *, user: str | None = None, te
         for status in _ERRORS
     )
     limit = f"limit_req zone=per_client{f' burst={settings.burst} nodelay' if settings.burst else ''};"
+    # Exact paths carry their URI on proxy_pass: the gateway gets exactly this path (and the query),
+    # whatever form of it the client sent (dot segments, escapes), so no spelling reaches another route.
+    # Prefixes pass the path as the client sent it, which the gateway matches only to the one route
+    # under it (a dot segment or an escaped slash stays inside the model id there).
+    matches = [(f"= {path}", path) for path in PUBLIC_PATHS] + [(f"^~ {prefix}", "") for prefix in PUBLIC_PREFIXES]
     public = "\n".join(
-        f"        location = {path} {{\n"
+        f"        location {match} {{\n"
         f"            {limit}\n"
-        # A URI on proxy_pass: the gateway gets exactly this path (and the query), whatever form
-        # of it the client sent (dot segments, escapes), so no spelling reaches another route.
-        f"            proxy_pass http://gateways{path};\n"
+        f"            proxy_pass http://gateways{uri};\n"
         f"{_proxy(settings)}"
         f"        }}"
-        for path in PUBLIC_PATHS
-    )
-    public += "".join(
-        f"\n        location ^~ {prefix} {{\n"
-        f"            {limit}\n"
-        # No URI on proxy_pass: the path as the client sent it, which the gateway matches only to its
-        # model route (a dot segment or an escaped slash stays inside the model id there).
-        f"            proxy_pass http://gateways;\n"
-        f"{_proxy(settings)}"
-        f"        }}"
-        for prefix in PUBLIC_PREFIXES
+        for match, uri in matches
     )
     not_found = json.dumps(_NOT_FOUND, separators=(",", ":"))
     user_line = f"user {user};\n" if user else ""

@@ -386,10 +386,11 @@ def model_list(model: str, versions: list[int], created: int) -> bytes:
 
 def model_object(model: str, versions: list[int], created: int, wanted: str) -> bytes:
     """``GET /v1/models/{wanted}``: that entry of ``model_list``, or a 404 (``model_not_found``) naming what is."""
-    for entry in _models(model, versions, created):
+    entries = _models(model, versions, created)
+    for entry in entries:
         if entry["id"] == wanted:
             return orjson.dumps(entry)
-    served = ", ".join(repr(entry["id"]) for entry in _models(model, versions, created))
+    served = ", ".join(repr(entry["id"]) for entry in entries)
     raise ModelNotFoundError(f"the model {wanted[:100]!r} does not exist here; these do: {served}", param="model")
 
 
