@@ -488,8 +488,8 @@ def update_readme(results: dict[str, Any], readme: Path) -> None:
         "audit result is recorded here."
     )
     readme.write_text(
-        f"{head}{START}\n{body}\n{audit}\n\nThe one-instance stall, its cause in Triton's source and the instance "
-        "count that removes it, and the half-second wait two instances still show to some clients (cause not "
-        "found): [docs/performance.md](docs/performance.md). Plots and every number: "
+        f"{head}{START}\n{body}\n{audit}\n\nThe half-second batching stall, its cause (traced, in Triton's "
+        "source) and the instance count that removes it: [docs/performance.md](docs/performance.md). Plots and "
+        "every number: "
         f"[bench/REPORT.md](bench/REPORT.md).\n{END}{tail}"
     )

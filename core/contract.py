@@ -126,10 +126,13 @@ ComputeDtype = Literal["auto", "float32", "bfloat16", "float16"]
 #: A positive count, or ``auto``: derived when the build is packaged (``resolve_instance_count``).
 InstanceCount = PositiveInt | Literal["auto"]
 
-# Triton 2.51's dynamic batcher can sleep its full 500 ms wait when a model's only instance is busy
-# (a lost wakeup: docs/performance.md). A second instance gives the waiting batcher a second completion
-# to wake on; on a GPU it also overlaps one batch's pre/post-processing with the other's compute.
+# Triton 2.51's dynamic batcher sleeps its full 500 ms empty-queue wait when requests arrive while every
+# instance is busy: an arrival wakes it only if an instance slot is free, and an instance coming free
+# does not (traced: docs/performance.md). So a batching model needs an instance that is free when
+# requests arrive: never one instance, and on CPU one more than the cores that compute.
 MIN_BATCHING_INSTANCES = 2
+#: Instances beyond one per core on CPU builds: the free slot an arrival needs to wake the batcher.
+SPARE_CPU_INSTANCES = 1
 #: KIND_GPU's count is per GPU, so this is the same on every machine.
 GPU_INSTANCES_AUTO = 2
 # What one Python-backend instance holds besides its weights (the stub, torch, transformers, the
@@ -153,8 +156,9 @@ def resolve_instance_count(count: int | str, kind: str, machine: Machine, weight
 
     auto: one vLLM engine per GPU (vLLM batches continuously; Triton's batcher is off); two
     Python-backend instances per GPU; on CPU one instance per usable core (each stub computes on one
-    OpenMP thread, so more instances than cores only contend), at least two, and no more than half
-    the machine's memory holds (weights plus ``INSTANCE_OVERHEAD_BYTES`` each).
+    OpenMP thread) plus ``SPARE_CPU_INSTANCES``, so that requests arriving while every core computes
+    find a free instance and wake the batcher, and no more than half the machine's memory holds
+    (weights plus ``INSTANCE_OVERHEAD_BYTES`` each).
     """
     if count != "auto":
         return int(count)
@@ -163,7 +167,7 @@ def resolve_instance_count(count: int | str, kind: str, machine: Machine, weight
     if kind == "gpu":
         return GPU_INSTANCES_AUTO
     fits = int(machine.memory_bytes * _MEMORY_SHARE // (weights_bytes + INSTANCE_OVERHEAD_BYTES))
-    return max(1, min(max(MIN_BATCHING_INSTANCES, machine.cores), fits))
+    return max(1, min(max(MIN_BATCHING_INSTANCES, machine.cores + SPARE_CPU_INSTANCES), fits))
 
 
 class ServingParams(ParamsGroup):

@@ -152,7 +152,7 @@ def test_an_auto_instance_count_is_derived_from_the_packaging_machine(
     result = package(fake_checkpoint, BACKEND, tmp_path, MODEL, serving_params(instance_count="auto"))
 
     [group] = parse_config((tmp_path / "qwen3-vl-v1" / "config.pbtxt").read_text()).instance_group
-    assert (group.count, result.instance_count, result.instance_kind) == (6, 6, "cpu")
+    assert (group.count, result.instance_count, result.instance_kind) == (7, 7, "cpu")
 
 
 def test_an_auto_gpu_build_gets_two_instances_per_gpu(fake_checkpoint: Path, tmp_path: Path) -> None:

@@ -98,10 +98,10 @@ _GIB = 2**30
 @pytest.mark.parametrize(
     ("count", "kind", "machine", "weights", "engine", "expected"),
     [
-        # CPU: one instance per usable core, never fewer than two (one stalls the batcher).
-        ("auto", "cpu", Machine(cores=2, memory_bytes=24 * _GIB), 2_000_000, "transformers", 2),
+        # CPU: one instance per usable core and one spare (a free slot wakes the batcher), at least two.
+        ("auto", "cpu", Machine(cores=2, memory_bytes=24 * _GIB), 2_000_000, "transformers", 3),
         ("auto", "cpu", Machine(cores=1, memory_bytes=24 * _GIB), 2_000_000, "transformers", 2),
-        ("auto", "cpu", Machine(cores=16, memory_bytes=256 * _GIB), 2_000_000, "transformers", 16),
+        ("auto", "cpu", Machine(cores=16, memory_bytes=256 * _GIB), 2_000_000, "transformers", 17),
         # ... and no more than half the memory holds: 16 GB of weights on a 64-core, 128 GiB machine.
         ("auto", "cpu", Machine(cores=64, memory_bytes=128 * _GIB), 16 * _GIB, "transformers", 3),
         # One fits at most: one, not an out-of-memory load.
