@@ -167,8 +167,7 @@ def resolve_instance_count(count: int | str, kind: str, machine: Machine, weight
     if kind == "gpu":
         return GPU_INSTANCES_AUTO
     fits = int(machine.memory_bytes * _MEMORY_SHARE // (weights_bytes + INSTANCE_OVERHEAD_BYTES))
-    # cores + SPARE_CPU_INSTANCES is at least MIN_BATCHING_INSTANCES on any machine.
-    return max(1, min(machine.cores + SPARE_CPU_INSTANCES, fits))
+    return max(1, min(max(MIN_BATCHING_INSTANCES, machine.cores + SPARE_CPU_INSTANCES), fits))
 
 
 class ServingParams(ParamsGroup):
