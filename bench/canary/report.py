@@ -24,6 +24,8 @@ TARGETS: tuple[tuple[str, str, float], ...] = (
     ("healthy_promote_p95_s", "<=", 600.0),
 )
 HEADLINE_RATE = 20.0
+#: What the errors +5 points target asks of any rule: seconds to a rollback, its p95, and the A/A limit.
+FIVE_POINTS, FIVE_LIMIT_S, FIVE_POWER, AA_LIMIT = 0.05, 30.0, 0.95, 0.01
 START, END = "<!-- canary-eval:start (make canary-eval writes this section) -->", "<!-- canary-eval:end -->"
 
 
@@ -32,6 +34,54 @@ def _p(values: list[float], q: float) -> float:
     if not values:
         return math.nan
     return float(np.percentile(np.array(values, dtype=np.float64), q, method="higher"))
+
+
+def ump_power(n: int, p0: float, p1: float, alpha: float) -> float:
+    """Power of the most powerful level-``alpha`` test of "error rate ``p0``" against ``p1 > p0`` on ``n``
+    requests: the one-sided binomial test, randomized at its cut-off (Neyman-Pearson), with ``p0`` known."""
+    from scipy.stats import binom
+
+    cut = 0  # the least cut with P0(X > cut) <= alpha
+    while binom.sf(cut, n, p0) > alpha:
+        cut += 1
+    at = binom.pmf(cut, n, p0)
+    share = (alpha - binom.sf(cut, n, p0)) / at if at > 0 else 0.0
+    return float(binom.sf(cut, n, p1) + min(share, 1.0) * binom.pmf(cut, n, p1))
+
+
+def least_requests(p0: float, increase: float, alpha: float, power: float, limit: int = 100_000) -> int:
+    """The fewest canary requests on which any rule with false rollbacks at most ``alpha`` can catch
+    ``p0 + increase`` with probability ``power``: even one that knows the champion's rate exactly and
+    looks once (``ump_power`` never falls as ``n`` grows, so the first ``n`` that reaches it is the bound)."""
+    low, high = 1, 1
+    while ump_power(high, p0, p0 + increase, alpha) < power:
+        low, high = high + 1, high * 2
+        if high > limit:
+            raise ValueError(f"no n <= {limit} gives power {power} at p0={p0}, +{increase}")
+    while low < high:
+        mid = (low + high) // 2
+        if ump_power(mid, p0, p0 + increase, alpha) >= power:
+            high = mid
+        else:
+            low = mid + 1
+    return high
+
+
+def five_points_bound(policy: RolloutPolicy, rate: float, base_rates: tuple[float, ...]) -> dict[str, Any]:
+    """Per champion error rate: the fewest seconds any rule needs at the policy's first step to roll
+    back errors +5 points (p95) with at most 1% A/A false rollbacks, and the least first step that
+    would let it do so within the target's 30 s. A bound, not a simulation: it ignores warm-up,
+    repeated looks and the champion's own noise, which only make a real rule slower."""
+    first = policy.steps[0]
+    out: dict[str, Any] = {"first_step_percent": first, "rate": rate}
+    for p0 in base_rates:
+        n = least_requests(p0, FIVE_POINTS, AA_LIMIT, FIVE_POWER)
+        out[f"{p0:.3f}"] = {
+            "requests": n,
+            "seconds_at_first_step": n / (rate * first / 100),
+            "least_first_step_percent_for_30_s": min(100.0, 100 * n / (rate * FIVE_LIMIT_S)),
+        }
+    return out
 
 
 def _row(result: dict[str, Any]) -> dict[str, Any]:
@@ -126,6 +176,7 @@ def summarize(
             for r in aa
         ],
         "errors_5pt_rollback_p95_s_by_base_error_rate": by_base,
+        "errors_5pt_bound": five_points_bound(policy, HEADLINE_RATE, tuple(float(k) for k in by_base)),
         "targets": verdicts,
         "headline": {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in headline.items()},
     }
@@ -156,6 +207,15 @@ def table(summary: dict[str, Any]) -> str:
         value = verdict["value"]
         shown = f"{value:.3f}" if isinstance(value, float) and math.isfinite(value) and value < 10 else _s(value)
         lines.append(f"{key:<28} {shown:>8}  target {verdict['target']:<8} {'met' if verdict['met'] else 'MISSED'}")
+    bound = summary.get("errors_5pt_bound") or {}
+    for key, value in bound.items():
+        if key[0].isdigit():
+            least = _s(value["seconds_at_first_step"])
+            lines.append(
+                f"errors +5 pts from a {float(key):.1%} champion: no rule can beat {least} s "
+                f"at a {bound['first_step_percent']:g}% first step ({value['requests']} canary requests); "
+                f"30 s needs a first step >= {value['least_first_step_percent_for_30_s']:.1f}%"
+            )
     return "\n".join(lines)
 
 
@@ -184,6 +244,23 @@ def markdown(summary: dict[str, Any]) -> str:
             "Errors +5 points at 20 req/s, p95 seconds to the rollback by the champion's error rate: "
             + ", ".join(f"{float(k):.1%}: {_s(v)}" for k, v in base.items())
             + ".",
+        ]
+    bound = summary.get("errors_5pt_bound")
+    if bound and any(k[0].isdigit() for k in bound):
+        rows = {k: v for k, v in bound.items() if k[0].isdigit()}
+        out += [
+            "",
+            f"The least any rule could do (computed, not simulated): at a {bound['first_step_percent']:g}% first "
+            f"step of {bound['rate']:g} req/s, rolling back errors +5 points in 95% of rollouts with at most 1% "
+            "false rollbacks takes at least "
+            + ", ".join(
+                f"{v['requests']} canary requests ({_s(v['seconds_at_first_step'])} s) from a {float(k):.1%} champion"
+                for k, v in rows.items()
+            )
+            + ", even for a rule that knows the champion's error rate exactly and looks once (the one-sided "
+            "binomial test, the most powerful there is). 30 s would need a first step of at least "
+            + ", ".join(f"{v['least_first_step_percent_for_30_s']:.1f}%" for v in rows.values())
+            + " respectively.",
         ]
     out += [
         "",
