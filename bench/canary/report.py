@@ -11,6 +11,7 @@ from typing import Any
 
 import numpy as np
 
+from bench.canary.simulate import CLASSES
 from core.rollout_policy import RolloutPolicy
 
 #: The issue's targets: (key, comparison, bound).
@@ -24,8 +25,11 @@ TARGETS: tuple[tuple[str, str, float], ...] = (
     ("healthy_promote_p95_s", "<=", 600.0),
 )
 HEADLINE_RATE = 20.0
-#: What the errors +5 points target asks of any rule: seconds to a rollback, its p95, and the A/A limit.
-FIVE_POINTS, FIVE_LIMIT_S, FIVE_POWER, AA_LIMIT = 0.05, 30.0, 0.95, 0.01
+_BOUNDS = {key: bound for key, _, bound in TARGETS}
+#: What the errors +5 points target asks of any rule: the class's increase, its p95 within the target's
+#: seconds, at the A/A target's false-rollback limit.
+FIVE_POINTS = next(c.error_increase for c in CLASSES if c.name == "errors +5 pts")
+FIVE_LIMIT_S, FIVE_POWER, AA_LIMIT = _BOUNDS["errors_5pt_rollback_p95_s"], 0.95, _BOUNDS["aa_false_rollback_max"]
 START, END = "<!-- canary-eval:start (make canary-eval writes this section) -->", "<!-- canary-eval:end -->"
 
 
@@ -82,6 +86,11 @@ def five_points_bound(policy: RolloutPolicy, rate: float, base_rates: tuple[floa
             "least_first_step_percent_for_30_s": min(100.0, 100 * n / (rate * FIVE_LIMIT_S)),
         }
     return out
+
+
+def _bound_rows(bound: dict[str, Any]) -> dict[str, Any]:
+    """``five_points_bound``'s per champion error rate entries (keyed ``"0.010"``), without its metadata."""
+    return {k: v for k, v in bound.items() if k[0].isdigit()}
 
 
 def _row(result: dict[str, Any]) -> dict[str, Any]:
@@ -208,14 +217,13 @@ def table(summary: dict[str, Any]) -> str:
         shown = f"{value:.3f}" if isinstance(value, float) and math.isfinite(value) and value < 10 else _s(value)
         lines.append(f"{key:<28} {shown:>8}  target {verdict['target']:<8} {'met' if verdict['met'] else 'MISSED'}")
     bound = summary.get("errors_5pt_bound") or {}
-    for key, value in bound.items():
-        if key[0].isdigit():
-            least = _s(value["seconds_at_first_step"])
-            lines.append(
-                f"errors +5 pts from a {float(key):.1%} champion: no rule can beat {least} s "
-                f"at a {bound['first_step_percent']:g}% first step ({value['requests']} canary requests); "
-                f"30 s needs a first step >= {value['least_first_step_percent_for_30_s']:.1f}%"
-            )
+    for key, value in _bound_rows(bound).items():
+        least = _s(value["seconds_at_first_step"])
+        lines.append(
+            f"errors +5 pts from a {float(key):.1%} champion: no rule can beat {least} s "
+            f"at a {bound['first_step_percent']:g}% first step ({value['requests']} canary requests); "
+            f"{FIVE_LIMIT_S:g} s needs a first step >= {value['least_first_step_percent_for_30_s']:.1f}%"
+        )
     return "\n".join(lines)
 
 
@@ -245,20 +253,19 @@ def markdown(summary: dict[str, Any]) -> str:
             + ", ".join(f"{float(k):.1%}: {_s(v)}" for k, v in base.items())
             + ".",
         ]
-    bound = summary.get("errors_5pt_bound")
-    if bound and any(k[0].isdigit() for k in bound):
-        rows = {k: v for k, v in bound.items() if k[0].isdigit()}
+    bound = summary.get("errors_5pt_bound") or {}
+    if rows := _bound_rows(bound):
         out += [
             "",
             f"The least any rule could do (computed, not simulated): at a {bound['first_step_percent']:g}% first "
-            f"step of {bound['rate']:g} req/s, rolling back errors +5 points in 95% of rollouts with at most 1% "
-            "false rollbacks takes at least "
+            f"step of {bound['rate']:g} req/s, rolling back errors +5 points in {FIVE_POWER:.0%} of rollouts with "
+            f"at most {AA_LIMIT:.0%} false rollbacks takes at least "
             + ", ".join(
                 f"{v['requests']} canary requests ({_s(v['seconds_at_first_step'])} s) from a {float(k):.1%} champion"
                 for k, v in rows.items()
             )
             + ", even for a rule that knows the champion's error rate exactly and looks once (the one-sided "
-            "binomial test, the most powerful there is). 30 s would need a first step of at least "
+            f"binomial test, the most powerful there is). {FIVE_LIMIT_S:g} s would need a first step of at least "
             + ", ".join(f"{v['least_first_step_percent_for_30_s']:.1f}%" for v in rows.values())
             + " respectively.",
         ]
