@@ -1,4 +1,7 @@
-"""The gateway's Triton client: one keep-alive aiohttp session streaming from Triton's ``generate_stream``.
+"""The gateway's Triton client: answers stream from Triton's ``generate_stream`` over ``http1.Pool``.
+
+Answers go over the gateway's own keep-alive HTTP/1.1 client (``serving/gateway/http1.py``, httptools'
+parser); the control calls (readiness, model configs) over one aiohttp session.
 
 The served model is decoupled (one response per token group), so Triton's KServe ``/infer``
 endpoint refuses it. Streaming clients, measured with the former ``serving/gateway/bench.py`` (in git
@@ -21,9 +24,16 @@ An earlier run of the same comparison (load average 1-2) kept the order: 436, 1,
 With a photo-sized payload (an incompressible 512x512 PNG, 1.05 MB; 100 requests per round): p50
 5.6 ms over ``generate_stream`` (Triton parses the megabyte as a JSON string) against 4.6 and 4.3 ms
 over gRPC (raw bytes), but the client's CPU per request is 0.88 ms against 1.64 and 1.41 ms. The
-gateway's event loop is the scarce resource (it shares 2 cores with Triton), so: aiohttp on
-``generate_stream``. It also cancels cleanly: closing the response closes the connection, and
-Triton cancels the request (its Python model sees ``request.is_cancelled()``; a test checks it).
+gateway's event loop is the scarce resource (it shares 2 cores with Triton), so: HTTP
+``generate_stream``. It also cancels cleanly: closing the connection makes Triton cancel the request
+(its Python model sees ``request.is_cancelled()``; a test checks it).
+
+Then aiohttp against a client of the gateway's own on that endpoint (2026-12-07, the stand-in above;
+requests taken in turn by one client, 20 s, twice): a minimal uvicorn app proxying to Triton adds
+0.57-0.62 ms at p50 with aiohttp and 0.30-0.33 ms with ``http1``, and the whole gateway went from
+1.09 to 0.80-0.85 ms. With the embedded model (``python -m bench --parts overhead``, the same day)
+the gateway's p50 over direct Triton went from 1.07 ms (95%: 0.98 to 1.18) to 0.97 ms (0.86 to 1.06)
+and its CPU per answered request from 1.35 to 1.17 ms (docs/performance.md).
 
 The whole gateway (uvicorn, uvloop, httptools, one worker, its own process) in front of the
 stand-in, phase 2 of the bench, same run: it adds 0.58 ms to the p50 of a collected answer (2.47
@@ -77,6 +87,7 @@ from serving.gateway.errors import (
     UpstreamTimeoutError,
     UpstreamUnavailableError,
 )
+from serving.gateway.http1 import Connection, ConnectionLostError, Pool
 
 log = logging.getLogger(__name__)
 
@@ -164,15 +175,20 @@ class Upstream(Protocol):
 
 
 class TritonUpstream:
-    """Triton's HTTP endpoint (``generate_stream`` for answers, the repository API for readiness)."""
+    """Triton's HTTP endpoint (``generate_stream`` for answers, the repository API for readiness).
+
+    Answers go over ``http1.Pool``, the hot path's own client; the control calls over aiohttp.
+    """
 
     def __init__(self, url: str, timeout_s: float, *, connections: int = 64) -> None:
         self.url = url.rstrip("/") if "://" in url else f"http://{url.rstrip('/')}"
         self.timeout_s = timeout_s
         self._connections = connections
         self._session: aiohttp.ClientSession | None = None
+        self._pool: Pool | None = None
 
     async def start(self) -> None:
+        self._pool = Pool(self.url, limit=self._connections, connect_timeout_s=self.timeout_s)
         connector = aiohttp.TCPConnector(limit=self._connections, keepalive_timeout=30.0)
         self._session = aiohttp.ClientSession(
             connector=connector,
@@ -186,59 +202,60 @@ class TritonUpstream:
         )
 
     async def close(self) -> None:
+        if self._pool is not None:
+            self._pool.close()
+            self._pool = None
         if self._session is not None:
             await self._session.close()
             self._session = None
 
     async def stream(self, model: str, messages: bytes, sampling: Sampling) -> AsyncGenerator[Delta, None]:
         """Ask ``model`` (a Triton model name) to answer the ``messages`` JSON document, piece by piece."""
-        session = self._require_session()
-        url = f"{self.url}/v2/models/{model}/generate_stream"
-        body = generate_request(messages, sampling)
-        response = await self._open(session, url, body)
+        pool = self._require_pool()
+        connection = await self._open(pool, f"/v2/models/{model}/generate_stream", generate_request(messages, sampling))
         finished = False
         try:
-            if response.status != 200:
-                raise _classify(response.status, await response.read())
-            async for line in response.content:
-                if not line.startswith(b"data:"):
-                    continue
-                try:
-                    event = orjson.loads(line[5:])
-                except orjson.JSONDecodeError as exc:
-                    raise UpstreamFailedError(f"Triton sent an event that is not JSON: {line[:200]!r}") from exc
-                if "error" in event:
-                    # The status (200) went out with the first event: a later failure travels in the stream.
-                    raise _classify(500, orjson.dumps({"error": event["error"]}))
-                delta = _delta(event, model)
-                finished = bool(delta.finish_reason)
-                yield delta
-                if finished:
+            if connection.status != 200:
+                raise _classify(connection.status, await connection.read_all())
+            pending = b""
+            while True:
+                data = await connection.read()
+                if data is None:  # the end: a last line the stream did not end with a newline is still one
+                    lines, pending = [pending], b""
+                else:
+                    *lines, pending = (pending + data if pending else data).split(b"\n")
+                for line in lines:
+                    if not line.startswith(b"data:"):
+                        continue
+                    try:
+                        event = orjson.loads(line[5:])
+                    except orjson.JSONDecodeError as exc:
+                        raise UpstreamFailedError(f"Triton sent an event that is not JSON: {line[:200]!r}") from exc
+                    if "error" in event:
+                        # The status (200) went out with the first event: a later failure travels in the stream.
+                        raise _classify(500, orjson.dumps({"error": event["error"]}))
+                    delta = _delta(event, model)
+                    finished = bool(delta.finish_reason)
+                    yield delta
+                    if finished:
+                        return
+                if data is None:
                     return
-        except TimeoutError as exc:
-            raise UpstreamTimeoutError(f"Triton at {self.url} did not finish within {self.timeout_s:g} s") from exc
-        except aiohttp.ClientError as exc:
-            raise UpstreamUnavailableError(f"Triton at {self.url} broke off the answer: {exc!r}") from exc
+        except ConnectionLostError as exc:
+            raise UpstreamUnavailableError(f"Triton at {self.url} broke off the answer: {exc}") from exc
         finally:
-            if finished:
-                response.release()
-            else:
-                # Closing the connection is how Triton learns the client is gone: it cancels the request.
-                response.close()
+            # Closing the connection is how Triton learns the client is gone: it cancels the request.
+            pool.release(connection, reuse=finished)
 
-    async def _open(self, session: aiohttp.ClientSession, url: str, body: bytes) -> aiohttp.ClientResponse:
-        for attempt in (1, 2):
-            try:
-                return await session.post(url, data=body, headers=_JSON)
-            except aiohttp.ServerDisconnectedError as exc:
-                # A keep-alive connection the server closed while idle: the request never ran, send it again.
-                if attempt == 2:
-                    raise UpstreamUnavailableError(f"Triton at {self.url} closed the connection: {exc!r}") from exc
-            except TimeoutError as exc:
-                raise UpstreamTimeoutError(f"Triton at {self.url} did not answer within {self.timeout_s:g} s") from exc
-            except aiohttp.ClientError as exc:
-                raise UpstreamUnavailableError(f"Triton at {self.url} is unreachable: {exc!r}") from exc
-        raise AssertionError("unreachable")
+    async def _open(self, pool: Pool, path: str, body: bytes) -> Connection:
+        try:
+            return await pool.post(path, body)
+        except ConnectionLostError as exc:
+            raise UpstreamUnavailableError(f"Triton at {self.url} closed the connection: {exc}") from exc
+        except TimeoutError as exc:
+            raise UpstreamTimeoutError(f"Triton at {self.url} did not answer within {self.timeout_s:g} s") from exc
+        except OSError as exc:  # refused, unreachable, a name that does not resolve
+            raise UpstreamUnavailableError(f"Triton at {self.url} is unreachable: {exc!r}") from exc
 
     async def ready_models(self) -> set[str]:
         """Names of the models Triton reports READY (raises ``UpstreamUnavailableError`` when it is down)."""
@@ -283,13 +300,15 @@ class TritonUpstream:
                 raise UpstreamUnavailableError(f"Triton at {self.url} is unreachable: {exc!r}") from exc
         raise AssertionError("unreachable")
 
+    def _require_pool(self) -> Pool:
+        if self._pool is None:
+            raise RuntimeError("TritonUpstream.start() was not awaited")
+        return self._pool
+
     def _require_session(self) -> aiohttp.ClientSession:
         if self._session is None:
             raise RuntimeError("TritonUpstream.start() was not awaited")
         return self._session
-
-
-_JSON = {"Content-Type": "application/json"}
 
 
 def generate_request(messages: bytes, sampling: Sampling) -> bytes:
