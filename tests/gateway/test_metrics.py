@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import bisect
+from typing import Any
 
 import numpy as np
 import pytest
@@ -159,6 +160,71 @@ def test_the_window_counts_only_what_happened_inside_it() -> None:
     window.snapshot()
     windowed, totals, _ = window.figures()
     assert windowed[1].requests == 0 and totals[1].requests == 3
+
+
+def _busy_metrics() -> Metrics:
+    """Three versions with every kind of attempt, latencies across the buckets and beyond the last one."""
+    metrics = Metrics()
+    rng = np.random.default_rng(7)
+    for version in (1, 2, 10):
+        for latency in rng.lognormal(-3.0, 1.5, 300):
+            metrics.attempt(version, "ok", float(latency), ttft_s=float(latency) / 3, tpot_s=0.002, completion_tokens=4)
+        metrics.attempt(version, "ok", 500.0)  # past the last bound: the +Inf bucket
+        metrics.attempt(version, "error")
+        metrics.attempt(version, OUTCOME_REJECTED)
+        metrics.attempt(version, "ok", 0.01, pinned=True)
+        metrics.attempt(version, "error", retry=True)
+    metrics.attempt(2, "error")
+    metrics.shadow(4, ok=True, agreed=False)
+    metrics.request("/v1/chat/completions", 200)
+    return metrics
+
+
+def test_the_histograms_are_rendered_as_prometheus_client_renders_them() -> None:
+    """The hand-written exposition of the latency histograms is byte for byte ``generate_latest``'s."""
+    from prometheus_client import CollectorRegistry, generate_latest
+    from prometheus_client.core import HistogramMetricFamily
+
+    from serving.gateway.metrics import _HELP
+    from serving.telemetry import HISTOGRAMS
+
+    metrics = _busy_metrics()
+    counts, sums = metrics._histograms.counts(), metrics._histograms._sums
+
+    class Reference:
+        def collect(self) -> Any:
+            for name, series in HISTOGRAMS.items():
+                family = HistogramMetricFamily(series, _HELP[name], labels=["version"])
+                for (metric, version), bucket_counts in sorted(counts.items()):
+                    if metric == name:
+                        cumulative = np.cumsum(bucket_counts)
+                        labels = [str(bound) for bound in LATENCY_BUCKETS] + ["+Inf"]
+                        family.add_metric(
+                            [str(version)], list(zip(labels, cumulative, strict=True)), sums[(metric, version)]
+                        )
+                yield family
+
+    registry = CollectorRegistry()
+    registry.register(Reference())
+    expected = generate_latest(registry).decode()
+    assert metrics._histograms.render() == expected
+    assert expected in metrics.exposition().decode()
+    assert expected.count("_bucket{") == 3 * 3 * N_BUCKETS
+
+
+def test_version_stats_are_what_the_controllers_parser_reads_from_the_exposition() -> None:
+    metrics = _busy_metrics()
+
+    direct, parsed = metrics.version_stats(), parse_version_stats(metrics.exposition().decode())
+
+    assert sorted(direct) == sorted(parsed) == [1, 2, 10]
+    for version, stats in parsed.items():
+        assert (direct[version].requests, direct[version].errors) == (stats.requests, stats.errors)
+        assert sorted(direct[version].histograms) == sorted(stats.histograms)
+        for name, bucket_counts in stats.histograms.items():
+            np.testing.assert_array_equal(direct[version].histograms[name], bucket_counts)
+    assert (parsed[2].requests, parsed[2].errors) == (304, 2)
+    assert parsed[1].latency[-1] == 1
 
 
 def test_two_apps_in_one_process_do_not_share_counters() -> None:
