@@ -12,11 +12,16 @@ from __future__ import annotations
 
 import asyncio
 import ssl
+import time
 from collections import deque
 from typing import cast
 from urllib.parse import urlsplit
 
 import httptools
+
+#: An idle connection older than this is closed, not reused: a middlebox may have dropped it silently
+#: (no FIN, no RST), and a request sent on it would wait its whole timeout. aiohttp's default too.
+IDLE_S = 30.0
 
 
 class ConnectionLostError(ConnectionError):
@@ -42,6 +47,9 @@ class Connection(asyncio.Protocol):
         self._error: ConnectionLostError | None = None
         self._on_complete: asyncio.Handle | None = None
         self._idle: list[Connection] | None = None
+        self._open: set[Connection] | None = None
+        self._framed = False
+        self.idle_since = 0.0
         self.status = 0
         self.answered = False
         self.headers_done = False
@@ -64,11 +72,19 @@ class Connection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._transport = None
+        if self._open is not None:
+            self._open.discard(self)
+        if not self.complete and exc is None and self.headers_done and not self._framed:
+            self.complete = True  # neither Content-Length nor chunked: the body ends with the connection
         if not self.complete:
             self._fail(f"the connection was closed: {exc!r}" if exc else "the server closed the connection")
         self._wake()
 
     # -- httptools callbacks ----------------------------------------------------------------------------
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        if name.lower() in (b"content-length", b"transfer-encoding"):
+            self._framed = True
 
     def on_headers_complete(self) -> None:
         self.status = self._parser.get_status_code()
@@ -80,8 +96,12 @@ class Connection(asyncio.Protocol):
 
     def on_message_complete(self) -> None:
         self.complete = True
-        if self._idle is not None and self.keep_alive:
-            self._idle.append(self)  # released before its last bytes came: reusable now
+        if self._idle is not None:  # released before its last bytes came: reusable now, if the server allows
+            if self.keep_alive:
+                self.idle_since = time.monotonic()
+                self._idle.append(self)
+            else:
+                self.close()
             self._idle = None
 
     # -- the client's side ------------------------------------------------------------------------------
@@ -93,7 +113,7 @@ class Connection(asyncio.Protocol):
 
     def send(self, data: bytes) -> None:
         assert self._transport is not None
-        self.status, self.answered, self.headers_done, self.complete = 0, False, False, False
+        self.status, self.answered, self.headers_done, self.complete, self._framed = 0, False, False, False, False
         self._body.clear()
         self._transport.write(data)
 
@@ -130,6 +150,7 @@ class Connection(asyncio.Protocol):
         if not self.keep_alive or not self.usable:
             self.close()
         elif self.complete:
+            self.idle_since = time.monotonic()
             idle.append(self)
         else:
             self._idle = idle
@@ -170,13 +191,15 @@ class Pool:
         self._host_header = host + (b":%d" % parts.port if parts.port else b"")
         self._connect_timeout_s = connect_timeout_s
         self._idle: list[Connection] = []
+        self._open: set[Connection] = set()
         self._limit = limit
         self._slots: asyncio.Semaphore | None = None
 
     async def post(self, path: str, body: bytes, content_type: bytes = b"application/json") -> Connection:
         """Send ``body`` to ``path`` and wait for the answer's headers; ``release`` it when done.
 
-        A reused connection the server had closed while idle is replaced (its request never ran).
+        A reused connection that breaks before any byte of its answer (the server closed it while it
+        was idle) is replaced once, by a new connection: a request is sent at most twice.
         """
         if self._slots is None:
             self._slots = asyncio.Semaphore(self._limit)
@@ -186,8 +209,9 @@ class Pool:
             b"\r\nContent-Type: ", content_type, b"\r\nContent-Length: ", str(len(body)).encode(), b"\r\n\r\n", body,
         ))  # fmt: skip
         try:
+            fresh = False
             while True:
-                connection, reused = await self._connection()
+                connection, reused = await self._connection(fresh=fresh)
                 connection.send(request)
                 try:
                     await connection.start()
@@ -196,6 +220,7 @@ class Pool:
                     connection.close()
                     if not reused or exc.answered:
                         raise
+                    fresh = True
                 except BaseException:
                     connection.close()
                     raise
@@ -213,18 +238,26 @@ class Pool:
         self._slots.release()
 
     def close(self) -> None:
-        for connection in self._idle:
+        """Close every connection: idle, parked until its answer completes, or still carrying one."""
+        for connection in list(self._open):
             connection.close()
         self._idle.clear()
 
-    async def _connection(self) -> tuple[Connection, bool]:
-        while self._idle:
+    async def _connection(self, *, fresh: bool) -> tuple[Connection, bool]:
+        """The newest idle connection fit for reuse (unless ``fresh``), else a new one; and whether it is reused."""
+        stale = time.monotonic() - IDLE_S
+        while self._idle and self._idle[0].idle_since < stale:
+            self._idle.pop(0).close()
+        while self._idle and not fresh:
             connection = self._idle.pop()
             if connection.usable:
                 return connection, True
+            connection.close()
         loop = asyncio.get_running_loop()
         async with asyncio.timeout(self._connect_timeout_s):
             _, connection = await loop.create_connection(
                 Connection, self.host, self.port, ssl=self._ssl, server_hostname=self.host if self._ssl else None
             )
+        connection._open = self._open
+        self._open.add(connection)
         return connection, False

@@ -204,6 +204,69 @@ def test_a_connection_released_before_its_last_bytes_is_reused_once_they_arrive(
     asyncio.run(go())
 
 
+def test_a_request_is_sent_at_most_twice_however_many_idle_connections_break() -> None:
+    async def go() -> None:
+        async with Server([whole(b"a"), whole(b"b"), whole(b"c"), hang_up, hang_up, hang_up]) as server:
+            pool = Pool(server.url, limit=3, connect_timeout_s=5)
+            # Three connections, each back in the pool once its answer is read.
+            held = [await pool.post("/p", b"{}") for _ in range(3)]
+            for connection in held:
+                await connection.read_all()
+                pool.release(connection, reuse=True)
+            with pytest.raises(ConnectionLostError):
+                await pool.post("/p", b"{}")  # the server takes it and hangs up, on every connection
+            assert len(server.requests) == 5  # three answered, then once on a reused connection and once on a new one
+            assert server.connections == 4
+            pool.close()
+
+    asyncio.run(go())
+
+
+def test_a_body_without_length_or_chunks_ends_with_the_connection() -> None:
+    async def http10(writer: asyncio.StreamWriter, request: dict[str, Any]) -> bool:
+        writer.write(b"HTTP/1.0 503 Service Unavailable\r\nContent-Type: text/plain\r\n\r\noverloaded")
+        return False
+
+    async def go() -> None:
+        async with Server([http10]) as server:
+            pool = Pool(server.url, limit=1, connect_timeout_s=5)
+            assert await _read_all(pool) == (503, b"overloaded")
+            pool.close()
+
+    asyncio.run(go())
+
+
+def test_an_idle_connection_past_the_idle_limit_is_closed_not_reused(monkeypatch: pytest.MonkeyPatch) -> None:
+    import serving.gateway.http1 as http1
+
+    async def go() -> None:
+        async with Server([whole(b"one"), whole(b"two")]) as server:
+            pool = Pool(server.url, limit=2, connect_timeout_s=5)
+            assert await _read_all(pool) == (200, b"one")
+            monkeypatch.setattr(http1, "IDLE_S", 0.0)
+            await asyncio.sleep(0.01)
+            assert await _read_all(pool) == (200, b"two")
+            assert server.connections == 2
+            await asyncio.wait_for(server.closed.wait(), 5)  # the stale one was closed
+            pool.close()
+
+    asyncio.run(go())
+
+
+def test_closing_the_pool_closes_connections_still_carrying_an_answer() -> None:
+    async def go() -> None:
+        async with Server([chunked(b"data: 1\n\n", end=False)]) as server:
+            pool = Pool(server.url, limit=1, connect_timeout_s=5)
+            connection = await pool.post("/p", b"{}")
+            assert await connection.read() == b"data: 1\n\n"
+            pool.close()
+            await asyncio.wait_for(server.closed.wait(), 5)
+            with pytest.raises(ConnectionLostError):
+                await connection.read()
+
+    asyncio.run(go())
+
+
 def test_nothing_listening_is_an_os_error() -> None:
     (port,) = free_ports(1)
 
