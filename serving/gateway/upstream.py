@@ -213,10 +213,12 @@ class TritonUpstream:
         """Ask ``model`` (a Triton model name) to answer the ``messages`` JSON document, piece by piece."""
         pool = self._require_pool()
         connection = await self._open(pool, f"/v2/models/{model}/generate_stream", generate_request(messages, sampling))
-        finished = False
+        finished = False  # read to its end: the connection can carry the next request
         try:
             if connection.status != 200:
-                raise _classify(connection.status, await connection.read_all())
+                answer = await connection.read_all()
+                finished = True  # an overloaded Triton's refusals must not cost a new connection each
+                raise _classify(connection.status, answer)
             pending = b""
             while True:
                 data = await connection.read()

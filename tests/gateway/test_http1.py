@@ -11,7 +11,12 @@ from typing import Any
 
 import pytest
 
-from serving.gateway.errors import UpstreamFailedError, UpstreamRejectedError, UpstreamUnavailableError
+from serving.gateway.errors import (
+    UpstreamFailedError,
+    UpstreamOverloadedError,
+    UpstreamRejectedError,
+    UpstreamUnavailableError,
+)
 from serving.gateway.http1 import ConnectionLostError, Pool
 from serving.gateway.upstream import Sampling, TritonUpstream
 from serving.triton.launcher import free_ports
@@ -333,6 +338,24 @@ def test_triton_errors_are_classified_before_and_after_the_first_event() -> None
         async with Server([chunked(_event("a"), end=False)]) as server:
             with pytest.raises(UpstreamUnavailableError, match="broke off the answer"):
                 await _stream(server)
+
+    asyncio.run(go())
+
+
+def test_a_refusal_read_to_its_end_leaves_the_connection_for_the_next_request() -> None:
+    full = b'{"error":"Exceeds maximum queue size"}'
+
+    async def go() -> None:
+        async with Server([whole(full, status="503 Service Unavailable"), chunked(_event("a", "stop"))]) as server:
+            upstream = TritonUpstream(server.url, 5)
+            await upstream.start()
+            try:
+                with pytest.raises(UpstreamOverloadedError, match="queue size"):
+                    await _stream(server, upstream)
+                assert await _stream(server, upstream) == ["a"]
+                assert server.connections == 1
+            finally:
+                await upstream.close()
 
     asyncio.run(go())
 
