@@ -45,7 +45,6 @@ class Connection(asyncio.Protocol):
         self._body: deque[bytes] = deque()
         self._waiter: asyncio.Future[None] | None = None
         self._error: ConnectionLostError | None = None
-        self._on_complete: asyncio.Handle | None = None
         self._idle: list[Connection] | None = None
         self._open: set[Connection] | None = None
         self._framed = False
@@ -98,8 +97,7 @@ class Connection(asyncio.Protocol):
         self.complete = True
         if self._idle is not None:  # released before its last bytes came: reusable now, if the server allows
             if self.keep_alive:
-                self.idle_since = time.monotonic()
-                self._idle.append(self)
+                self._rest_in(self._idle)
             else:
                 self.close()
             self._idle = None
@@ -150,10 +148,13 @@ class Connection(asyncio.Protocol):
         if not self.keep_alive or not self.usable:
             self.close()
         elif self.complete:
-            self.idle_since = time.monotonic()
-            idle.append(self)
+            self._rest_in(idle)
         else:
             self._idle = idle
+
+    def _rest_in(self, idle: list[Connection]) -> None:
+        self.idle_since = time.monotonic()
+        idle.append(self)
 
     def _raise_if_lost(self) -> None:
         if self._error is not None:

@@ -59,6 +59,7 @@ from serving.telemetry import (
     TOKEN_BUCKETS,
     UNJUDGED_REQUESTS,
     UPSTREAM_REQUESTS,
+    Counts,
     VersionStats,
     quantile,
 )
@@ -93,9 +94,9 @@ class _Histograms:
         counts[bisect.bisect_left(LATENCY_BUCKETS, seconds)] += 1
         self._sums[key] += seconds
 
-    def counts(self) -> dict[tuple[str, int], list[float]]:
+    def counts(self) -> dict[tuple[str, int], Counts]:
         """Per (short name, version): the per-bucket (not cumulative) counts, +Inf last; a copy."""
-        return {key: list(counts) for key, counts in self._counts.items()}
+        return {key: np.array(counts) for key, counts in self._counts.items()}
 
     def render(self) -> str:
         lines: list[str] = []
@@ -252,7 +253,7 @@ class Metrics:
                 if sample.labels[LABEL_OUTCOME] == OUTCOME_ERROR:
                     entry.errors += sample.value
         for (name, version), counts in self._histograms.counts().items():
-            stats.setdefault(version, VersionStats()).histograms[name] = np.array(counts)
+            stats.setdefault(version, VersionStats()).histograms[name] = counts
         return stats
 
 
