@@ -20,7 +20,7 @@ Snapshot = dict[int, VersionStats]
 
 
 class Scraper:
-    """Fetches each replica's metrics; an unreachable replica is skipped (and logged), not fatal."""
+    """Fetches each replica's metrics; a replica unreachable or not answering with metrics is skipped (and logged)."""
 
     def __init__(self, urls: Sequence[str], timeout_s: float = 2.0) -> None:
         self.urls = list(urls)
@@ -34,12 +34,13 @@ class Scraper:
             try:
                 response = self._client.get(url)
                 response.raise_for_status()
-            except httpx.HTTPError as exc:
+                # A replica answering with something else (a proxy's error page) is one not read this
+                # tick, as one that is down: its totals wait for its next good scrape.
+                found[url] = parse_version_stats(response.text)
+            except (httpx.HTTPError, ValueError) as exc:
                 unreachable.append(url)
                 if url not in self.unreachable:  # one line per replica going away, not one per tick
                     log.warning("cannot scrape %s: %s", url, exc)
-                continue
-            found[url] = parse_version_stats(response.text)
         self.unreachable = unreachable
         return found
 

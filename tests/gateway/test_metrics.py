@@ -227,6 +227,42 @@ def test_version_stats_are_what_the_controllers_parser_reads_from_the_exposition
     assert parsed[1].latency[-1] == 1
 
 
+def _assert_same_stats(left: dict[int, VersionStats], right: dict[int, VersionStats]) -> None:
+    assert sorted(left) == sorted(right)
+    for version, stats in right.items():
+        assert (left[version].requests, left[version].errors) == (stats.requests, stats.errors)
+        for name, bucket_counts in stats.histograms.items():
+            np.testing.assert_array_equal(left[version].histograms[name], bucket_counts)
+
+
+@pytest.mark.parametrize(
+    ("line", "what"),
+    [
+        ('gateway_upstream_requests_total{note="a \\"quoted\\" value",outcome="error",version="9"} 2.0', "escape"),
+        ('gateway_upstream_requests_total{outcome="error",version="9"} 2.0 1700000000000', "timestamp"),
+        ('gateway_upstream_requests_total{outcome="error",version="9",} 2.0', "trailing comma"),
+    ],
+)
+def test_a_line_the_hand_reader_does_not_take_sends_the_whole_text_to_the_full_parser(line: str, what: str) -> None:
+    """The fast reader of the gateway's plain lines and prometheus_client's parser read the same counts."""
+    text = _busy_metrics().exposition().decode()
+    plain = parse_version_stats(text)
+    # The same text with one more series, in a form only the full parser reads.
+    declared = "# TYPE gateway_upstream_requests_total counter\n"
+    mixed = parse_version_stats(text.replace(declared, declared + line + "\n", 1))
+
+    assert 9 not in plain and (mixed[9].requests, mixed[9].errors) == (2, 2), what
+    del mixed[9]
+    _assert_same_stats(mixed, plain)
+    assert plain[1].latency.sum() == 301 and (plain[2].requests, plain[2].errors) == (304, 2)
+
+
+@pytest.mark.parametrize("text", ["<html><body>502 Bad Gateway</body></html>", "", "process_cpu_seconds_total 1.0\n"])
+def test_a_text_that_is_not_a_gateways_exposition_is_refused(text: str) -> None:
+    with pytest.raises(ValueError, match="not a gateway's /metrics: no gateway_upstream_requests_total family"):
+        parse_version_stats(text)
+
+
 def test_two_apps_in_one_process_do_not_share_counters() -> None:
     first, second = Metrics(), Metrics()
     first.attempt(1, "ok", 0.01)
