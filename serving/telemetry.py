@@ -161,7 +161,7 @@ def parse_version_stats(text: str) -> dict[int, VersionStats]:
             (sample.name, sample.labels, sample.value)
             for family in text_string_to_metric_families(text)
             for sample in family.samples
-            if sample.name == UPSTREAM_REQUESTS or sample.name in _SERIES
+            if sample.name in _JUDGED_NAMES
         ]
     stats: dict[int, VersionStats] = {}
     cumulative: dict[tuple[int, str], dict[int, float]] = {}
@@ -194,7 +194,9 @@ class _NotPlainError(Exception):
 
 
 _DECLARED = f"# TYPE {UPSTREAM_REQUESTS} counter"
-_JUDGED = tuple(f"{name}{{" for name in (UPSTREAM_REQUESTS, *_SERIES))
+#: The samples the verdict reads, and the start of their lines in the text.
+_JUDGED_NAMES = frozenset((UPSTREAM_REQUESTS, *_SERIES))
+_JUDGED = tuple(f"{name}{{" for name in _JUDGED_NAMES)
 
 
 def _plain_samples(text: str) -> Iterator[tuple[str, dict[str, str], float]]:

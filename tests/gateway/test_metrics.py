@@ -212,27 +212,24 @@ def test_the_histograms_are_rendered_as_prometheus_client_renders_them() -> None
     assert expected.count("_bucket{") == 3 * 3 * N_BUCKETS
 
 
+def _assert_same_stats(left: dict[int, VersionStats], right: dict[int, VersionStats]) -> None:
+    assert sorted(left) == sorted(right)
+    for version, stats in right.items():
+        assert (left[version].requests, left[version].errors) == (stats.requests, stats.errors)
+        assert sorted(left[version].histograms) == sorted(stats.histograms)
+        for name, bucket_counts in stats.histograms.items():
+            np.testing.assert_array_equal(left[version].histograms[name], bucket_counts)
+
+
 def test_version_stats_are_what_the_controllers_parser_reads_from_the_exposition() -> None:
     metrics = _busy_metrics()
 
     direct, parsed = metrics.version_stats(), parse_version_stats(metrics.exposition().decode())
 
-    assert sorted(direct) == sorted(parsed) == [1, 2, 10]
-    for version, stats in parsed.items():
-        assert (direct[version].requests, direct[version].errors) == (stats.requests, stats.errors)
-        assert sorted(direct[version].histograms) == sorted(stats.histograms)
-        for name, bucket_counts in stats.histograms.items():
-            np.testing.assert_array_equal(direct[version].histograms[name], bucket_counts)
+    assert sorted(parsed) == [1, 2, 10]
+    _assert_same_stats(direct, parsed)
     assert (parsed[2].requests, parsed[2].errors) == (304, 2)
     assert parsed[1].latency[-1] == 1
-
-
-def _assert_same_stats(left: dict[int, VersionStats], right: dict[int, VersionStats]) -> None:
-    assert sorted(left) == sorted(right)
-    for version, stats in right.items():
-        assert (left[version].requests, left[version].errors) == (stats.requests, stats.errors)
-        for name, bucket_counts in stats.histograms.items():
-            np.testing.assert_array_equal(left[version].histograms[name], bucket_counts)
 
 
 @pytest.mark.parametrize(
