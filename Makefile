@@ -148,5 +148,5 @@ bench-gateway: $(STAMP) ## The gateway hop alone, against a zero-work Triton mod
 canary-eval: $(STAMP) ## How often the rollout controller promotes a bad build or rolls back a good one, simulated (~6 min)
 	$(PY) -m bench.canary
 
-bench: $(STAMP) ## Every speed claim measured and checked against its target; writes bench/ and the README's Figures (~10 min)
+bench: $(STAMP) ## Every speed claim measured and checked against its target; writes bench/ and the README's Figures (~13 min)
 	$(PY) -m bench
