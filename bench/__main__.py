@@ -227,7 +227,7 @@ def main(argv: list[str] | None = None) -> int:
         type=float,
         default=240.0,
         help="seconds of requests taken in turn by direct Triton and the gateway, for what the gateway adds at 1 "
-        "(a p99 of 60 s is its ~13 slowest requests a side: its 95%% interval was 2.9-4.3 ms wide, at 240 s 2.0)",
+        "(why 240: docs/performance.md, `make bench`)",
     )
     parser.add_argument("--rollbacks", type=int, default=5)
     parser.add_argument("--no-readme", action="store_true", help="do not refresh the README's Figures section")
